@@ -1,0 +1,217 @@
+"""Checks on dispatch values, shared by the client (before sending) and the server.
+
+Every check raises `ValueError` with a message that names the field, the value
+and what is allowed. The client runs them before anything goes on the wire; the
+reference server runs the same ones and answers INVALID_ARGUMENT, so both sides
+agree on one set of rules.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import betterproto2
+
+from ._proto.frequenz.api.dispatch.v1 import (
+    DispatchData,
+    RecurrenceRule,
+    RecurrenceRuleFrequency,
+    RecurrenceRuleWeekday,
+)
+from ._proto.google.protobuf import ListValue, NullValue, Struct, Value
+
+MAX_PAYLOAD_DEPTH = 5
+MAX_PAYLOAD_BYTES = 50 * 1024
+MAX_RECURRENCE_COUNT = 4096
+MAX_RECURRENCE_INTERVAL = 10_000
+MAX_DURATION_SECONDS = 2**32 - 1
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "MAX_PAYLOAD_DEPTH",
+    "check_aware",
+    "check_dispatch_data",
+    "check_duration",
+    "check_payload",
+    "check_recurrence",
+    "check_start_time",
+    "payload_to_struct",
+]
+
+
+def check_aware(value: object, field: str) -> dt.datetime:
+    """Return `value` if it is a timezone-aware datetime, else raise ValueError."""
+    if not isinstance(value, dt.datetime):
+        raise ValueError(f"{field} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{field} must be timezone-aware (e.g. tzinfo=UTC), got naive {value}")
+    return value
+
+
+def check_start_time(
+    start_time: object,
+    *,
+    now: dt.datetime,
+    allowance: dt.timedelta = dt.timedelta(0),
+    field: str = "start_time",
+) -> dt.datetime:
+    """Check that a start time is aware and not in the past (beyond `allowance`)."""
+    start = check_aware(start_time, field)
+    if start < now - allowance:
+        raise ValueError(
+            f"{field} {start.isoformat()} is in the past (now is {now.isoformat()}); "
+            'use a future time or "NOW"'
+        )
+    return start
+
+
+def check_duration(seconds: object, field: str = "duration") -> int | None:
+    """Check a duration in whole seconds (None means unlimited)."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, dt.timedelta):
+        seconds = seconds.total_seconds()
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ValueError(f"{field} must be a timedelta, seconds or None, got {seconds!r}")
+    if seconds < 0:
+        raise ValueError(f"{field} must not be negative, got {seconds} s")
+    whole = round(seconds)
+    if whole > MAX_DURATION_SECONDS:
+        raise ValueError(f"{field} must be at most {MAX_DURATION_SECONDS} s, got {whole} s")
+    return whole
+
+
+def _range_check(
+    field: str, values: list[int], low: int, high: int, *, no_zero: bool = False
+) -> None:
+    for value in values:
+        if not low <= value <= high or (no_zero and value == 0):
+            allowed = f"{low}..{high}" + (" except 0" if no_zero else "")
+            raise ValueError(f"{field} value {value} is out of range (allowed: {allowed})")
+
+
+def check_recurrence(rule: RecurrenceRule, field: str = "recurrence") -> None:
+    """Check a recurrence rule against the limits the service enforces."""
+    try:
+        freq = RecurrenceRuleFrequency(rule.freq)
+    except ValueError:
+        raise ValueError(f"{field}.freq {rule.freq!r} is not a known frequency") from None
+    if rule.interval and not 1 <= rule.interval <= MAX_RECURRENCE_INTERVAL:
+        raise ValueError(
+            f"{field}.interval {rule.interval} is out of range "
+            f"(allowed: 1..{MAX_RECURRENCE_INTERVAL}, or 0/unset for 1)"
+        )
+    if rule.end_criteria is not None:
+        which, value = betterproto2.which_one_of(rule.end_criteria, "count_or_until")
+        if which == "count" and isinstance(value, int) and not 1 <= value <= MAX_RECURRENCE_COUNT:
+            raise ValueError(
+                f"{field}.end_criteria.count {value} is out of range "
+                f"(allowed: 1..{MAX_RECURRENCE_COUNT})"
+            )
+        if which == "until_time":
+            check_aware(value, f"{field}.end_criteria.until_time")
+    _range_check(f"{field}.byminutes", list(rule.byminutes), 0, 59)
+    _range_check(f"{field}.byhours", list(rule.byhours), 0, 23)
+    _range_check(f"{field}.bymonthdays", list(rule.bymonthdays), -31, 31, no_zero=True)
+    _range_check(f"{field}.bymonths", list(rule.bymonths), 1, 12)
+    for day in rule.byweekdays:
+        if day == 0 or day not in RecurrenceRuleWeekday._value2member_map_:
+            raise ValueError(
+                f"{field}.byweekdays value {day!r} is not a weekday (allowed: MONDAY..SUNDAY)"
+            )
+    if rule.bymonthdays and freq == RecurrenceRuleFrequency.WEEKLY:
+        raise ValueError(f"{field}.bymonthdays cannot be used with a WEEKLY frequency")
+
+
+def _depth(value: Value) -> int:
+    _, inner = betterproto2.which_one_of(value, "kind")
+    if isinstance(inner, Struct):
+        return 1 + max((_depth(v) for v in inner.fields.values()), default=0)
+    if isinstance(inner, ListValue):
+        return 1 + max((_depth(v) for v in inner.values), default=0)
+    return 0
+
+
+def check_payload(payload: Struct, field: str = "payload") -> None:
+    """Check a payload's nesting depth and encoded size."""
+    depth = _depth(Value(struct_value=payload))
+    if depth > MAX_PAYLOAD_DEPTH:
+        raise ValueError(
+            f"{field} is nested {depth} levels deep (allowed: at most {MAX_PAYLOAD_DEPTH})"
+        )
+    size = len(bytes(payload))
+    if size > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"{field} is {size} bytes encoded (allowed: at most {MAX_PAYLOAD_BYTES})")
+
+
+def _to_value(obj: Any, path: str) -> Value:
+    if obj is None:
+        return Value(null_value=NullValue.NULL_VALUE)
+    if isinstance(obj, bool):
+        return Value(bool_value=obj)
+    if isinstance(obj, int | float):
+        if isinstance(obj, float) and not math.isfinite(obj):
+            raise ValueError(f"{path} is {obj!r}; JSON numbers must be finite")
+        return Value(number_value=float(obj))
+    if isinstance(obj, str):
+        return Value(string_value=obj)
+    if isinstance(obj, Mapping):
+        return Value(struct_value=_to_struct(obj, path))
+    if isinstance(obj, list | tuple):
+        return Value(
+            list_value=ListValue(values=[_to_value(v, f"{path}[{i}]") for i, v in enumerate(obj)])
+        )
+    raise ValueError(
+        f"{path} has type {type(obj).__name__}; allowed: dict, list, str, int, float, bool, None"
+    )
+
+
+def _to_struct(obj: Mapping[Any, Any], path: str) -> Struct:
+    fields: dict[str, Value] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise ValueError(
+                f"{path} has a key {key!r} of type {type(key).__name__}; keys must be str"
+            )
+        fields[key] = _to_value(value, f"{path}[{key!r}]")
+    return Struct(fields=fields)
+
+
+def payload_to_struct(
+    payload: Mapping[str, Any] | Struct | None, field: str = "payload"
+) -> Struct | None:
+    """Convert a JSON-like mapping to a `Struct`, checking type, depth and size."""
+    if payload is None:
+        return None
+    if isinstance(payload, Struct):
+        struct = payload
+    elif isinstance(payload, Mapping):
+        struct = _to_struct(payload, field)
+    else:
+        raise ValueError(f"{field} must be a dict (JSON object), got {type(payload).__name__}")
+    check_payload(struct, field)
+    return struct
+
+
+def check_dispatch_data(
+    data: DispatchData,
+    *,
+    now: dt.datetime,
+    allowance: dt.timedelta = dt.timedelta(0),
+    start_immediately: bool = False,
+) -> None:
+    """Check a whole `DispatchData` as it would be created."""
+    if not data.type:
+        raise ValueError("type must be a non-empty string")
+    if not start_immediately:
+        if data.start_time is None:
+            raise ValueError('start_time is required (or use "NOW")')
+        check_start_time(data.start_time, now=now, allowance=allowance)
+    check_duration(data.duration)
+    if data.payload is not None:
+        check_payload(data.payload)
+    if data.recurrence is not None:
+        check_recurrence(data.recurrence)
