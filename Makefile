@@ -23,6 +23,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check dispatch_client tests bench scripts
 	$(BIN)/mypy --strict dispatch_client
 
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
+
 protos: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/gen_protos.sh
 

@@ -49,6 +49,8 @@ from ._proto.frequenz.api.dispatch.v1 import (
     UpdateMicrogridDispatchRequestDispatchUpdateRecurrenceRuleUpdate,
     UpdateMicrogridDispatchResponse,
 )
+from .client import Client, SortSpec
+from .connection import ChannelOptions
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -70,6 +72,15 @@ from .errors import (
     Unimplemented,
     UnknownError,
 )
+from .targets import (
+    ComponentType,
+    TargetLike,
+    category_and_type,
+    target_from_categories,
+    target_from_ids,
+    target_from_types,
+    to_target,
+)
 
 # Short aliases for the generated names users type most.
 Frequency = RecurrenceRuleFrequency
@@ -83,7 +94,10 @@ __all__ = [
     "AlreadyExists",
     "BatteryType",
     "Cancelled",
+    "ChannelOptions",
+    "Client",
     "ClientNotConnected",
+    "ComponentType",
     "CreateMicrogridDispatchRequest",
     "CreateMicrogridDispatchResponse",
     "DataLoss",
@@ -125,6 +139,7 @@ __all__ = [
     "SortField",
     "SortOptions",
     "SortOrder",
+    "SortSpec",
     "StreamMicrogridDispatchesRequest",
     "StreamMicrogridDispatchesResponse",
     "StreamOverflow",
@@ -133,6 +148,7 @@ __all__ = [
     "TargetComponentsCategorySet",
     "TargetComponentsCategoryTypeSet",
     "TargetComponentsIdSet",
+    "TargetLike",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
@@ -143,4 +159,9 @@ __all__ = [
     "UpdateMicrogridDispatchResponse",
     "Weekday",
     "__version__",
+    "category_and_type",
+    "target_from_categories",
+    "target_from_ids",
+    "target_from_types",
+    "to_target",
 ]

@@ -53,7 +53,7 @@ class OfficialServicer(dispatch_pb2_grpc.MicrogridDispatchServiceServicer):  # t
         if metadata.get("key") != KEY or metadata.get("sig") != _expected_sig(metadata, method):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad key or signature")
 
-    async def CreateMicrogridDispatch(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def CreateMicrogridDispatch(self, request: Any, context: Any) -> Any:
         await self._authenticate(context, "CreateMicrogridDispatch")
         now = Timestamp()
         now.GetCurrentTime()
@@ -71,7 +71,7 @@ class OfficialServicer(dispatch_pb2_grpc.MicrogridDispatchServiceServicer):  # t
         self.next_id += 1
         return dispatch_pb2.CreateMicrogridDispatchResponse(dispatch=dispatch)
 
-    async def GetMicrogridDispatch(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetMicrogridDispatch(self, request: Any, context: Any) -> Any:
         await self._authenticate(context, "GetMicrogridDispatch")
         dispatch = self.dispatches.get((request.microgrid_id, request.dispatch_id))
         if dispatch is None:
@@ -80,7 +80,7 @@ class OfficialServicer(dispatch_pb2_grpc.MicrogridDispatchServiceServicer):  # t
             microgrid_id=request.microgrid_id, dispatch=dispatch
         )
 
-    async def ListMicrogridDispatches(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ListMicrogridDispatches(self, request: Any, context: Any) -> Any:
         await self._authenticate(context, "ListMicrogridDispatches")
         mine = [d for (mid, _), d in sorted(self.dispatches.items()) if mid == request.microgrid_id]
         if request.filter.dispatch_ids:

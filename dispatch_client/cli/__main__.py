@@ -1,0 +1,5 @@
+"""`python -m dispatch_client.cli`: the same as the `dispatch-cli` script."""
+
+from . import main
+
+main()

@@ -1,0 +1,276 @@
+"""What dispatch-cli prints: rich tables for people, NDJSON for programs.
+
+JSON lines use the protobuf JSON mapping of the generated messages (camelCase,
+int64 as strings, default values omitted), so `Dispatch.from_dict(json.loads(line))`
+gives back the message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import betterproto2
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .._proto.frequenz.api.dispatch.v1 import (
+    Dispatch,
+    RecurrenceRule,
+    RecurrenceRuleFrequency,
+    TargetComponents,
+)
+from .parsing import format_duration
+from .timeline import Glyphs
+
+__all__ = [
+    "Output",
+    "describe_recurrence",
+    "describe_target",
+    "format_time",
+]
+
+_FREQ_UNIT = {
+    RecurrenceRuleFrequency.MINUTELY: ("minutely", "min"),
+    RecurrenceRuleFrequency.HOURLY: ("hourly", "h"),
+    RecurrenceRuleFrequency.DAILY: ("daily", "d"),
+    RecurrenceRuleFrequency.WEEKLY: ("weekly", "w"),
+    RecurrenceRuleFrequency.MONTHLY: ("monthly", "mo"),
+    RecurrenceRuleFrequency.YEARLY: ("yearly", "y"),
+}
+
+_EVENT_STYLE = {"CREATED": "green", "UPDATED": "yellow", "DELETED": "red"}
+
+
+def format_time(value: dt.datetime | None) -> str:
+    """Format a timestamp in UTC, to the second (what the service stores)."""
+    if value is None:
+        return "-"
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def describe_target(target: TargetComponents | None) -> str:
+    """Render a target the way the TARGET argument is written (`1,2`, `BATTERY:LI_ION`)."""
+    if target is None:
+        return "-"
+    if target.component_ids is not None:
+        return ",".join(str(i) for i in target.component_ids.ids)
+    if target.component_categories is not None:
+        return ",".join(c.name for c in target.component_categories.categories)
+    if target.component_categories_types is not None:
+        parts = []
+        for entry in target.component_categories_types.categories:
+            _, kind = betterproto2.which_one_of(entry, "type")
+            parts.append(entry.category.name + (f":{kind.name}" if kind is not None else ""))
+        return ",".join(parts)
+    return "-"
+
+
+def describe_recurrence(rule: RecurrenceRule | None, *, short: bool = False) -> str:
+    """Summarise a recurrence rule (`every 3 h, on MO,FR, 10 times`).
+
+    `short` is for table cells: `every 3h, MO,FR, 10 runs`, other by-rules as `+rules`.
+    """
+    if rule is None or not rule.freq:
+        return "once"
+    name, unit = _FREQ_UNIT.get(RecurrenceRuleFrequency(rule.freq), ("?", "?"))
+    if rule.interval > 1:
+        name = f"every {rule.interval}{'' if short else ' '}{unit}"
+    words = [name]
+    if rule.byweekdays:
+        words.append(("" if short else "on ") + ",".join(d.name[:2] for d in rule.byweekdays))
+    others = [
+        ("days", rule.bymonthdays),
+        ("months", rule.bymonths),
+        ("hours", rule.byhours),
+        ("minutes", rule.byminutes),
+    ]
+    if short and any(values for _, values in others):
+        words.append("+rules")
+    elif not short:
+        words.extend(f"{label} {','.join(map(str, values))}" for label, values in others if values)
+    if rule.end_criteria is not None:
+        which, value = betterproto2.which_one_of(rule.end_criteria, "count_or_until")
+        if which == "count":
+            words.append(f"{value} {'runs' if short else 'times'}")
+        elif which == "until_time":
+            words.append(f"until {format_time(value)[: 10 if short else None]}")
+    return ", ".join(words)
+
+
+def _short_time(value: dt.datetime | None, fmt: str) -> str:
+    return "-" if value is None else value.astimezone(dt.UTC).strftime(fmt)
+
+
+def _plain(value: Any) -> Any:
+    """Undo Struct's doubles for display: 5000.0 reads better as 5000."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _status(dispatch: Dispatch) -> Text:
+    data = dispatch.data
+    if data is None:
+        return Text("-")
+    text = Text("active", style="green") if data.is_active else Text("off", style="dim")
+    if data.is_dry_run:
+        text.append(", dry-run", style="cyan")
+    return text
+
+
+def _dispatch_id(dispatch: Dispatch) -> int:
+    return dispatch.metadata.dispatch_id if dispatch.metadata else 0
+
+
+class Output:
+    """Prints results either as rich text (people) or as NDJSON (programs).
+
+    Colour and spinners appear only when the stream is a terminal (rich's own
+    detection, which also honours NO_COLOR and FORCE_COLOR).
+    """
+
+    def __init__(self, *, json_mode: bool) -> None:
+        self.json_mode = json_mode
+        # Bound to the current sys.stdout/stderr at call time, so test runners
+        # that swap the streams see the output.
+        self.console = Console(file=sys.stdout, highlight=False, soft_wrap=False)
+        self.errors = Console(file=sys.stderr, highlight=False)
+
+    # --- JSON ---
+
+    def json_line(self, document: dict[str, Any]) -> None:
+        """Write one JSON document on its own line and flush (pipes see it at once)."""
+        sys.stdout.write(json.dumps(document, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+
+    def message_json(self, message: betterproto2.Message) -> None:
+        """Write a generated message as one JSON line."""
+        self.json_line(message.to_dict())
+
+    # --- human ---
+
+    def line(self, text: str | Text) -> None:
+        """Print a line for people on stdout (never wrapped: one event, one line)."""
+        self.console.print(text, soft_wrap=True)
+        sys.stdout.flush()
+
+    def chart_line(self, line: str, glyphs: Glyphs) -> None:
+        """Print a timeline line, runs coloured (on a terminal)."""
+        text = Text(line)
+        text.highlight_regex(f"{re.escape(glyphs.run)}+", "green")
+        text.highlight_regex(f"{re.escape(glyphs.dry_run)}+", "cyan")
+        self.line(text)
+
+    @contextmanager
+    def progress(self, text: str) -> Iterator[Any]:
+        """Show a spinner on stderr while slow work runs; do nothing off a terminal.
+
+        Yields a callable taking a new status text (e.g. a running count).
+        """
+        if not self.errors.is_terminal:
+            yield lambda _text: None
+            return
+        with self.errors.status(text) as status:
+            yield status.update
+
+    def dispatch_table(self, dispatches: Sequence[Dispatch]) -> None:
+        """Print dispatches as a table, one row each."""
+        if self.json_mode:
+            for dispatch in dispatches:
+                self.message_json(dispatch)
+            return
+        if not dispatches:
+            self.line("No dispatches.")
+            return
+        # Without the year, a row fits in 80 columns; keep it when any start is
+        # in another year, so a table never mixes the two formats.
+        this_year = dt.datetime.now(dt.UTC).year
+        same_year = all(
+            d.data is None or d.data.start_time is None or d.data.start_time.year == this_year
+            for d in dispatches
+        )
+        start_format = "%m-%d %H:%M" if same_year else "%Y-%m-%d %H:%M"
+        rows = [
+            (
+                str(_dispatch_id(d)),
+                d.data.type,
+                _short_time(d.data.start_time, start_format),
+                format_duration(d.data.duration),
+                describe_target(d.data.target),
+                describe_recurrence(d.data.recurrence, short=True),
+                _status(d),
+            )
+            for d in dispatches
+            if d.data is not None
+        ]
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        table.add_column("ID", justify="right", no_wrap=True)
+        # Types and targets are single tokens: shrink the prose columns first.
+        table.add_column("Type", min_width=min(14, max(len(r[1]) for r in rows)))
+        table.add_column("Start (UTC)", no_wrap=True)
+        table.add_column("Dur.", justify="right", no_wrap=True)
+        table.add_column("Target", min_width=min(14, max(len(r[4]) for r in rows)))
+        table.add_column("Recurrence")
+        table.add_column("Status", min_width=7)
+        for row in rows:
+            table.add_row(*row)
+        self.console.print(table)
+
+    def dispatch_detail(self, dispatch: Dispatch, *, next_run: dt.datetime | None = None) -> None:
+        """Print one dispatch, every field on its own line."""
+        if self.json_mode:
+            self.message_json(dispatch)
+            return
+        data = dispatch.data
+        meta = dispatch.metadata
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(overflow="fold")
+        grid.add_row("Dispatch", str(_dispatch_id(dispatch)))
+        if data is not None:
+            grid.add_row("Type", data.type)
+            grid.add_row("Start", format_time(data.start_time) + " UTC")
+            grid.add_row("Duration", format_duration(data.duration))
+            grid.add_row("Target", describe_target(data.target))
+            grid.add_row("Recurrence", describe_recurrence(data.recurrence))
+            grid.add_row("Status", _status(dispatch))  # "off": inactive, it will not run
+            if data.payload is not None and data.payload.fields:
+                grid.add_row("Payload", json.dumps(_plain(data.payload.to_dict()), sort_keys=True))
+        if next_run is not None:
+            grid.add_row("Next run", format_time(next_run) + " UTC")
+        if meta is not None:
+            grid.add_row("Created", format_time(meta.create_time) + " UTC")
+            grid.add_row("Updated", format_time(meta.update_time) + " UTC")
+            if meta.end_time is not None:
+                grid.add_row("Ends", format_time(meta.end_time) + " UTC")
+        self.console.print(grid)
+
+    def event(self, kind: str, dispatch: Dispatch, document: dict[str, Any]) -> None:
+        """Print one stream event: a JSON line, or a coloured one-line summary."""
+        if self.json_mode:
+            self.json_line(document)
+            return
+        data = dispatch.data
+        text = Text(dt.datetime.now(dt.UTC).strftime("%H:%M:%S "), style="dim")
+        text.append(f"{kind:<8}", style=_EVENT_STYLE.get(kind, "bold"))
+        text.append(f" #{_dispatch_id(dispatch)}")
+        if data is not None:
+            text.append(
+                f" {data.type} start {format_time(data.start_time)}"
+                f" for {format_duration(data.duration)}"
+                f" on {describe_target(data.target)}"
+                f" ({describe_recurrence(data.recurrence)}"
+                f"{'' if data.is_active else ', inactive'})"
+            )
+        self.line(text)

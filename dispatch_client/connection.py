@@ -1,0 +1,314 @@
+"""Server URL → grpclib `Channel`: TLS, keep-alive, auth metadata, transport errors.
+
+A server URL looks like
+`grpc://host[:port][?ssl=…&ssl_root_certificates_path=…&ssl_private_key_path=…`
+`&ssl_certificate_chain_path=…&keep_alive=…&keep_alive_interval_s=…&keep_alive_timeout_s=…]`.
+TLS is on and the port is 443 unless the URL says otherwise, because a real
+Dispatch service is remote. Everything is checked when the URL is parsed, so a
+typo fails at `Client(...)`, not at the first call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlsplit
+
+from grpclib.client import Channel
+from grpclib.config import Configuration
+from grpclib.events import SendRequest, listen
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+
+from ._auth import auth_metadata
+from .errors import DeadlineExceeded, DispatchApiError, Unavailable, error_from_grpc
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+    from typing import Any
+
+__all__ = [
+    "ChannelOptions",
+    "ServerTarget",
+    "open_channel",
+    "parse_server_url",
+    "translate_error",
+]
+
+DEFAULT_PORT = 443
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+_SSL_FILE_PARAMS = (
+    "ssl_root_certificates_path",
+    "ssl_private_key_path",
+    "ssl_certificate_chain_path",
+)
+_PARAMS = ("ssl", *_SSL_FILE_PARAMS, "keep_alive", "keep_alive_interval_s", "keep_alive_timeout_s")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelOptions:
+    """How to open a channel; URL query parameters override these defaults."""
+
+    port: int = DEFAULT_PORT
+    ssl: bool = True
+    ssl_root_certificates_path: Path | None = None
+    ssl_private_key_path: Path | None = None
+    ssl_certificate_chain_path: Path | None = None
+    keep_alive: bool = True
+    keep_alive_interval: dt.timedelta = dt.timedelta(seconds=60)
+    keep_alive_timeout: dt.timedelta = dt.timedelta(seconds=20)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerTarget:
+    """A parsed server URL: where to connect and with which options."""
+
+    url: str
+    """The URL as given; it never holds credentials (those are rejected)."""
+    host: str
+    port: int
+    options: ChannelOptions
+    ssl_context: ssl.SSLContext | None = dataclasses.field(default=None, compare=False)
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"server URL parameter {name}={raw!r} is not a boolean (use true or false)")
+
+
+def _parse_seconds(name: str, raw: str) -> dt.timedelta:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(
+            f"server URL parameter {name}={raw!r} must be a positive number of seconds"
+        )
+    return dt.timedelta(seconds=seconds)
+
+
+def _parse_file(name: str, raw: str) -> Path:
+    path = Path(raw).expanduser()
+    if not raw or not path.is_file():
+        raise ValueError(f"server URL parameter {name}: file {raw!r} does not exist")
+    return path
+
+
+def parse_server_url(url: str, defaults: ChannelOptions | None = None) -> ServerTarget:
+    """Parse and check a `grpc://` server URL; raise `ValueError` naming what is wrong."""
+    defaults = defaults or ChannelOptions()
+    if not isinstance(url, str):
+        raise ValueError(f"server URL must be a str, got {type(url).__name__}")
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "grpc":
+        raise ValueError(f"server URL {url!r} must start with grpc:// (scheme {parts.scheme!r})")
+    if "@" in parts.netloc:
+        # Never echo the URL here: the part before "@" may be a secret.
+        raise ValueError(
+            "server URL must not contain credentials (user:password@); pass auth_key= instead"
+        )
+    if not parts.hostname:
+        raise ValueError(f"server URL {url!r} has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"server URL {url!r} has an invalid port") from None
+    if port == 0:
+        raise ValueError(f"server URL {url!r} has an invalid port 0")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"server URL {url!r} must not have a path ({parts.path!r})")
+    if parts.fragment:
+        raise ValueError(f"server URL {url!r} must not have a fragment")
+
+    values: dict[str, object] = {}
+    seen: set[str] = set()
+    try:
+        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ValueError(f"server URL {url!r} has a malformed query string") from None
+    for name, raw in query:
+        if name not in _PARAMS:
+            raise ValueError(
+                f"server URL has an unknown parameter {name!r} (known: {', '.join(_PARAMS)})"
+            )
+        if name in seen:
+            raise ValueError(f"server URL parameter {name} is given more than once")
+        seen.add(name)
+        if name in ("ssl", "keep_alive"):
+            values[name] = _parse_bool(name, raw)
+        elif name.endswith("_s"):
+            values[name.removesuffix("_s")] = _parse_seconds(name, raw)
+        else:
+            values[name] = _parse_file(name, raw)
+    options = dataclasses.replace(defaults, **values)  # type: ignore[arg-type]
+    options = dataclasses.replace(options, port=port or defaults.port)
+    return ServerTarget(
+        url=url,
+        host=parts.hostname,
+        port=options.port,
+        options=options,
+        ssl_context=_ssl_context(options, explicit=seen),
+    )
+
+
+def _ssl_context(options: ChannelOptions, explicit: set[str]) -> ssl.SSLContext | None:
+    files = {name: getattr(options, name) for name in _SSL_FILE_PARAMS}
+    if not options.ssl:
+        given = sorted(name for name in _SSL_FILE_PARAMS if name in explicit)
+        if given:
+            raise ValueError(f"server URL parameter {given[0]} needs TLS, but ssl=false")
+        return None
+    key, chain = files["ssl_private_key_path"], files["ssl_certificate_chain_path"]
+    if (key is None) != (chain is None):
+        missing = "ssl_certificate_chain_path" if chain is None else "ssl_private_key_path"
+        raise ValueError(f"server URL parameter {missing} is needed for a client certificate")
+    root = files["ssl_root_certificates_path"]
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=root)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(
+            f"server URL parameter ssl_root_certificates_path: cannot load {root}: {exc}"
+        ) from None
+    if root is None:
+        _add_certifi(context)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2"])
+    if chain is not None:
+        try:
+            context.load_cert_chain(chain, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                "server URL parameters ssl_certificate_chain_path/ssl_private_key_path: "
+                f"cannot load the client certificate: {exc}"
+            ) from None
+    return context
+
+
+def _add_certifi(context: ssl.SSLContext) -> None:
+    # Some Pythons (e.g. python.org macOS builds) ship without system roots;
+    # use certifi's bundle as well when it happens to be installed.
+    try:
+        import certifi  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    context.load_verify_locations(certifi.where())
+
+
+def grpclib_config(options: ChannelOptions) -> Configuration:
+    """Map the keep-alive options onto grpclib's HTTP/2 ping settings."""
+    if not options.keep_alive:
+        return Configuration()
+    interval = options.keep_alive_interval.total_seconds()
+    return Configuration(
+        _keepalive_time=interval,
+        _keepalive_timeout=options.keep_alive_timeout.total_seconds(),
+        # Pings only while a call or stream is open: idle connections need no
+        # liveness check, and servers penalise pings on idle connections.
+        _keepalive_permit_without_calls=False,
+        # A dispatch stream may be silent for hours; keep probing it at the
+        # configured interval instead of grpclib's defaults (2 pings, then
+        # no more than one per 5 minutes).
+        _http2_max_pings_without_data=0,
+        _http2_min_sent_ping_interval_without_data=interval,
+    )
+
+
+def open_channel(
+    target: ServerTarget, *, key: str | None, sign_secret: str | None
+) -> tuple[Channel, asyncio.AbstractEventLoop]:
+    """Open a channel bound to the running loop, adding auth metadata to every call.
+
+    grpclib binds a channel to the event loop it is created in, so this must
+    run inside that loop; the loop is returned so callers can notice a change.
+    """
+    loop = asyncio.get_running_loop()
+    channel = Channel(
+        target.host,
+        target.port,
+        ssl=target.ssl_context,
+        config=grpclib_config(target.options),
+    )
+    if key is not None:
+        _REDACTOR.add(key)
+        listen(channel, SendRequest, _auth_hook(key, sign_secret))
+    return channel, loop
+
+
+class _RedactSecrets(logging.Filter):
+    """Blanks API keys out of HTTP/2 header-compression debug logs.
+
+    hpack logs every header it encodes or decodes, metadata values included,
+    at DEBUG level; an app that turns on debug logging must not leak its key
+    that way. Filters run only for records that are emitted, so this costs
+    nothing while DEBUG is off.
+    """
+
+    _LOGGERS = ("hpack.hpack", "hpack.table")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._forms: set[str] = set()
+
+    def add(self, secret: str) -> None:
+        if not self._forms:
+            for name in self._LOGGERS:
+                logging.getLogger(name).addFilter(self)
+        # hpack logs bytes, whose repr escapes non-ASCII characters.
+        self._forms |= {secret, repr(secret.encode())[2:-1]}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = message
+        for form in self._forms:
+            redacted = redacted.replace(form, "<redacted>")
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_REDACTOR = _RedactSecrets()
+
+
+def _auth_hook(
+    key: str, sign_secret: str | None
+) -> Callable[[SendRequest], Coroutine[Any, Any, None]]:
+    async def add_auth_metadata(event: SendRequest) -> None:
+        for name, value in auth_metadata(key, sign_secret, event.method_name):
+            event.metadata[name] = value
+
+    return add_auth_metadata
+
+
+def translate_error(exc: BaseException, server_url: str) -> DispatchApiError | None:
+    """Return the typed error for a failed call, or None if `exc` is not a call failure."""
+    if isinstance(exc, DispatchApiError):
+        return exc
+    if isinstance(exc, GRPCError):
+        return error_from_grpc(exc, server_url=server_url)
+    # grpclib signals its own deadline with a bare TimeoutError; an OS-level
+    # connect timeout carries an errno and is an unreachable server instead.
+    if isinstance(exc, TimeoutError) and exc.errno is None:
+        return DeadlineExceeded(
+            "the call did not finish within its deadline", server_url=server_url
+        )
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return Unavailable(f"TLS handshake failed: {exc}", server_url=server_url)
+    if isinstance(exc, ConnectionRefusedError):
+        return Unavailable("connection refused", server_url=server_url)
+    if isinstance(exc, OSError | ConnectionError):
+        return Unavailable(f"cannot reach the server: {exc}", server_url=server_url)
+    if isinstance(exc, StreamTerminatedError | ProtocolError):
+        return Unavailable(f"connection to the server broke: {exc}", server_url=server_url)
+    return None

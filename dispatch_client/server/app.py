@@ -1,0 +1,210 @@
+"""Listening on a socket: `DispatchServer` (start/stop/restart) and `serve()`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl as _ssl
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import anyio
+import grpclib.server
+
+from .auth import RequestAuthenticator
+from .service import DEFAULT_STREAM_BUFFER_SIZE, DispatchService
+
+__all__ = ["DispatchServer", "serve", "server_ssl_context"]
+
+_log = logging.getLogger(__name__)
+
+
+def server_ssl_context(cert_file: str, key_file: str) -> _ssl.SSLContext:
+    """Build a TLS context for the server from a certificate chain and its private key."""
+    context = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+class _ConnectionTracker(asyncio.Protocol):
+    """Wraps grpclib's per-connection protocol to remember its transport.
+
+    grpclib's `Server.close()` stops accepting and cancels handlers but keeps
+    established connections open; `DispatchServer.stop()` closes them too, so
+    that stopping looks like a server going down to connected clients.
+    """
+
+    def __init__(self, inner: asyncio.Protocol, open_transports: set[asyncio.BaseTransport]):
+        self._inner = inner
+        self._open = open_transports
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._open.add(transport)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._open.discard(self._transport)
+        self._inner.connection_lost(exc)
+
+
+class _Server(grpclib.server.Server):
+    def __init__(self, handlers: Iterable[Any]) -> None:
+        super().__init__(list(handlers))
+        self.open_transports: set[asyncio.BaseTransport] = set()
+
+    def _protocol_factory(self) -> Any:
+        return _ConnectionTracker(super()._protocol_factory(), self.open_transports)
+
+
+class DispatchServer:
+    """A `DispatchService` listening on `host:port` (port 0 picks a free one).
+
+    `start()` binds (again on the same port after a `stop()`, so a client can
+    reconnect), `stop()` stops listening and drops open connections and
+    streams. The service (and its store) are not closed by `stop()`; that is
+    the caller's job. Also an async context manager (start/stop).
+    """
+
+    def __init__(
+        self,
+        service: DispatchService,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl: _ssl.SSLContext | None = None,
+        keys: Iterable[str] | None = None,
+        sign_secret: str | None = None,
+    ) -> None:
+        self.service = service
+        self.host = host
+        self.port = port
+        self.ssl = ssl
+        self.authenticator = RequestAuthenticator(keys, sign_secret)
+        self._server: _Server | None = None
+
+    def __repr__(self) -> str:
+        return f"DispatchServer({self.url!r}, running={self.is_running})"
+
+    async def __aenter__(self) -> DispatchServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        """The URL a client connects with, e.g. `grpc://127.0.0.1:50051?ssl=false`."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"grpc://{host}:{self.port}" + ("" if self.ssl else "?ssl=false")
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the server is listening."""
+        return self._server is not None
+
+    async def start(self) -> None:
+        """Start listening; no-op when already listening."""
+        if self._server is not None:
+            return
+        sock = await _bind(self.host, self.port)
+        server = _Server([self.service])
+        self.authenticator.install(server)
+        try:
+            await server.start(sock=sock, ssl=self.ssl)
+        except BaseException:
+            sock.close()
+            raise
+        self.port = sock.getsockname()[1]
+        self._server = server
+
+    async def stop(self) -> None:
+        """Stop listening, cancel running calls and close connections; idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        with anyio.CancelScope(shield=True):
+            server.close()
+            for transport in list(server.open_transports):
+                transport.close()
+            await server.wait_closed()
+
+
+async def _bind(host: str, port: int) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+    )
+    if not infos:
+        raise OSError(f"cannot resolve {host!r}")
+    family, kind, proto, _, address = infos[0]
+    # proto must say TCP: grpclib only sets TCP_NODELAY on accepted sockets
+    # that do, and without it every response waits for a delayed ACK (~40 ms).
+    sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
+    try:
+        # So that a restart on the same port does not wait for TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(100)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 50051,
+    db: str = ":memory:",
+    keys: Iterable[str] | None = None,
+    sign_secret: str | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    stream_buffer_size: int | None = None,
+    on_ready: Callable[[DispatchServer], object] | None = None,
+) -> None:
+    """Run a dispatch server until cancelled, then stop it cleanly.
+
+    Logs one line with the URL to connect to; `on_ready` (if given) is called
+    with the running `DispatchServer` once it listens.
+    """
+    service = DispatchService(
+        db=db, stream_buffer_size=stream_buffer_size or DEFAULT_STREAM_BUFFER_SIZE
+    )
+    async with service:
+        server = DispatchServer(
+            service, host=host, port=port, ssl=ssl, keys=keys, sign_secret=sign_secret
+        )
+        async with server:
+            _log.info(
+                "Dispatch server listening (db %s, %s); connect with %s",
+                db,
+                _describe_auth(server.authenticator),
+                server.url,
+            )
+            if on_ready is not None:
+                on_ready(server)
+            await anyio.sleep_forever()
+
+
+def _describe_auth(authenticator: RequestAuthenticator) -> str:
+    return repr(authenticator).removeprefix("RequestAuthenticator(").removesuffix(")")

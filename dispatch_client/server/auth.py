@@ -1,0 +1,156 @@
+"""Checking the `key` and request signature metadata of incoming calls.
+
+Runs as a grpclib `RecvRequest` listener, before any handler sees the call,
+so every RPC (streams included) is covered. Failures answer UNAUTHENTICATED
+with a message that says what was wrong, never what the key or secret is.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import grpclib.events
+import grpclib.server
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from .._auth import (
+    KEY_HEADER,
+    NONCE_HEADER,
+    SIG_HEADER,
+    TS_HEADER,
+    method_name,
+    signature,
+    signatures_match,
+)
+
+__all__ = ["DEFAULT_CLOCK_WINDOW_S", "DEFAULT_MAX_NONCES", "RequestAuthenticator"]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_CLOCK_WINDOW_S = 300
+"""How far (either way) a request's `ts` may be from the server's clock."""
+DEFAULT_MAX_NONCES = 100_000
+"""Upper bound on remembered nonces; past it, signed calls are refused for a while."""
+
+
+class RequestAuthenticator:
+    """Accepts or rejects calls by their authentication metadata.
+
+    `keys`: the accepted API keys, or None to accept any (and no) key.
+    `sign_secret`: when set, every call must carry `ts`, `nonce` and a valid
+    `sig`; `ts` must be within `clock_window_s` of the server's clock and a
+    nonce is accepted once. A nonce only has to be remembered until its `ts`
+    leaves the window (a replay after that fails the clock check), which
+    bounds memory together with `max_nonces`.
+    """
+
+    def __init__(
+        self,
+        keys: Iterable[str] | None = None,
+        sign_secret: str | None = None,
+        *,
+        clock_window_s: int = DEFAULT_CLOCK_WINDOW_S,
+        max_nonces: int = DEFAULT_MAX_NONCES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = None if keys is None else frozenset(keys)
+        self._secret = sign_secret or None
+        self._window = clock_window_s
+        self._max_nonces = max_nonces
+        self._clock = clock
+        self._nonce_expiry: list[tuple[int, str]] = []
+        self._nonces: set[str] = set()
+
+    def __repr__(self) -> str:
+        # Says what is checked, never with which values.
+        keys = "any" if self._keys is None else f"{len(self._keys)} keys"
+        return f"RequestAuthenticator({keys}, signed={self._secret is not None})"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any check is configured."""
+        return self._keys is not None or self._secret is not None
+
+    def install(self, server: grpclib.server.Server) -> None:
+        """Check every call `server` receives; no-op when nothing is configured."""
+        if self.enabled:
+            grpclib.events.listen(server, grpclib.events.RecvRequest, self._on_request)
+
+    async def _on_request(self, event: grpclib.events.RecvRequest) -> None:
+        method = method_name(event.method_name)
+        try:
+            self.check(event.metadata, method)
+        except GRPCError as error:
+            _log.info("rejected %s from %s: %s", method, event.peer.addr(), error.message)
+            raise
+
+    def check(self, metadata: Any, method: str) -> None:
+        """Raise `GRPCError(UNAUTHENTICATED)` unless `metadata` authenticates a call to `method`.
+
+        `metadata` is the call's metadata mapping (grpclib's MultiDict).
+        """
+        key = _single(metadata, KEY_HEADER)
+        if self._keys is not None:
+            if key is None:
+                raise _unauthenticated(f"missing API key: send it as metadata '{KEY_HEADER}'")
+            if key not in self._keys:
+                raise _unauthenticated("API key not accepted")
+        if self._secret is not None:
+            self._check_signature(metadata, key or "", method)
+
+    def _check_signature(self, metadata: Any, key: str, method: str) -> None:
+        assert self._secret is not None
+        values = {name: _single(metadata, name) for name in (TS_HEADER, NONCE_HEADER, SIG_HEADER)}
+        missing = [name for name, value in values.items() if not value]
+        if missing:
+            raise _unauthenticated(
+                "request is not signed: missing metadata " + ", ".join(f"'{m}'" for m in missing)
+            )
+        ts, nonce, sig = values[TS_HEADER], values[NONCE_HEADER], values[SIG_HEADER]
+        assert ts is not None and nonce is not None and sig is not None
+        try:
+            ts_value = int(ts)
+        except ValueError:
+            raise _unauthenticated(
+                f"metadata '{TS_HEADER}' must be unix seconds, got {ts[:32]!r}"
+            ) from None
+        now = self._clock()
+        if abs(now - ts_value) > self._window:
+            raise _unauthenticated(
+                f"metadata '{TS_HEADER}' is {int(now - ts_value)} s away from the server's clock"
+                f" (allowed: ±{self._window} s)"
+            )
+        if not signatures_match(signature(self._secret, key, ts, nonce, method), sig):
+            raise _unauthenticated("request signature does not match")
+        # Only a correctly signed call may take up nonce memory.
+        self._forget_expired_nonces(now)
+        if nonce in self._nonces:
+            raise _unauthenticated(f"metadata '{NONCE_HEADER}' was already used (replay)")
+        if len(self._nonces) >= self._max_nonces:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED, "too many signed calls in the clock window; retry later"
+            )
+        self._nonces.add(nonce)
+        heapq.heappush(self._nonce_expiry, (ts_value + self._window, nonce))
+
+    def _forget_expired_nonces(self, now: float) -> None:
+        while self._nonce_expiry and self._nonce_expiry[0][0] < now:
+            _, nonce = heapq.heappop(self._nonce_expiry)
+            self._nonces.discard(nonce)
+
+
+def _single(metadata: Any, name: str) -> str | None:
+    value = metadata.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    # Binary metadata never carries these values; treat it as absent.
+    return None
+
+
+def _unauthenticated(message: str) -> GRPCError:
+    return GRPCError(Status.UNAUTHENTICATED, message)

@@ -1,0 +1,117 @@
+"""Per-microgrid fan-out of dispatch events to stream subscribers.
+
+`publish` never waits: each subscriber has a bounded buffer, and one that is
+full is cut off (its stream then ends with RESOURCE_EXHAUSTED) instead of
+slowing down the writer or the other subscribers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .._proto.frequenz.api.dispatch.v1 import StreamMicrogridDispatchesResponse
+
+__all__ = ["Fanout", "Subscription"]
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscriber's view of a microgrid's events."""
+
+    microgrid_id: int
+    events: MemoryObjectReceiveStream[StreamMicrogridDispatchesResponse]
+    _sender: MemoryObjectSendStream[StreamMicrogridDispatchesResponse] = field(repr=False)
+    overflowed: bool = False
+    """Set when the buffer filled up and the subscriber was cut off."""
+    shut_down: bool = False
+    """Set when the fan-out was closed (server stopping)."""
+
+
+class Fanout:
+    """Subscribers by microgrid, each with a buffer of `buffer_size` events."""
+
+    def __init__(self, buffer_size: int) -> None:
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be at least 1, got {buffer_size}")
+        self.buffer_size = buffer_size
+        self._subscribers: dict[int, set[Subscription]] = {}
+        self._opened: Counter[int] = Counter()
+        self._changed: anyio.Event | None = None
+
+    def subscribe(self, microgrid_id: int) -> Subscription:
+        """Register a subscriber; call `unsubscribe` when it goes away."""
+        sender, receiver = anyio.create_memory_object_stream[StreamMicrogridDispatchesResponse](
+            self.buffer_size
+        )
+        subscription = Subscription(microgrid_id, receiver, sender)
+        self._subscribers.setdefault(microgrid_id, set()).add(subscription)
+        self._opened[microgrid_id] += 1
+        self._notify()
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Forget a subscriber and release its buffer; idempotent."""
+        subscribers = self._subscribers.get(subscription.microgrid_id)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[subscription.microgrid_id]
+        subscription._sender.close()
+        subscription.events.close()
+        self._notify()
+
+    def publish(self, microgrid_id: int, event: StreamMicrogridDispatchesResponse) -> None:
+        """Hand `event` to every subscriber of the microgrid, without waiting."""
+        for subscription in list(self._subscribers.get(microgrid_id, ())):
+            try:
+                subscription._sender.send_nowait(event)
+            except anyio.WouldBlock:
+                # Closing only the send side lets the subscriber drain what is
+                # buffered, then see the end and report the overflow.
+                subscription.overflowed = True
+                self._drop(subscription)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._drop(subscription)
+
+    def close(self) -> None:
+        """End every subscription (the server is going away)."""
+        for subscribers in list(self._subscribers.values()):
+            for subscription in list(subscribers):
+                subscription.shut_down = True
+                self._drop(subscription)
+
+    def _drop(self, subscription: Subscription) -> None:
+        subscribers = self._subscribers.get(subscription.microgrid_id)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[subscription.microgrid_id]
+        subscription._sender.close()
+        self._notify()
+
+    async def wait_changed(self) -> None:
+        """Wait until a subscription is opened or ends."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
+
+    def open_count(self, microgrid_id: int | None = None) -> int:
+        """Return how many subscribers still receive events (of one microgrid, or all)."""
+        if microgrid_id is None:
+            return sum(len(s) for s in self._subscribers.values())
+        return len(self._subscribers.get(microgrid_id, ()))
+
+    def opened_count(self, microgrid_id: int | None = None) -> int:
+        """Return how many subscriptions were ever opened (of one microgrid, or all)."""
+        if microgrid_id is None:
+            return sum(self._opened.values())
+        return self._opened[microgrid_id]

@@ -1,0 +1,559 @@
+"""The six RPCs of `MicrogridDispatchService`, with the live service's semantics.
+
+Semantics chosen where the API leaves room (all documented in the README of
+the server, `python -m dispatch_client.server --help`):
+
+- `start_time` is stored rounded to the nearest whole second. A start time up
+  to `start_time_allowance` (default 60 s) in the past is accepted, to absorb
+  clock skew between client and server.
+- List: `*_from` bounds are inclusive, `*_to` bounds exclusive. A dispatch
+  whose series never ends (no `end_time`) counts as ending after every bound.
+  `targets`: a dispatch matches when its target equals one of the given
+  targets (same kind, same set of ids / categories / category-types; order
+  and duplicates ignored). `queries`: `#<digits>` matches that id, any other
+  text is a case-sensitive substring of the type; queries are OR-ed with each
+  other and AND-ed with the other criteria.
+- Sorting defaults to create time, descending; an unspecified order is
+  descending; ties are broken by id in the same direction.
+- Page size: 0/unset means `default_page_size` (100); larger than
+  `max_page_size` (1000) is clamped to it. Page tokens are opaque and carry
+  the position (sort key + id of the last row) and page size, so they stay
+  valid while rows are added or removed; a token is only valid with the sort
+  options it was issued for.
+- Streams: events of one microgrid go to every subscriber in commit order.
+  Each subscriber has a buffer of `stream_buffer_size` events; one that falls
+  further behind is cut off with RESOURCE_EXHAUSTED after the buffered events.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, NoReturn
+
+import anyio
+import betterproto2
+import grpclib.const
+import grpclib.server
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from .._proto.frequenz.api.common.v1alpha8.pagination import PaginationInfo
+from .._proto.frequenz.api.common.v1alpha8.streaming import Event
+from .._proto.frequenz.api.common.v1alpha8.types import Interval
+from .._proto.frequenz.api.dispatch.v1 import (
+    CreateMicrogridDispatchRequest,
+    CreateMicrogridDispatchResponse,
+    DeleteMicrogridDispatchRequest,
+    DeleteMicrogridDispatchResponse,
+    Dispatch,
+    DispatchData,
+    DispatchFilter,
+    GetMicrogridDispatchRequest,
+    GetMicrogridDispatchResponse,
+    ListMicrogridDispatchesRequest,
+    ListMicrogridDispatchesResponse,
+    MicrogridDispatchServiceBase,
+    RecurrenceRule,
+    RecurrenceRuleFrequency,
+    SortField,
+    SortOrder,
+    StreamMicrogridDispatchesRequest,
+    StreamMicrogridDispatchesResponse,
+    UpdateMicrogridDispatchRequest,
+    UpdateMicrogridDispatchRequestDispatchUpdate,
+    UpdateMicrogridDispatchResponse,
+)
+from ..recurrence import series_end
+from ..validation import (
+    check_dispatch_data,
+    check_duration,
+    check_payload,
+    check_recurrence,
+    check_start_time,
+)
+from .fanout import Fanout, Subscription
+from .store import DispatchStore, ListQuery, target_key, to_micros
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "DEFAULT_STREAM_BUFFER_SIZE",
+    "MAX_PAGE_SIZE",
+    "START_TIME_ALLOWANCE",
+    "DispatchService",
+]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+DEFAULT_STREAM_BUFFER_SIZE = 1024
+START_TIME_ALLOWANCE = dt.timedelta(seconds=60)
+
+_SORT_COLUMNS = {
+    SortField.UNSPECIFIED: "create_time",
+    SortField.CREATE_TIME: "create_time",
+    SortField.START_TIME: "start_time",
+    SortField.LAST_UPDATE_TIME: "update_time",
+}
+_ID_QUERY = re.compile(r"#(\d+)")
+_UINT32_MAX = 2**32 - 1
+_INT64_MAX = 2**63 - 1
+
+_RECURRENCE_FIELDS = (
+    "freq",
+    "interval",
+    "end_criteria",
+    "byminutes",
+    "byhours",
+    "byweekdays",
+    "bymonthdays",
+    "bymonths",
+)
+_UPDATABLE = (
+    "start_time",
+    "duration",
+    "target",
+    "is_active",
+    "payload",
+    "recurrence",
+    *(f"recurrence.{name}" for name in _RECURRENCE_FIELDS),
+)
+_FIXED = ("type", "is_dry_run", "dry_run")
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _invalid(message: str) -> NoReturn:
+    raise GRPCError(Status.INVALID_ARGUMENT, message)
+
+
+def _not_found(microgrid_id: int, dispatch_id: int) -> NoReturn:
+    raise GRPCError(
+        Status.NOT_FOUND, f"dispatch {dispatch_id} not found in microgrid {microgrid_id}"
+    )
+
+
+def round_to_second(value: dt.datetime) -> dt.datetime:
+    """Round to the nearest whole second (half a second rounds up), as the live service stores."""
+    whole = value.replace(microsecond=0)
+    return whole + dt.timedelta(seconds=1) if value.microsecond >= 500_000 else whole
+
+
+async def _end_time(data: DispatchData) -> dt.datetime | None:
+    # A long series (e.g. minutely until a far date) takes a while to walk;
+    # do it off the event loop.
+    return await anyio.to_thread.run_sync(series_end, data)
+
+
+class DispatchService(MicrogridDispatchServiceBase):
+    """The servicer: pass it to a grpclib `Server` (or use `DispatchServer`).
+
+    Open it before serving (`await service.open()` or `async with service`):
+    that opens the store. `store` defaults to a `DispatchStore(db)`.
+
+    Observability for tests: `open_stream_count()`, `opened_stream_count()`,
+    `await wait_for_streams(...)`.
+    """
+
+    def __init__(
+        self,
+        store: DispatchStore | None = None,
+        *,
+        db: str = ":memory:",
+        stream_buffer_size: int = DEFAULT_STREAM_BUFFER_SIZE,
+        default_page_size: int = DEFAULT_PAGE_SIZE,
+        max_page_size: int = MAX_PAGE_SIZE,
+        start_time_allowance: dt.timedelta = START_TIME_ALLOWANCE,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        self.store = store if store is not None else DispatchStore(db)
+        self.default_page_size = default_page_size
+        self.max_page_size = max_page_size
+        self.start_time_allowance = start_time_allowance
+        self._clock = clock
+        self._fanout = Fanout(stream_buffer_size)
+        # Held from the start of a write until its event is published, so
+        # events leave in commit order.
+        self._write_lock = anyio.Lock()
+
+    async def __aenter__(self) -> DispatchService:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Open the store; no-op when open."""
+        await self.store.open()
+
+    async def close(self) -> None:
+        """End all streams (UNAVAILABLE) and close the store."""
+        self._fanout.close()
+        await self.store.close()
+
+    # Stream counters ------------------------------------------------------------
+
+    def open_stream_count(self, microgrid_id: int | None = None) -> int:
+        """Streams currently subscribed (to one microgrid, or in total)."""
+        return self._fanout.open_count(microgrid_id)
+
+    def opened_stream_count(self, microgrid_id: int | None = None) -> int:
+        """Streams ever opened (to one microgrid, or in total) since the service was made."""
+        return self._fanout.opened_count(microgrid_id)
+
+    async def wait_for_streams(self, microgrid_id: int | None, count: int) -> None:
+        """Wait until exactly `count` streams are open (bound it with `anyio.fail_after`)."""
+        while self.open_stream_count(microgrid_id) != count:
+            await self._fanout.wait_changed()
+
+    # RPCs -----------------------------------------------------------------------
+
+    async def create_microgrid_dispatch(
+        self, message: CreateMicrogridDispatchRequest
+    ) -> CreateMicrogridDispatchResponse:
+        """Validate and store a new dispatch; publish CREATED."""
+        if message.dispatch_data is None:
+            _invalid("dispatch_data is required")
+        data = message.dispatch_data
+        now = self._clock()
+        start_immediately = bool(message.start_immediately)
+        if start_immediately:
+            data.start_time = now
+        try:
+            check_dispatch_data(
+                data,
+                now=now,
+                allowance=self.start_time_allowance,
+                start_immediately=start_immediately,
+            )
+        except ValueError as error:
+            _invalid(str(error))
+        assert data.start_time is not None
+        data.start_time = round_to_second(data.start_time)
+        end_time = await _end_time(data)
+
+        async def write() -> Dispatch:
+            return await self.store.insert(message.microgrid_id, data, now=now, end_time=end_time)
+
+        dispatch = await self._write(message.microgrid_id, Event.CREATED, write)
+        assert dispatch is not None
+        return CreateMicrogridDispatchResponse(dispatch=dispatch)
+
+    async def get_microgrid_dispatch(
+        self, message: GetMicrogridDispatchRequest
+    ) -> GetMicrogridDispatchResponse:
+        """Return one dispatch; NOT_FOUND for unknown ids and ids of other microgrids."""
+        dispatch = await self.store.get(message.microgrid_id, message.dispatch_id)
+        if dispatch is None:
+            _not_found(message.microgrid_id, message.dispatch_id)
+        return GetMicrogridDispatchResponse(microgrid_id=message.microgrid_id, dispatch=dispatch)
+
+    async def delete_microgrid_dispatch(
+        self, message: DeleteMicrogridDispatchRequest
+    ) -> DeleteMicrogridDispatchResponse:
+        """Delete one dispatch; publish DELETED with its last state."""
+
+        async def write() -> Dispatch | None:
+            return await self.store.delete(message.microgrid_id, message.dispatch_id)
+
+        if await self._write(message.microgrid_id, Event.DELETED, write) is None:
+            _not_found(message.microgrid_id, message.dispatch_id)
+        return DeleteMicrogridDispatchResponse(
+            microgrid_id=message.microgrid_id, dispatch_id=message.dispatch_id
+        )
+
+    async def update_microgrid_dispatch(
+        self, message: UpdateMicrogridDispatchRequest
+    ) -> UpdateMicrogridDispatchResponse:
+        """Apply exactly the `update_mask` paths; publish UPDATED."""
+        paths = list(message.update_mask.paths) if message.update_mask is not None else []
+        if not paths:
+            _invalid("update_mask must name at least one field to update")
+        for path in paths:
+            if path in _FIXED:
+                _invalid(f"update_mask path '{path}' cannot be updated: it is fixed at creation")
+            if path not in _UPDATABLE:
+                _invalid(
+                    f"update_mask path '{path}' is not an updatable field"
+                    f" (allowed: {', '.join(_UPDATABLE)})"
+                )
+        update = message.update or UpdateMicrogridDispatchRequestDispatchUpdate()
+        mid, did = message.microgrid_id, message.dispatch_id
+
+        async def write() -> Dispatch | None:
+            current = await self.store.get(mid, did)
+            if current is None:
+                return None
+            assert current.data is not None
+            now = self._clock()
+            try:
+                data = self._apply_update(current.data, paths, update, now)
+            except ValueError as error:
+                _invalid(str(error))
+            return await self.store.replace(mid, did, data, now=now, end_time=await _end_time(data))
+
+        dispatch = await self._write(mid, Event.UPDATED, write)
+        if dispatch is None:
+            _not_found(mid, did)
+        return UpdateMicrogridDispatchResponse(dispatch=dispatch)
+
+    async def list_microgrid_dispatches(
+        self, message: ListMicrogridDispatchesRequest
+    ) -> ListMicrogridDispatchesResponse:
+        """Return one page of the filtered, sorted dispatches of a microgrid."""
+        query = self._list_query(message)
+        result = await self.store.list(query)
+        token = None
+        if result.last_key is not None:
+            token = _encode_token(query.sort_column, query.descending, result.last_key, query.limit)
+        return ListMicrogridDispatchesResponse(
+            dispatches=result.dispatches,
+            pagination_info=PaginationInfo(
+                total_items=min(result.total_items, _UINT32_MAX), next_page_token=token
+            ),
+        )
+
+    async def stream_microgrid_dispatches(
+        self, message: StreamMicrogridDispatchesRequest
+    ) -> AsyncIterator[StreamMicrogridDispatchesResponse]:
+        """Yield every CREATED/UPDATED/DELETED event of the microgrid from now on."""
+        subscription = self._fanout.subscribe(message.microgrid_id)
+        try:
+            async for event in self._events(subscription):
+                yield event
+        finally:
+            self._fanout.unsubscribe(subscription)
+
+    # Plumbing -------------------------------------------------------------------
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        """Route the stream RPC to a handler that also sends initial metadata.
+
+        Initial metadata goes out only once the subscription is registered, so
+        a client that has received it knows every later change reaches it.
+        """
+        mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
+        for path, handler in mapping.items():
+            if path.endswith("/StreamMicrogridDispatches"):
+                mapping[path] = grpclib.const.Handler(
+                    self._serve_stream,
+                    handler.cardinality,
+                    handler.request_type,
+                    handler.reply_type,
+                )
+        return mapping
+
+    async def _serve_stream(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        assert isinstance(request, StreamMicrogridDispatchesRequest)
+        subscription = self._fanout.subscribe(request.microgrid_id)
+        try:
+            await stream.send_initial_metadata()
+            async for event in self._events(subscription):
+                await stream.send_message(event)
+        finally:
+            self._fanout.unsubscribe(subscription)
+
+    async def _events(
+        self, subscription: Subscription
+    ) -> AsyncIterator[StreamMicrogridDispatchesResponse]:
+        async for event in subscription.events:
+            yield event
+        if subscription.overflowed:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"stream of microgrid {subscription.microgrid_id} fell more than"
+                f" {self._fanout.buffer_size} events behind and was closed;"
+                " re-open it and re-list to catch up",
+            )
+        if subscription.shut_down:
+            raise GRPCError(Status.UNAVAILABLE, "server is shutting down")
+
+    async def _write(
+        self,
+        microgrid_id: int,
+        kind: Event,
+        write: Callable[[], Any],
+    ) -> Dispatch | None:
+        # Shielded: once a write has started, a cancelled caller must not
+        # leave it committed but unpublished.
+        dispatch: Dispatch | None = None
+        with anyio.CancelScope(shield=True):
+            async with self._write_lock:
+                dispatch = await write()
+                if dispatch is not None:
+                    self._fanout.publish(
+                        microgrid_id,
+                        StreamMicrogridDispatchesResponse(dispatch=dispatch, event=kind),
+                    )
+        return dispatch
+
+    def _apply_update(
+        self,
+        current: DispatchData,
+        paths: Iterable[str],
+        update: UpdateMicrogridDispatchRequestDispatchUpdate,
+        now: dt.datetime,
+    ) -> DispatchData:
+        data = DispatchData.parse(bytes(current))  # a deep copy
+        for path in paths:
+            if path == "start_time":
+                if update.start_time is None:
+                    raise ValueError("update.start_time must be set when the mask has 'start_time'")
+                start = check_start_time(
+                    update.start_time, now=now, allowance=self.start_time_allowance
+                )
+                data.start_time = round_to_second(start)
+            elif path == "duration":
+                data.duration = check_duration(update.duration)
+            elif path == "target":
+                data.target = update.target
+            elif path == "is_active":
+                data.is_active = bool(update.is_active)
+            elif path == "payload":
+                if update.payload is not None:
+                    check_payload(update.payload)
+                data.payload = update.payload
+            elif path == "recurrence":
+                data.recurrence = _recurrence_from_update(update, _RECURRENCE_FIELDS)
+            else:
+                name = path.removeprefix("recurrence.")
+                rule = data.recurrence or RecurrenceRule()
+                new_values = _recurrence_from_update(update, (name,)) or RecurrenceRule()
+                setattr(rule, name, getattr(new_values, name))
+                data.recurrence = rule
+        if data.recurrence is not None:
+            check_recurrence(data.recurrence)
+        return data
+
+    def _list_query(self, message: ListMicrogridDispatchesRequest) -> ListQuery:
+        sort_column, descending = _sort(message)
+        after: tuple[int, int] | None = None
+        limit = self.default_page_size
+        params = message.pagination_params
+        if params is not None and params.page_token:
+            token_column, token_descending, after, limit = _decode_token(params.page_token)
+            if (token_column, token_descending) != (sort_column, descending):
+                _invalid(
+                    "pagination_params.page_token was issued for other sort_options;"
+                    " send the same sort_options with every page"
+                )
+        elif params is not None and params.page_size:
+            limit = params.page_size
+        limit = max(1, min(limit, self.max_page_size))
+        return ListQuery(
+            microgrid_id=message.microgrid_id,
+            sort_column=sort_column,
+            descending=descending,
+            after=after,
+            limit=limit,
+            **_filter_criteria(message.filter),
+        )
+
+
+def _recurrence_from_update(
+    update: UpdateMicrogridDispatchRequestDispatchUpdate, names: Iterable[str]
+) -> RecurrenceRule | None:
+    source = update.recurrence
+    if source is None:
+        return None
+    rule = RecurrenceRule()
+    for name in names:
+        value = getattr(source, name)
+        if name == "freq":
+            value = RecurrenceRuleFrequency.UNSPECIFIED if value is None else value
+        elif name == "interval":
+            value = value or 0
+        elif name != "end_criteria":
+            value = list(value)
+        setattr(rule, name, value)
+    return rule
+
+
+def _sort(message: ListMicrogridDispatchesRequest) -> tuple[str, bool]:
+    options = message.sort_options
+    if options is None:
+        return "create_time", True
+    column = _SORT_COLUMNS.get(options.sort_field)
+    if column is None:
+        _invalid(f"sort_options.sort_field {options.sort_field!r} is not a known sort field")
+    if options.sort_order not in (SortOrder.UNSPECIFIED, SortOrder.ASCENDING, SortOrder.DESCENDING):
+        _invalid(f"sort_options.sort_order {options.sort_order!r} is not a known sort order")
+    return column, options.sort_order != SortOrder.ASCENDING
+
+
+def _interval(interval: Interval | None) -> tuple[int | None, int | None]:
+    if interval is None:
+        return None, None
+    low = None if interval.start_time is None else to_micros(interval.start_time)
+    high = None if interval.end_time is None else to_micros(interval.end_time)
+    return low, high
+
+
+def _filter_criteria(filter_: DispatchFilter | None) -> dict[str, Any]:
+    if filter_ is None:
+        return {}
+    criteria: dict[str, Any] = {
+        "is_active": filter_.is_active,
+        "is_dry_run": filter_.is_dry_run,
+    }
+    if filter_.targets:
+        criteria["target_keys"] = sorted({target_key(t) for t in filter_.targets})
+    which, value = betterproto2.which_one_of(filter_, "recurrence")
+    if which == "is_recurring":
+        criteria["is_recurring"] = bool(value)
+    for prefix in ("start", "end", "update"):
+        interval = getattr(filter_, f"{prefix}_time_interval")
+        criteria[f"{prefix}_from"], criteria[f"{prefix}_to"] = _interval(interval)
+    if filter_.dispatch_ids:
+        criteria["dispatch_ids"] = list(filter_.dispatch_ids)
+    id_queries: list[int] = []
+    type_queries: list[str] = []
+    for query in filter_.queries:
+        match = _ID_QUERY.fullmatch(query.strip())
+        if match:
+            number = int(match.group(1))
+            # An id that cannot exist matches nothing; keep the OR-group non-empty.
+            id_queries.append(number if number <= _INT64_MAX else 0)
+        else:
+            type_queries.append(query)
+    criteria["id_queries"] = id_queries
+    criteria["type_queries"] = type_queries
+    return criteria
+
+
+def _encode_token(column: str, descending: bool, last: tuple[int, int], size: int) -> str:
+    body = json.dumps({"s": column, "d": descending, "k": last[0], "i": last[1], "n": size})
+    return base64.urlsafe_b64encode(body.encode()).rstrip(b"=").decode()
+
+
+def _decode_token(token: str) -> tuple[str, bool, tuple[int, int], int]:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        body = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        column, descending, key, last_id, size = (
+            body["s"],
+            body["d"],
+            body["k"],
+            body["i"],
+            body["n"],
+        )
+        if (
+            column not in _SORT_COLUMNS.values()
+            or not isinstance(descending, bool)
+            or not all(type(v) is int for v in (key, last_id, size))
+            or not (-(2**63) <= key <= _INT64_MAX and 0 <= last_id <= _INT64_MAX)
+        ):
+            raise ValueError("bad token fields")
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        _invalid("pagination_params.page_token is not a token issued by this server")
+    return column, descending, (key, last_id), size

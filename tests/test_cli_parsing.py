@@ -1,0 +1,278 @@
+"""Unit tests of dispatch-cli's input parsers (times, durations, targets, ids, lists)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dispatch_client import (
+    BatteryType,
+    ElectricalComponentCategory,
+    EvChargerType,
+    InverterType,
+    RecurrenceRuleWeekday,
+    TargetComponents,
+    TargetComponentsCategoryAndType,
+    TargetComponentsCategorySet,
+    TargetComponentsCategoryTypeSet,
+    TargetComponentsIdSet,
+)
+from dispatch_client.cli.output import describe_target
+from dispatch_client.cli.parsing import (
+    format_duration,
+    parse_duration,
+    parse_id_ranges,
+    parse_int_list,
+    parse_json_object,
+    parse_months,
+    parse_target,
+    parse_time,
+    parse_weekdays,
+)
+
+UTC = dt.UTC
+NOW = dt.datetime(2025, 1, 31, 13, 0, 7, tzinfo=UTC)
+
+# --- times ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2025-02-01T14:00:00Z", dt.datetime(2025, 2, 1, 14, tzinfo=UTC)),
+        ("2025-02-01T14:00+02:00", dt.datetime(2025, 2, 1, 12, tzinfo=UTC)),
+        ("2025-02-01 14:00", dt.datetime(2025, 2, 1, 14, tzinfo=UTC)),  # naive means UTC
+        ("2025-02-01", dt.datetime(2025, 2, 1, tzinfo=UTC)),
+        ("now", NOW),
+        ("  NOW ", NOW),
+        ("in 10 min", NOW + dt.timedelta(minutes=10)),
+        ("in 2 hours", NOW + dt.timedelta(hours=2)),
+        ("tomorrow 08:00", dt.datetime(2025, 2, 1, 8, tzinfo=UTC)),
+        ("tomorrow 08:00 CET", dt.datetime(2025, 2, 1, 7, tzinfo=UTC)),
+        ("monday 9:00", dt.datetime(2025, 2, 3, 9, tzinfo=UTC)),  # the next one, not the last
+    ],
+)
+def test_parse_time_accepts(text: str, expected: dt.datetime) -> None:
+    parsed = parse_time(text, now=NOW)
+    assert parsed == expected
+    assert parsed.tzinfo == UTC
+
+
+def test_parse_time_phrases_against_the_real_clock() -> None:
+    before = dt.datetime.now(UTC)
+    parsed = parse_time("in 10 minutes")
+    after = dt.datetime.now(UTC)
+    assert before + dt.timedelta(minutes=10) - dt.timedelta(seconds=1) <= parsed
+    assert parsed <= after + dt.timedelta(minutes=10) + dt.timedelta(seconds=1)
+    # A bare time of day means its next occurrence.
+    at_eight = parse_time("08:00")
+    assert (at_eight.hour, at_eight.minute) == (8, 0)
+    assert dt.timedelta(0) < at_eight - before <= dt.timedelta(days=1)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "blah", "5", "12.5", "the day after never"])
+def test_parse_time_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="ISO 8601"):
+        parse_time(text, now=NOW)
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_parse_time_round_trips_iso(value: dt.datetime) -> None:
+    assert parse_time(value.isoformat(), now=NOW) == value
+
+
+# --- durations ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90),
+        ("90s", 90),
+        ("15m", 900),
+        ("15min", 900),
+        ("1h30m", 5400),
+        ("1h 30m", 5400),
+        ("1 hour 30 minutes", 5400),
+        ("2d", 172_800),
+        ("1w", 604_800),
+        ("1.5h", 5400),
+        ("PT1H30M", 5400),
+        ("pt90s", 90),
+        ("P1DT2H", 93_600),
+        ("PT0.5H", 1800),
+        ("P2W", 1_209_600),
+        ("0s", 0),
+    ],
+)
+def test_parse_duration_accepts(text: str, seconds: int) -> None:
+    assert parse_duration(text) == dt.timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "empty"),
+        ("abc", "not a duration"),
+        ("5x", "unknown unit"),
+        ("1h1h", "twice"),
+        ("-5m", "not a duration"),
+        ("P1M", "years/months"),
+        ("P1Y", "years/months"),
+        ("PT", "not a duration"),
+        ("PT0.5S", "whole number"),
+        ("99999999999s", "too long"),
+    ],
+)
+def test_parse_duration_refuses(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        parse_duration(text)
+
+
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_format_duration_round_trips(seconds: int) -> None:
+    assert parse_duration(format_duration(seconds)) == dt.timedelta(seconds=seconds)
+
+
+@given(st.integers(0, 40), st.integers(0, 23), st.integers(0, 59), st.integers(0, 59))
+def test_iso_and_compact_durations_agree(days: int, hours: int, minutes: int, secs: int) -> None:
+    iso = f"P{days}DT{hours}H{minutes}M{secs}S"
+    compact = f"{days}d{hours}h{minutes}m{secs}s"
+    assert parse_duration(iso) == parse_duration(compact)
+    assert parse_duration(iso).total_seconds() == days * 86400 + hours * 3600 + minutes * 60 + secs
+
+
+# --- targets ------------------------------------------------------------------
+
+
+def test_parse_target_ids() -> None:
+    assert parse_target("1, 2,3,2") == TargetComponents(
+        component_ids=TargetComponentsIdSet(ids=[1, 2, 3])
+    )
+
+
+def test_parse_target_categories() -> None:
+    assert parse_target("battery,INVERTER,ev-charger") == TargetComponents(
+        component_categories=TargetComponentsCategorySet(
+            categories=[
+                ElectricalComponentCategory.BATTERY,
+                ElectricalComponentCategory.INVERTER,
+                ElectricalComponentCategory.EV_CHARGER,
+            ]
+        )
+    )
+
+
+def test_parse_target_category_types() -> None:
+    # LI_ION and the inverter type BATTERY are both 1: neither may swallow the other.
+    assert parse_target("BATTERY:LI_ION,INVERTER:BATTERY,EV_CHARGER:dc,METER") == TargetComponents(
+        component_categories_types=TargetComponentsCategoryTypeSet(
+            categories=[
+                TargetComponentsCategoryAndType(
+                    category=ElectricalComponentCategory.BATTERY, battery=BatteryType.LI_ION
+                ),
+                TargetComponentsCategoryAndType(
+                    category=ElectricalComponentCategory.INVERTER, inverter=InverterType.BATTERY
+                ),
+                TargetComponentsCategoryAndType(
+                    category=ElectricalComponentCategory.EV_CHARGER, ev_charger=EvChargerType.DC
+                ),
+                TargetComponentsCategoryAndType(category=ElectricalComponentCategory.METER),
+            ]
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "empty item"),
+        ("1,,2", "empty item"),
+        ("1,BATTERY", "mixes"),
+        ("BATTERY:FOO", "unknown BATTERY type"),
+        ("METER:LI_ION", "has no types"),
+        ("SPACESHIP", "unknown component category"),
+        ("UNSPECIFIED", "unknown component category"),
+        ("-1", "unknown component category"),
+    ],
+)
+def test_parse_target_refuses(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        parse_target(text)
+
+
+@given(st.lists(st.integers(0, 2**63), min_size=1, max_size=20, unique=True))
+def test_target_ids_round_trip_through_describe(ids: list[int]) -> None:
+    text = ",".join(map(str, ids))
+    target = parse_target(text)
+    assert describe_target(target) == text
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            ["BATTERY", "BATTERY:LI_ION", "BATTERY:NA_ION", "INVERTER:PV", "EV_CHARGER:AC", "CHP"]
+        ),
+        min_size=1,
+        max_size=6,
+        unique=True,
+    )
+)
+def test_target_categories_round_trip_through_describe(items: list[str]) -> None:
+    assert describe_target(parse_target(",".join(items))) == ",".join(items)
+
+
+# --- ids, lists, payload --------------------------------------------------------
+
+
+def test_parse_id_ranges() -> None:
+    assert parse_id_ranges(["5-9"]) == [5, 6, 7, 8, 9]
+    assert parse_id_ranges(["3,5", "4-6", "12"]) == [3, 5, 4, 6, 12]
+    assert parse_id_ranges(["7-7"]) == [7]
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [("9-5", "backwards"), ("x", "not an id"), ("1-", "not an id"), ("0-20000", "more than")],
+)
+def test_parse_id_ranges_refuses(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        parse_id_ranges([text])
+
+
+@given(st.integers(0, 10**12), st.integers(0, 500))
+def test_id_range_is_inclusive(low: int, span: int) -> None:
+    assert parse_id_ranges([f"{low}-{low + span}"]) == list(range(low, low + span + 1))
+
+
+def test_parse_lists() -> None:
+    assert parse_int_list(["0,30", "15"], 0, 59, "minutes") == [0, 30, 15]
+    assert parse_int_list(["-1,15"], -31, 31, "days") == [-1, 15]
+    with pytest.raises(ValueError, match="out of range"):
+        parse_int_list(["60"], 0, 59, "minutes")
+    with pytest.raises(ValueError, match="out of range"):
+        parse_int_list(["0"], -31, 31, "days")
+    with pytest.raises(ValueError, match="whole number"):
+        parse_int_list(["x"], 0, 59, "minutes")
+    assert parse_months(["jan,3", "December"]) == [1, 3, 12]
+    assert parse_weekdays(["mo,TUE", "friday", "mo"]) == [
+        RecurrenceRuleWeekday.MONDAY,
+        RecurrenceRuleWeekday.TUESDAY,
+        RecurrenceRuleWeekday.FRIDAY,
+    ]
+    with pytest.raises(ValueError, match="unknown weekday"):
+        parse_weekdays(["m"])  # Monday? Maybe. Refuse rather than guess.
+
+
+def test_parse_json_object() -> None:
+    assert parse_json_object('{"power": 5, "nested": {"a": [1, 2]}}') == {
+        "power": 5,
+        "nested": {"a": [1, 2]},
+    }
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_json_object("{power: 5}")
+    with pytest.raises(ValueError, match="JSON object"):
+        parse_json_object("[1, 2]")
