@@ -26,6 +26,10 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
+# Benchmarks against the official client (own venv: bench/.venv); BENCH_ARGS=--quick for a smoke run.
+bench:
+	PYTHON=$(PYTHON) bench/bench.sh $(BENCH_ARGS)
+
 protos: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/gen_protos.sh
 

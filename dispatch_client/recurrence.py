@@ -21,6 +21,9 @@ Precise semantics shared by every function here:
   not itself a run; the first run is the first matching instant after it.
   dateutil works in whole seconds, so the start's sub-second part is carried
   over to every run: the first run is exactly `start_time`.
+- `until_time` (inclusive) limits when runs may *start*; a run that started
+  before it is not cut short. A series that never runs at all (e.g. the 30th
+  of February) ends at its `start_time`.
 
 The functions never enumerate a series from its beginning to reach a far-away
 time: they re-anchor the rule on the period (of the rule's frequency and

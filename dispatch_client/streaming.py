@@ -203,12 +203,21 @@ class _Consumer:
     """One consumer's bounded buffer and overflow policy."""
 
     def __init__(
-        self, microgrid_id: int, buffer_size: int, overflow: Overflow, *, watch: bool
+        self,
+        microgrid_id: int,
+        buffer_size: int,
+        overflow: Overflow,
+        *,
+        watch: bool,
+        server_url: str,
     ) -> None:
         self.microgrid_id = microgrid_id
         self.buffer_size = buffer_size
         self.overflow = overflow
         self.watch = watch
+        self.server_url = server_url
+        self.ended = False
+        """No more items will come: the stream ended, or this consumer overflowed or left."""
         self.error: BaseException | None = None
         self._send: MemoryObjectSendStream[_Item]
         self._receive: MemoryObjectReceiveStream[_Item]
@@ -237,6 +246,7 @@ class _Consumer:
             StreamOverflow(
                 f"a consumer of microgrid {self.microgrid_id} fell behind by more than "
                 f"{self.buffer_size} events",
+                server_url=self.server_url,
             )
         )
         return False
@@ -245,10 +255,12 @@ class _Consumer:
         """Stop feeding this consumer; it reads what is buffered, then sees `error` or the end."""
         if self.error is None:
             self.error = error
+        self.ended = True
         self._send.close()
 
     def close(self) -> None:
         """Release both ends of the buffer (the consumer left)."""
+        self.ended = True
         self._send.close()
         self._receive.close()
 
@@ -358,6 +370,11 @@ class SharedStream:
     def _cancel(self) -> None:
         self._hub._forget(self)
         self._scope.cancel()
+        # End the consumers now rather than when the reader gets to it: a
+        # watcher whose re-list fails because the client just disconnected
+        # must see a closed stream, not that failure.
+        for consumer in self._consumers:
+            consumer.end()
 
     async def _wait_closed(self) -> None:
         # Shielded so a consumer that is itself being cancelled still waits for
@@ -529,7 +546,8 @@ class StreamHub:
         """Yield live events of a microgrid, from the first iteration on.
 
         `overflow` is `"error"` (raise `StreamOverflow` once the buffered events are
-        read) or `"drop_oldest"`.
+        read) or `"drop_oldest"`. Reconnects are invisible here; a non-retryable
+        failure ends the generator with its typed error.
         """
         size = self._consumer_buffer(microgrid_id, buffer_size)
         if overflow not in _SUBSCRIBE_POLICIES:
@@ -581,7 +599,9 @@ class StreamHub:
             stream = SharedStream(self, microgrid_id)
             stream._start()
             self._streams[microgrid_id] = stream
-        consumer = _Consumer(microgrid_id, buffer_size, overflow, watch=watch)
+        consumer = _Consumer(
+            microgrid_id, buffer_size, overflow, watch=watch, server_url=self._server_url
+        )
         stream._attach(consumer)
         return stream, consumer
 
@@ -642,6 +662,10 @@ class StreamHub:
             try:
                 snapshot = await _collect(self._list_dispatches(consumer.microgrid_id))
             except Exception as exc:
+                if consumer.ended:
+                    # The stream ended meanwhile (e.g. disconnect() closing the hub,
+                    # then the channel): that ending, not this failure, is the news.
+                    return []
                 error = self._typed(exc)
                 if not _is_retryable(error):
                     if error is exc:

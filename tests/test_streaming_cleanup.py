@@ -7,6 +7,7 @@ no reader task, server-side stream or lost exception is left behind.
 from __future__ import annotations
 
 import asyncio
+import types
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
-from test_streaming_helpers import LoopErrors, Writer, stream_tasks, wait_until
+from test_streaming_helpers import LoopErrors, Writer, foreign_tasks, stream_tasks, wait_until
 
 from dispatch_client.client import Client
 from dispatch_client.streaming import DispatchEvent
@@ -94,7 +95,7 @@ async def leave(client: Client, how: str, first: anyio.Event) -> None:
             async with asyncio.timeout(0.05):
                 await anext(events)
     # Cancelled while waiting: the generator has finished, not merely paused.
-    assert events.ag_frame is None
+    assert isinstance(events, types.AsyncGeneratorType) and events.ag_frame is None
 
 
 @pytest.mark.parametrize("how", LEAVE_MID_WAIT)
@@ -135,6 +136,8 @@ async def test_the_last_consumer_leaving_closes_the_stream_and_its_task(
                 tg.cancel_scope.cancel()
         await wait_until(lambda: not client.streams and not stream_tasks())
         await server.service.wait_for_streams(1, 0)
+        # Nothing else either: no finalizer, reader or server handler still running.
+        await wait_until(lambda: not foreign_tasks())
 
 
 async def test_disconnect_ends_every_consumer_cleanly(
@@ -147,12 +150,21 @@ async def test_disconnect_ends_every_consumer_cleanly(
             pass
         ended.append(microgrid_id)
 
+    async def watch(microgrid_id: int) -> None:
+        async for _ in client.watch(microgrid_id):
+            pass
+        ended.append(microgrid_id)
+
+    await writer.create()
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             for microgrid_id in (1, 1, 2):
                 tg.start_soon(consume, microgrid_id)
+            tg.start_soon(watch, 1)
             await server.service.wait_for_streams(None, 2)
+            await wait_until(lambda: client.streams[1].connected)
             await client.disconnect()
-    assert sorted(ended) == [1, 1, 2]
+    assert sorted(ended) == [1, 1, 1, 2]
     assert not client.streams and not stream_tasks()
     await server.service.wait_for_streams(None, 0)
+    await wait_until(lambda: not foreign_tasks())

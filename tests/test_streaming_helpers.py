@@ -42,6 +42,17 @@ def stream_tasks() -> list[asyncio.Task[Any]]:
     ]
 
 
+def foreign_tasks() -> set[asyncio.Task[Any]]:
+    """Running tasks other than the current one and the pytest runner's."""
+    current = asyncio.current_task()
+    return {
+        task
+        for task in asyncio.all_tasks()
+        if task is not current
+        and not getattr(task.get_coro(), "__qualname__", "").startswith("TestRunner.")
+    }
+
+
 async def wait_until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
     """Poll `predicate` (state owned by the server or the hub) until it holds."""
     with anyio.fail_after(limit):
@@ -64,6 +75,7 @@ class Writer:
 
     def __init__(self, service: DispatchService, microgrid_id: int = 1) -> None:
         self.service = service
+        """Where writes go; swap it to keep writing to the same data after a restart."""
         self.microgrid_id = microgrid_id
         self.log: list[DispatchEvent] = []
         self.current: dict[int, Dispatch] = {}
@@ -212,6 +224,7 @@ __all__ = [
     "closing_hub",
     "current_set",
     "dispatch_id",
+    "foreign_tasks",
     "hub_for",
     "stream_tasks",
     "wait_until",

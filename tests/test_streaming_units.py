@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -47,10 +48,10 @@ async def _no_list(_: int) -> AsyncIterator[Dispatch]:
     yield  # pragma: no cover
 
 
-def hub(**kwargs: object) -> StreamHub:
+def hub(**kwargs: Any) -> StreamHub:
     return StreamHub(
         open_stream=_no_stream, list_dispatches=_no_list, server_url="grpc://x", **kwargs
-    )  # type: ignore[arg-type]
+    )
 
 
 class TestBackoff:

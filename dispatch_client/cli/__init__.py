@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from .commands import cli
 
 __all__ = ["cli", "main"]
@@ -9,4 +11,9 @@ __all__ = ["cli", "main"]
 
 def main() -> None:
     """Entry point of the `dispatch-cli` console script."""
-    cli(prog_name="dispatch-cli")
+    try:
+        cli(prog_name="dispatch-cli")
+    except KeyboardInterrupt:
+        # Ctrl-C outside stream/watch/serve (which stop cleanly on it): no traceback.
+        print("Aborted.", file=sys.stderr)
+        sys.exit(130)

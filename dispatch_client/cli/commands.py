@@ -663,6 +663,7 @@ async def _follow(
     failure: DispatchApiError | None = None
     async with _connect(settings) as client, anyio.create_task_group() as tasks:
         tasks.start_soon(_announce_when_listening, client, microgrid_id, watch)
+        tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)
         with anyio.move_on_after(time_limit.total_seconds() if time_limit is not None else None):
             events = client.watch(microgrid_id) if watch else client.stream(microgrid_id)
             # Caught here, not outside: leaving the task group would wrap it in
@@ -684,6 +685,17 @@ async def _follow(
         tasks.cancel_scope.cancel()
     if failure is not None:
         raise failure
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+    """Treat Ctrl-C / SIGTERM as the normal end of a long-running command (exit 0)."""
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                scope.cancel()
+                return
+    except NotImplementedError:
+        return  # Windows: Ctrl-C arrives as KeyboardInterrupt, handled in main()
 
 
 async def _announce_when_listening(client: Client, microgrid_id: int, watch: bool) -> None:
@@ -922,10 +934,6 @@ async def serve_command(
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(run_server)
-        # A signal is the normal way to stop a server: shut down cleanly, exit 0.
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                tasks.cancel_scope.cancel()
-                break
+        tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)
     if failure is not None:
         raise click.ClickException(f"cannot serve on {host}:{port}: {failure}")

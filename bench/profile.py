@@ -1,0 +1,156 @@
+"""Profile our client's side of one scenario with cProfile, against a server process.
+
+    python -m bench.profile get|create|list|stream [--calls N] [--top N] [--fast-decode]
+
+Prints where the client's CPU time goes, per package (betterproto2, grpclib,
+h2, asyncio, dispatch_client, ...) and per function. `--fast-decode` swaps the
+channel's codec for one that decodes through bench/fastdecode.py, to measure
+what that would save (a prototype; the client itself is not changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import collections
+import pstats
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .run import LIST_MICROGRID, Server, populate
+
+
+def _package(filename: str) -> str:
+    for marker, name in (
+        ("betterproto2", "betterproto2"),
+        ("grpclib", "grpclib"),
+        ("/h2/", "h2"),
+        ("/hpack/", "hpack"),
+        ("dispatch_client/_proto", "generated (_proto)"),
+        ("dispatch_client", "dispatch_client facade"),
+        ("anyio", "anyio"),
+        ("asyncio", "asyncio"),
+        ("fastdecode", "fastdecode"),
+        ("google/protobuf", "protobuf"),
+    ):
+        if marker in filename:
+            return name
+    if filename.startswith("~") or filename.startswith("<"):
+        return "builtins"
+    return "other"
+
+
+def print_profile(stats: pstats.Stats, top: int) -> None:
+    raw: Any = stats.stats  # type: ignore[attr-defined]
+    total = sum(entry[2] for entry in raw.values())
+    by_package: collections.Counter[str] = collections.Counter()
+    for (filename, _, _), entry in raw.items():
+        by_package[_package(filename)] += entry[2]
+    print(f"total profiled CPU {total:.3f} s; self time by package:")
+    for package, seconds in by_package.most_common():
+        print(f"  {100 * seconds / total:5.1f}%  {package}")
+    print()
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+
+
+async def scenario(name: str, url: str, calls: int, fast: bool) -> None:
+    from dispatch_client import Client
+
+    client = Client(url, auth_key="bench")
+    if fast:
+        _use_fast_codec(client)
+    try:
+        if name == "get":
+            await client.get(LIST_MICROGRID, 1)
+            with _profiled():
+                await asyncio.gather(*(_repeat(client.get, calls // 64, LIST_MICROGRID, 1) for _ in range(64)))
+        elif name == "create":
+            payload = {"power_w": 5000.0, "mode": "charge"}
+
+            async def one() -> None:
+                await client.create(
+                    100, "BENCH", "NOW", __import__("datetime").timedelta(hours=1), [1, 2, 3], payload=payload
+                )
+
+            await one()
+            with _profiled():
+                await asyncio.gather(*(_repeat(one, calls // 16) for _ in range(16)))
+        elif name == "list":
+            await client.get(LIST_MICROGRID, 1)
+            with _profiled():
+                async for _ in client.list(LIST_MICROGRID, page_size=1000):
+                    pass
+        else:
+            raise SystemExit(f"unknown scenario {name}")
+    finally:
+        await client.disconnect()
+
+
+async def _repeat(call: Any, times: int, *args: Any) -> None:
+    for _ in range(times):
+        await call(*args)
+
+
+class _profiled:
+    profiler: cProfile.Profile | None = None
+
+    def __enter__(self) -> None:
+        _profiled.profiler = cProfile.Profile()
+        self.cpu, self.wall = time.process_time(), time.perf_counter()
+        _profiled.profiler.enable()
+
+    def __exit__(self, *exc: object) -> None:
+        assert _profiled.profiler is not None
+        _profiled.profiler.disable()
+        print(
+            f"wall {time.perf_counter() - self.wall:.3f} s, "
+            f"CPU {time.process_time() - self.cpu:.3f} s (with profiler overhead)"
+        )
+
+
+def _use_fast_codec(client: Any) -> None:
+    """Make the client's channels decode through fastdecode (prototype of the proposed fix)."""
+    from grpclib.encoding.proto import ProtoCodec
+
+    from . import fastdecode
+
+    class FastCodec(ProtoCodec):
+        def decode(self, data: bytes, message_type: Any) -> Any:
+            return fastdecode.decoder(message_type)(data)
+
+    import dispatch_client.connection as connection
+
+    original = connection.Channel
+
+    def channel(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, codec=FastCodec(), **kwargs)
+
+    connection.Channel = channel  # type: ignore[misc]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile")
+    parser.add_argument("scenario", choices=("get", "create", "list"))
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--list-size", type=int, default=10_000)
+    parser.add_argument("--fast-decode", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dispatch-profile-") as tmp:
+        db = Path(tmp) / "profile.db"
+        asyncio.run(populate(db, args.list_size if args.scenario == "list" else 10))
+        server = Server(db)
+        try:
+            asyncio.run(scenario(args.scenario, server.url, args.calls, args.fast_decode))
+        finally:
+            server.stop()
+    assert _profiled.profiler is not None
+    print_profile(pstats.Stats(_profiled.profiler), args.top)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""One measurement of one client, in a process of its own.
+
+    python -m bench.worker '{"task": "unary", "client": "ours", ...}'
+
+Prints progress lines (`READY`) and finally one JSON line starting with
+`RESULT ` on stdout. The orchestrator (`bench.run`) starts these; they are not
+meant to be run by hand except when debugging a single measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import resource
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from .clients import Adapter, adapter
+from .stats import percentile
+
+Task = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+TASKS: dict[str, Task] = {}
+
+
+def task(func: Task) -> Task:
+    TASKS[func.__name__.removeprefix("task_")] = func
+    return func
+
+
+def emit(result: dict[str, Any]) -> None:
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+async def _opened(spec: dict[str, Any]) -> Adapter:
+    client = adapter(spec["client"])
+    await client.open(spec["url"])
+    return client
+
+
+async def _gather_workers(concurrency: int, calls_each: int, call: Callable[[], Awaitable[Any]]):
+    async def worker() -> None:
+        for _ in range(calls_each):
+            await call()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+@task
+async def task_unary(spec: dict[str, Any]) -> dict[str, Any]:
+    """get latency at concurrency 1, get throughput at 64, create throughput at 16."""
+    client = await _opened(spec)
+    mid, did = spec["get_microgrid"], spec["get_dispatch"]
+    try:
+        for _ in range(spec["warmup"]):
+            await client.get(mid, did)
+        latencies = []
+        for _ in range(spec["latency_calls"]):
+            start = time.perf_counter()
+            await client.get(mid, did)
+            latencies.append(time.perf_counter() - start)
+
+        conc, each = spec["get_concurrency"], spec["get_calls_each"]
+        await _gather_workers(conc, 2, lambda: client.get(mid, did))  # warm the streams up
+        cpu, start = time.process_time(), time.perf_counter()
+        await _gather_workers(conc, each, lambda: client.get(mid, did))
+        get_wall, get_cpu = time.perf_counter() - start, time.process_time() - cpu
+
+        cmid, conc, each = spec["create_microgrid"], spec["create_concurrency"], spec["create_each"]
+        payload = {"power_w": 5000.0, "mode": "charge"}
+        cpu, start = time.process_time(), time.perf_counter()
+        await _gather_workers(conc, each, lambda: client.create(cmid, "BENCH", payload))
+        create_wall, create_cpu = time.perf_counter() - start, time.process_time() - cpu
+    finally:
+        await client.close()
+    get_calls = spec["get_concurrency"] * spec["get_calls_each"]
+    create_calls = spec["create_concurrency"] * spec["create_each"]
+    return {
+        "get_p50_ms": 1000 * percentile(latencies, 50),
+        "get_p99_ms": 1000 * percentile(latencies, 99),
+        "get_throughput": get_calls / get_wall,
+        "get_cpu_us": 1e6 * get_cpu / get_calls,
+        "create_throughput": create_calls / create_wall,
+        "create_cpu_us": 1e6 * create_cpu / create_calls,
+    }
+
+
+@task
+async def task_list(spec: dict[str, Any]) -> dict[str, Any]:
+    """List every dispatch of a microgrid, keeping them all; then the peak RSS."""
+    client = await _opened(spec)
+    try:
+        await client.first_page(spec["microgrid"], 1)  # connect and warm up
+        gc.collect()
+        cpu, start = time.process_time(), time.perf_counter()
+        found = await client.list_all(spec["microgrid"], spec["page_size"])
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    finally:
+        await client.close()
+    if len(found) != spec["expected"]:
+        raise RuntimeError(f"listed {len(found)} dispatches, expected {spec['expected']}")
+    return {
+        "list_wall_s": wall,
+        "list_cpu_s": cpu,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _decoder(client: str) -> Callable[[bytes], list[Any]]:
+    if client == "ours":
+        from dispatch_client import ListMicrogridDispatchesResponse
+
+        def ours(raw: bytes) -> list[Any]:
+            return ListMicrogridDispatchesResponse.parse(raw).dispatches
+
+        return ours
+    if client == "ours-upb":
+        from .fastdecode import parse_list_response
+
+        return lambda raw: parse_list_response(raw).dispatches
+    from frequenz.api.dispatch.v1 import dispatch_pb2
+    from frequenz.client.dispatch.types import Dispatch
+
+    def official(raw: bytes) -> list[Any]:
+        response = dispatch_pb2.ListMicrogridDispatchesResponse.FromString(raw)
+        return [Dispatch.from_protobuf(d) for d in response.dispatches]
+
+    return official
+
+
+def _decode(spec: dict[str, Any]) -> dict[str, Any]:
+    raw = Path(spec["file"]).read_bytes()
+    decode = _decoder(spec["client"])
+    decoded = decode(raw)
+    if len(decoded) != spec["expected"]:
+        raise RuntimeError(f"decoded {len(decoded)} dispatches, expected {spec['expected']}")
+    result: dict[str, Any] = {}
+    if spec["client"] == "ours-upb":
+        reference = _decoder("ours")(raw)
+        result["identical"] = decoded == reference and repr(decoded) == repr(reference)
+    times = []
+    for _ in range(spec["rounds"]):
+        gc.collect()
+        # CPU time: a decode is pure CPU work, and CPU time is the steadier
+        # measure on a machine that other work shares.
+        start = time.process_time()
+        for _ in range(spec["repeat"]):
+            decode(raw)
+        times.append((time.process_time() - start) / spec["repeat"])
+    result["decode_ms"] = [1000 * t for t in times]
+    return result
+
+
+@task
+async def task_decode(spec: dict[str, Any]) -> dict[str, Any]:
+    """Decode one list response into domain objects, `rounds` times after a warm-up."""
+    return _decode(spec)
+
+
+@task
+async def task_consume(spec: dict[str, Any]) -> dict[str, Any]:
+    """Stream events to `consumers` consumers until each has seen the END sentinel."""
+    client = await _opened(spec)
+    mid, count = spec["microgrid"], spec["consumers"]
+    warmed = [asyncio.Event() for _ in range(count)]
+    received: list[list[float]] = [[] for _ in range(count)]
+    last_receive = [0.0] * count
+    first_sent: list[float] = []
+    errors: list[str] = []
+
+    async def consume(index: int) -> None:
+        try:
+            async for kind, sent in client.events(mid):
+                now = time.time()
+                if kind == "WARMUP":
+                    warmed[index].set()
+                elif kind == "END":
+                    return
+                elif sent is not None:
+                    if not first_sent or sent < first_sent[0]:
+                        first_sent[:] = [sent]
+                    received[index].append(now - sent)
+                    last_receive[index] = now
+        except Exception as exc:  # an overflow or a broken stream is a result, not a crash
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    try:
+        tasks = [asyncio.create_task(consume(i)) for i in range(count)]
+        # Until every consumer's stream is open, a create may not reach it.
+        for _ in range(100):
+            await client.create(mid, "WARMUP", {})
+            for _ in range(30):
+                if all(w.is_set() for w in warmed):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                continue
+            break
+        else:
+            raise RuntimeError("the consumers never saw a warm-up event")
+        cpu = time.process_time()
+        print("READY", flush=True)
+        await asyncio.wait_for(asyncio.gather(*tasks), spec["timeout"])
+        cpu = time.process_time() - cpu
+    finally:
+        await client.close()
+    latencies = [lat for per_consumer in received for lat in per_consumer]
+    delivered = len(latencies)
+    span = max(last_receive) - first_sent[0] if first_sent else float("nan")
+    return {
+        "delivered": delivered,
+        "expected": count * spec["events"],
+        "events_per_s": delivered / span if delivered else 0.0,
+        "latency_p50_ms": 1000 * percentile(latencies, 50) if latencies else float("nan"),
+        "latency_p99_ms": 1000 * percentile(latencies, 99) if latencies else float("nan"),
+        "cpu_us_per_event": 1e6 * cpu / delivered if delivered else float("nan"),
+        "errors": errors[:3],
+    }
+
+
+@task
+async def task_produce(spec: dict[str, Any]) -> dict[str, Any]:
+    """Create `events` dispatches stamped with their send time, then the END sentinel."""
+    client = await _opened(spec)
+    mid, left = spec["microgrid"], iter(range(spec["events"]))
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        for _ in left:
+            await client.create(mid, "EVENT", {"sent": time.time()})
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(spec["concurrency"])))
+        wall = time.perf_counter() - start
+        await client.create(mid, "END", {})
+    finally:
+        await client.close()
+    return {"produce_rate": spec["events"] / wall}
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    emit(asyncio.run(TASKS[spec["task"]](spec)))
+
+
+if __name__ == "__main__":
+    main()
