@@ -471,9 +471,9 @@ def _series(data: DispatchData) -> _Series:
         return _Series(start, None)
     check_recurrence(rule)
     freq = _FREQUENCIES[RecurrenceRuleFrequency(rule.freq)]
-    series = _Series(start, None)
-    parsed = _Rule.from_proto(rule, freq).with_defaults(series.base, series.shift)
-    return _Series(start, parsed, empty=_never_matches(parsed, series.base))
+    base, shift = start.replace(microsecond=0), timedelta(microseconds=start.microsecond)
+    parsed = _Rule.from_proto(rule, freq).with_defaults(base, shift)
+    return _Series(start, parsed, empty=_never_matches(parsed, base))
 
 
 def _duration(data: DispatchData) -> timedelta | None:

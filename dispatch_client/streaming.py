@@ -15,8 +15,9 @@ group cannot stay open across an async generator's `yield`, and handing a
 half-read gRPC stream from one consumer's task to another would lose events.
 The task is an asyncio task because grpclib only runs on asyncio; everything
 inside it uses anyio (cancel scopes, task groups, memory object streams). The
-reader never lets an exception escape unseen: a failure ends every consumer of
-that microgrid with the typed error (one copy each, chained to the original).
+reader never lets an exception escape unseen: a failure, including a bug or a
+cancellation by anyone but the hub, ends every consumer of that microgrid with
+the error (one copy each, chained to the original).
 
 Fan-out and overflow. Each consumer has its own bounded memory object stream,
 filled with `send_nowait`, so a slow consumer never slows the reader or the
@@ -50,12 +51,16 @@ served, so the order matters: the stream is opened first and the list is taken
 only once the stream counts as open, marked in the consumer's buffer by a
 resync marker. Every change after the marker is in the buffer, and the list
 reflects every change before the list, so "list, then override each dispatch
-with the last buffered event for it" is the server's state. The consumer emits
-the difference between its view and that state as CREATED/UPDATED/DELETED
-events. The same happens after every reconnect (a new marker per opened stream)
-and after a `"resync"` overflow. Live events are applied to the view: an event
-equal to, or older (by `update_time`) than, what the view holds is dropped, so
-events already reflected in the list are not repeated and the view converges.
+with the last buffered event for it (unless the list holds a newer version)"
+is the server's state. The consumer emits the difference between its view and
+that state as CREATED/UPDATED/DELETED events. The same happens after every
+reconnect (a new marker per opened stream) and after a `"resync"` overflow; a
+marker arriving during the list means the list may predate the new stream, so
+it lists again. A failed list is retried with the hub's backoff. Live events
+are applied to the view: one equal to, or older (by `update_time`) than, what
+the view holds is dropped, so changes the list already showed are not repeated,
+and the event kind follows the view (CREATED only for unknown ids, UPDATED and
+DELETED only for known ones), so the consumer's view converges.
 """
 
 from __future__ import annotations
@@ -406,7 +411,10 @@ class SharedStream:
             if failure is None:
                 self._publish(StreamState.CLOSED)
             else:
-                _log.error("dispatch stream of microgrid %d failed: %s", self.microgrid_id, failure)
+                # Warning, not error: every consumer raises it, so the caller decides.
+                _log.warning(
+                    "dispatch stream of microgrid %d ended: %s", self.microgrid_id, failure
+                )
                 self._publish(StreamState.FAILED, error=failure)
             self._done.set()
 
@@ -572,7 +580,10 @@ class StreamHub:
         return self._watch(microgrid_id, size, overflow)
 
     async def aclose(self) -> None:
-        """End every stream; their consumers finish cleanly after reading what is buffered."""
+        """End every stream; their consumers finish cleanly after reading what is buffered.
+
+        The hub stays usable: a later `subscribe()`/`watch()` opens a new stream.
+        """
         while self._streams:
             streams = list(self._streams.values())
             for stream in streams:
@@ -713,7 +724,7 @@ async def _close_quietly(iterator: AsyncIterator[Any]) -> None:
     try:
         await aclose()
     except Exception:
-        _log.debug("closing %r failed", iterator, exc_info=True)
+        _log.warning("closing %r failed", iterator, exc_info=True)
 
 
 async def _collect(dispatches: AsyncIterator[Dispatch]) -> list[Dispatch]:

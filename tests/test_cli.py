@@ -473,11 +473,11 @@ async def test_stream_prints_events_as_ndjson(server: RunningServer) -> None:
     } == {made.metadata.dispatch_id}
 
 
-async def test_stream_human_lines_and_timeout(server: RunningServer) -> None:
+async def test_stream_human_lines(server: RunningServer) -> None:
     results: list[Result] = []
 
     async def stream() -> None:
-        results.append(await run(server, "stream", MG, "--timeout", "2s"))
+        results.append(await run(server, "stream", MG, "--max-events", "1", "--timeout", "15s"))
 
     async with anyio.create_task_group() as tasks, Client(server.url, auth_key=KEY) as client:
         tasks.start_soon(stream)
@@ -487,6 +487,16 @@ async def test_stream_human_lines_and_timeout(server: RunningServer) -> None:
     [result] = results
     [line] = ok(result).splitlines()
     assert re.fullmatch(r"\d\d:\d\d:\d\d CREATED\s+#\d+ HUMAN start .* for 5m on 1 \(once\)", line)
+
+
+async def test_stream_timeout_and_errors(server: RunningServer) -> None:
+    quiet = await run(server, "stream", MG, "--timeout", "1s")
+    assert ok(quiet) == ""
+    line = one_error_line(await run(server, "stream", MG, key="wrong-key"), 1)
+    assert line.startswith("Error: Unauthenticated:")
+    line = one_error_line(await run(server, "watch", MG, key="wrong-key"), 1)
+    assert line.startswith("Error: Unauthenticated:")
+    one_error_line(await run(server, "stream", MG, "--timeout", "soon"), 2)
 
 
 async def test_watch_starts_with_a_snapshot(server: RunningServer) -> None:

@@ -264,8 +264,7 @@ async def test_a_reader_failure_reaches_every_consumer(
                 yield response
                 raise LookupError("bug in the stream source")
 
-    hub = hub_for(client)
-    hub._open_stream = explode_after_one
+    hub = hub_for(client, open_stream=explode_after_one)
     failures: list[BaseException] = []
 
     async def consume() -> None:

@@ -187,12 +187,9 @@ def acked_open_stream(
 def hub_for(client: Client, *, acked: bool = False, **kwargs: Any) -> StreamHub:
     """A hub on `client`'s channel with test-friendly backoff."""
     kwargs.setdefault("backoff", FAST_BACKOFF)
-    return StreamHub(
-        open_stream=acked_open_stream(client) if acked else client._open_stream,
-        list_dispatches=client.dispatches,
-        server_url=client.server_url,
-        **kwargs,
-    )
+    kwargs.setdefault("list_dispatches", client.dispatches)
+    kwargs.setdefault("open_stream", acked_open_stream(client) if acked else client._open_stream)
+    return StreamHub(server_url=client.server_url, **kwargs)
 
 
 @asynccontextmanager

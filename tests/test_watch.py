@@ -207,6 +207,40 @@ async def test_watch_converges_after_a_restart_with_changes_made_while_down(
     assert streamed == writer.log[before_restart - 10 : before_restart] + writer.log[live_from:]
 
 
+async def test_a_reconnect_during_the_list_makes_it_list_again(
+    client: Client, server: RunningServer, writer: Writer
+) -> None:
+    """The first list is served only after the stream broke and came back: it may miss changes."""
+    for _ in range(5):
+        await writer.create()
+    lists = 0
+
+    async def list_across_a_restart(microgrid_id: int) -> AsyncIterator[Dispatch]:
+        nonlocal lists
+        lists += 1
+        if lists == 1:
+            await server.stop()
+            await wait_until(lambda: hub.streams[1].status.state is StreamState.RECONNECTING)
+            await writer.churn(10)
+            await server.start()
+            await wait_until(lambda: hub.streams[1].connected)
+            await writer.churn(5)
+        async with aclosing(client.dispatches(microgrid_id)) as dispatches:
+            async for dispatch in dispatches:
+                yield dispatch
+
+    watcher = Watcher()
+    async with closing_hub(hub_for(client, list_dispatches=list_across_a_restart)) as hub:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watcher.follow, hub.watch(1))
+                await wait_until(lambda: lists == 2 and bool(watcher.events))
+                await converge(client, watcher)
+                tg.cancel_scope.cancel()
+    assert lists == 2
+    assert all(event.event == Event.CREATED for event in watcher.events)
+
+
 async def test_resync_overflow_catches_up_by_re_listing(
     client: Client, server: RunningServer, writer: Writer
 ) -> None:

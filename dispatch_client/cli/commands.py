@@ -661,8 +661,24 @@ async def _follow(
     out = settings.output()
     seen = 0
     failure: DispatchApiError | None = None
+    announced = False
+
+    def announce() -> None:
+        # Once, on stderr: when the stream is open, or with the first event at the latest.
+        nonlocal announced
+        if not announced:
+            announced = True
+            what = "Watching" if watch else "Listening for"
+            click.echo(f"{what} events of microgrid {microgrid_id} (Ctrl-C to stop)", err=True)
+
+    async def announce_when_open() -> None:
+        # The client has no "stream open" notification to wait on, so poll its state.
+        while not ((stream := client.streams.get(microgrid_id)) and stream.connected):  # noqa: ASYNC110
+            await anyio.sleep(0.02)
+        announce()
+
     async with _connect(settings) as client, anyio.create_task_group() as tasks:
-        tasks.start_soon(_announce_when_listening, client, microgrid_id, watch)
+        tasks.start_soon(announce_when_open)
         tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)
         with anyio.move_on_after(time_limit.total_seconds() if time_limit is not None else None):
             events = client.watch(microgrid_id) if watch else client.stream(microgrid_id)
@@ -672,11 +688,11 @@ async def _follow(
                 # Closed explicitly so the shared stream is left at once, also on timeout.
                 async with aclosing(events):
                     async for event in events:
-                        kind = event.event.name
+                        announce()
                         document = StreamMicrogridDispatchesResponse(
                             dispatch=event.dispatch, event=event.event
                         ).to_dict()
-                        out.event(kind, event.dispatch, document)
+                        out.event(event.event.name, event.dispatch, document)
                         seen += 1
                         if max_events is not None and seen >= max_events:
                             break
@@ -696,17 +712,6 @@ async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
                 return
     except NotImplementedError:
         return  # Windows: Ctrl-C arrives as KeyboardInterrupt, handled in main()
-
-
-async def _announce_when_listening(client: Client, microgrid_id: int, watch: bool) -> None:
-    """Say on stderr once the server stream is open, so people (and scripts) know."""
-    while True:
-        stream = client.streams.get(microgrid_id)
-        if stream is not None and stream.connected:
-            break
-        await anyio.sleep(0.02)
-    what = "Watching" if watch else "Listening for"
-    click.echo(f"{what} events of microgrid {microgrid_id} (Ctrl-C to stop)", err=True)
 
 
 @cli.command("stream")
