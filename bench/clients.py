@@ -78,6 +78,40 @@ class Ours:
             await stream.aclose()
 
 
+class OursUpb(Ours):
+    """dispatch_client.Client whose channel decodes through bench/fastdecode.py.
+
+    The prototype of the proposed fast path, measured end to end: only the
+    codec of the grpclib channel changes, everything else is our client as is.
+    """
+
+    name = "ours-upb"
+
+    async def open(self, url: str) -> None:
+        use_fast_codec()
+        await super().open(url)
+
+
+def use_fast_codec() -> None:
+    """Make every channel our client opens in this process decode with fastdecode."""
+    from grpclib.encoding.proto import ProtoCodec
+
+    import dispatch_client.connection as connection
+
+    from .fastdecode import decoder
+
+    class FastCodec(ProtoCodec):
+        def decode(self, data: bytes, message_type: Any) -> Any:
+            return decoder(message_type)(data)
+
+    original = connection.Channel
+
+    def channel(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, codec=FastCodec(), **kwargs)
+
+    connection.Channel = channel  # type: ignore[misc,assignment]
+
+
 class Official:
     """frequenz.client.dispatch.DispatchApiClient."""
 
@@ -127,5 +161,5 @@ class Official:
 
 
 def adapter(name: str) -> Adapter:
-    """The adapter for "ours" or "official"."""
-    return {"ours": Ours, "official": Official}[name]()
+    """The adapter for "ours", "official" or "ours-upb"."""
+    return {"ours": Ours, "official": Official, "ours-upb": OursUpb}[name]()

@@ -47,23 +47,24 @@ class Config:
     list_size: int = 10_000
     page_size: int = 1_000
     unary_rounds: int = 5
-    latency_calls: int = 400
+    latency_calls: int = 300
     get_concurrency: int = 64
-    get_calls_each: int = 40
+    get_calls_each: int = 30
     create_concurrency: int = 16
-    create_each: int = 25
+    create_each: int = 20
     list_rounds: int = 3
     stream_events: int = 5_000
     stream_consumers: tuple[int, ...] = (1, 10)
     stream_rounds: int = 2
-    producer_concurrency: int = 16
+    producer_concurrency: int = 4
     decode_size: int = 1_000
     decode_rounds: int = 7
     decode_repeat: int = 3
     import_rounds: int = 7
+    clients: tuple[str, ...] = CLIENTS
 
     @classmethod
-    def quick(cls) -> Config:
+    def quick(cls, **overrides: Any) -> Config:
         return cls(
             list_size=2_000,
             unary_rounds=1,
@@ -76,6 +77,7 @@ class Config:
             decode_rounds=2,
             decode_repeat=1,
             import_rounds=2,
+            **overrides,
         )
 
 
@@ -314,6 +316,12 @@ def machine_info() -> dict[str, Any]:
         )
     except (OSError, StopIteration):
         cpu_model = platform.processor()
+    try:
+        from google.protobuf.internal import api_implementation
+
+        versions["protobuf backend"] = api_implementation.Type()
+    except ImportError:
+        pass
     return {
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model,
@@ -327,8 +335,10 @@ def machine_info() -> dict[str, Any]:
 # -- the run ---------------------------------------------------------------------
 
 
-def _order(round_index: int) -> tuple[str, ...]:
-    return CLIENTS if round_index % 2 == 0 else CLIENTS[::-1]
+def _order(round_index: int, clients: tuple[str, ...]) -> tuple[str, ...]:
+    """Rotate who goes first, so no client always runs on the warmer/colder machine."""
+    shift = round_index % len(clients)
+    return clients[shift:] + clients[:shift]
 
 
 def _add(samples: dict[str, dict[str, list[float]]], client: str, result: dict[str, Any]) -> None:
@@ -354,7 +364,7 @@ def measure(config: Config, groups: set[str], log: Log, workdir: Path) -> dict[s
         raw = workdir / "list_response.bin"
         write_decode_input(raw, config.decode_size)
         log(f"decode: {raw.stat().st_size:,} bytes, {config.decode_size:,} dispatches")
-        for client in (*CLIENTS, "ours-upb"):
+        for client in ("ours", "official", "ours-upb"):
             spec = {
                 "task": "decode",
                 "client": client,
@@ -379,7 +389,7 @@ def measure(config: Config, groups: set[str], log: Log, workdir: Path) -> dict[s
         for client in CLIENTS:
             run_import(client)  # compile the bytecode once, outside the samples
         for r in range(config.import_rounds):
-            for client in _order(r):
+            for client in _order(r, CLIENTS):
                 samples[client].setdefault("import_ms", []).append(run_import(client))
     return {"samples": samples, "notes": notes}
 
@@ -394,7 +404,7 @@ def _measure_with_server(
 ) -> None:
     if "unary" in groups:
         for r in range(config.unary_rounds):
-            for client in _order(r):
+            for client in _order(r, config.clients):
                 log(f"unary round {r + 1}/{config.unary_rounds}: {client}")
                 spec = {
                     "task": "unary",
@@ -413,7 +423,7 @@ def _measure_with_server(
                 _add(samples, client, run_worker(spec))
     if "list" in groups:
         for r in range(config.list_rounds):
-            for client in _order(r):
+            for client in _order(r, config.clients):
                 log(f"list round {r + 1}/{config.list_rounds}: {client}")
                 spec = {
                     "task": "list",
@@ -428,7 +438,7 @@ def _measure_with_server(
         microgrid = STREAM_MICROGRID
         for consumers in config.stream_consumers:
             for r in range(config.stream_rounds):
-                for client in _order(r):
+                for client in _order(r, config.clients):
                     microgrid += 1
                     log(
                         f"stream {consumers} consumer(s) round {r + 1}/{config.stream_rounds}: {client}"
@@ -490,59 +500,59 @@ def _cell(stats: dict[str, float]) -> str:
     return f"{_fmt(stats['median'])} ({_fmt(stats['min'])}-{_fmt(stats['max'])})"
 
 
+def _ratio(metric: Metric, ours: dict[str, float], official: dict[str, float]) -> float:
+    if not (ours["rounds"] and official["rounds"] and ours["median"] and official["median"]):
+        return math.nan
+    if metric.higher_is_better:
+        return ours["median"] / official["median"]
+    return official["median"] / ours["median"]
+
+
 def report(config: Config, measured: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     samples = measured["samples"]
     rows = []
     for metric in metrics(config):
-        ours = summary(samples["ours"].get(metric.key, []))
-        official = summary(samples["official"].get(metric.key, []))
-        ratio = math.nan
-        if ours["rounds"] and official["rounds"] and ours["median"] and official["median"]:
-            ratio = (
-                ours["median"] / official["median"]
-                if metric.higher_is_better
-                else official["median"] / ours["median"]
-            )
-        rows.append(
-            {
-                "key": metric.key,
-                "label": metric.label,
-                "unit": metric.unit,
-                "better": "higher" if metric.higher_is_better else "lower",
-                "core": metric.core,
-                "ours": ours,
-                "official": official,
-                "ratio": ratio,
-                "samples": {
-                    "ours": samples["ours"].get(metric.key, []),
-                    "official": samples["official"].get(metric.key, []),
-                },
-            }
-        )
-    prototype = {}
-    if samples["ours-upb"].get("decode_ms"):
-        upb = summary(samples["ours-upb"]["decode_ms"])
-        official = summary(samples["official"].get("decode_ms", []))
-        prototype = {
-            "decode_ms_ours_upb": upb,
-            "ratio_vs_official": official["median"] / upb["median"] if official["rounds"] else None,
+        stats = {client: summary(samples[client].get(metric.key, [])) for client in samples}
+        row: dict[str, Any] = {
+            "key": metric.key,
+            "label": metric.label,
+            "unit": metric.unit,
+            "better": "higher" if metric.higher_is_better else "lower",
+            "core": metric.core,
+            "ours": stats["ours"],
+            "official": stats["official"],
+            "ratio": _ratio(metric, stats["ours"], stats["official"]),
+            "samples": {client: samples[client].get(metric.key, []) for client in samples},
         }
-    return {"machine": info, "config": config.__dict__, "metrics": rows, "prototype": prototype}
+        if stats["ours-upb"]["rounds"]:
+            row["ours-upb"] = stats["ours-upb"]
+            row["ratio_ours_upb"] = _ratio(metric, stats["ours-upb"], stats["official"])
+        rows.append(row)
+    return {"machine": info, "config": config.__dict__, "metrics": rows}
 
 
 def print_table(result: dict[str, Any]) -> None:
-    rows = [("metric", "ours", "official", "ratio")]
+    prototype = "ours-upb" in result["config"]["clients"]
+    header = ["metric", "ours", "official", "ratio"]
+    if prototype:
+        header += ["ours-upb", "ratio"]
+    rows = [tuple(header)]
     for row in result["metrics"]:
         label = f"{row['label']} ({row['unit']})" + ("" if row["core"] else " *")
-        ratio = "n/a" if math.isnan(row["ratio"]) else f"{row['ratio']:.2f}"
-        rows.append((label, _cell(row["ours"]), _cell(row["official"]), ratio))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        cells = [label, _cell(row["ours"]), _cell(row["official"]), _fmt_ratio(row["ratio"])]
+        if prototype:
+            if "ours-upb" in row:
+                cells += [_cell(row["ours-upb"]), _fmt_ratio(row["ratio_ours_upb"])]
+            else:
+                cells += ["", ""]
+        rows.append(tuple(cells))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
-    for index, row in enumerate(rows):
+    for index, cells in enumerate(rows):
         lines.append(
             " | ".join(
                 cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
-                for i, cell in enumerate(row)
+                for i, cell in enumerate(cells)
             )
         )
         if index == 0:
@@ -552,12 +562,14 @@ def print_table(result: dict[str, Any]) -> None:
         "\nmedian of rounds (min-max); ratio > 1 means ours is better "
         "(official/ours for times, ours/official for rates); * = extra diagnostic"
     )
-    if result["prototype"]:
-        proto = result["prototype"]
+    decode = next(r for r in result["metrics"] if r["key"] == "decode_ms")
+    if "ours-upb" in decode and not prototype:
         print(
-            f"prototype upb decode path (ours-upb): {_cell(proto['decode_ms_ours_upb'])} ms, "
-            f"ratio vs official {proto['ratio_vs_official']:.2f}"
+            f"prototype upb decode path (bench/fastdecode.py): {_cell(decode['ours-upb'])} ms, "
+            f"ratio vs official {_fmt_ratio(decode['ratio_ours_upb'])}"
         )
+    if prototype:
+        print("ours-upb: our client with the prototype upb decode codec (bench/fastdecode.py)")
     m = result["machine"]
     print(
         f"\nmachine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['implementation']} {m['python']}, "
@@ -569,10 +581,19 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"elapsed: {result['elapsed_s']:.0f} s")
 
 
+def _fmt_ratio(ratio: float) -> str:
+    return "n/a" if math.isnan(ratio) else f"{ratio:.2f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes, one round")
     parser.add_argument("--only", nargs="+", choices=GROUPS, help="run only these groups")
+    parser.add_argument(
+        "--prototype",
+        action="store_true",
+        help="also measure our client with the prototype upb decode codec (ours-upb column)",
+    )
     parser.add_argument(
         "--output",
         type=Path,
@@ -581,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         "or bench/results-quick.json with --quick)",
     )
     args = parser.parse_args(argv)
-    config = Config.quick() if args.quick else Config()
+    clients = (*CLIENTS, "ours-upb") if args.prototype else CLIENTS
+    config = Config.quick(clients=clients) if args.quick else Config(clients=clients)
     groups = set(args.only or GROUPS)
     output = args.output or ROOT / "bench" / (
         "results-quick.json" if args.quick else "results.json"

@@ -17,6 +17,7 @@ The server is grpclib, so it needs an asyncio event loop.
 
 from __future__ import annotations
 
+import asyncio
 import ssl as _ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -91,6 +92,7 @@ async def running_server(
     (None: any key); `sign_secret` makes it require signed requests; `ssl`
     serves TLS.
     """
+    _require_asyncio()
     async with DispatchService(db=db, stream_buffer_size=stream_buffer_size) as service:
         server = DispatchServer(
             service, host=host, port=port, ssl=ssl, keys=keys, sign_secret=sign_secret
@@ -106,12 +108,23 @@ async def in_memory_channel(service: DispatchService | None = None) -> AsyncIter
     No sockets, no authentication. The given service must be open; a default
     one is opened and closed here.
     """
+    _require_asyncio()
     if service is not None:
         async with ChannelFor([service]) as channel:
             yield channel
         return
     async with DispatchService() as own, ChannelFor([own]) as channel:
         yield channel
+
+
+def _require_asyncio() -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "the reference server is built on grpclib and needs an asyncio event loop"
+            " (with trio, run it through trio-asyncio or in another process)"
+        ) from None
 
 
 try:
@@ -122,6 +135,12 @@ else:
 
     @pytest.fixture
     async def dispatch_server(anyio_backend: Any) -> AsyncIterator[RunningServer]:
-        """Yield a fresh reference server (in-memory database, no auth) for one test."""
+        """Yield a fresh reference server (in-memory database, no auth) for one test.
+
+        Tests parametrized over other anyio backends than asyncio are skipped.
+        """
+        backend = anyio_backend if isinstance(anyio_backend, str) else anyio_backend[0]
+        if backend != "asyncio":
+            pytest.skip("dispatch_server runs on grpclib, which needs the asyncio backend")
         async with running_server() as server:
             yield server

@@ -486,9 +486,10 @@ async def test_unknown_host_is_unavailable() -> None:
 
 
 async def test_call_timeout_is_deadline_exceeded() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # accept the connection, never answer
-        writer.close()
+        accepted.append(writer)  # accept the connection, never answer
 
     tcp = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = tcp.sockets[0].getsockname()[1]
@@ -500,6 +501,9 @@ async def test_call_timeout_is_deadline_exceeded() -> None:
                 await client.get(MG, 1)
     finally:
         tcp.close()
+        for writer in accepted:
+            writer.close()
+            await writer.wait_closed()
         await tcp.wait_closed()
 
 

@@ -9,13 +9,11 @@ import pytest
 from test_server_support import (
     Status,
     create,
-    dispatch_server,  # noqa: F401 - fixture
     expect_error,
     future,
     get,
     list_all,
     make_data,
-    stub,  # noqa: F401 - fixture
 )
 
 from dispatch_client import (
@@ -23,6 +21,7 @@ from dispatch_client import (
     DeleteMicrogridDispatchRequest,
     Dispatch,
     DispatchData,
+    ElectricalComponentCategory,
     GetMicrogridDispatchRequest,
     MicrogridDispatchServiceStub,
     RecurrenceRule,
@@ -39,6 +38,7 @@ from dispatch_client._proto.google.protobuf import FieldMask, Struct, Value
 from dispatch_client.validation import payload_to_struct
 
 pytestmark = pytest.mark.anyio
+pytest_plugins = ["test_server_support"]
 
 Update = UpdateMicrogridDispatchRequestDispatchUpdate
 RecurrenceUpdate = UpdateMicrogridDispatchRequestDispatchUpdateRecurrenceRuleUpdate
@@ -73,7 +73,9 @@ def _as_bytes(dispatch: Dispatch) -> bytes:
 async def test_create_sets_metadata_and_get_returns_it(stub: MicrogridDispatchServiceStub) -> None:
     before = dt.datetime.now(dt.UTC)
     start = future(600).replace(microsecond=0)
-    created = await create(stub, 7, start_time=start, duration=90, payload=payload_to_struct({"a": 1}))
+    created = await create(
+        stub, 7, start_time=start, duration=90, payload=payload_to_struct({"a": 1})
+    )
     after = dt.datetime.now(dt.UTC)
     meta = created.metadata
     assert meta is not None and created.data is not None
@@ -94,7 +96,9 @@ async def test_ids_are_unique_and_increasing_across_microgrids(
     assert numbers == sorted(numbers) and len(set(numbers)) == 4
 
 
-@pytest.mark.parametrize(("micros", "rounded_up"), [(400_000, False), (500_000, True), (900_000, True)])
+@pytest.mark.parametrize(
+    ("micros", "rounded_up"), [(400_000, False), (500_000, True), (900_000, True)]
+)
 async def test_start_time_is_rounded_to_the_nearest_second(
     stub: MicrogridDispatchServiceStub, micros: int, rounded_up: bool
 ) -> None:
@@ -271,7 +275,9 @@ async def test_unknown_or_foreign_id_is_not_found(
                     )
                 )
             else:
-                await _update(stub, dispatch_id, ["is_active"], Update(is_active=False), microgrid_id)
+                await _update(
+                    stub, dispatch_id, ["is_active"], Update(is_active=False), microgrid_id
+                )
     assert _as_bytes(await get(stub, 1, mine.metadata.dispatch_id)) == _as_bytes(mine)
 
 
@@ -322,11 +328,17 @@ async def test_update_applies_only_the_masked_paths(stub: MicrogridDispatchServi
     update = Update(
         start_time=new_start,
         duration=5,
-        target=TargetComponents(component_categories=TargetComponentsCategorySet(categories=[5])),
+        target=TargetComponents(
+            component_categories=TargetComponentsCategorySet(
+                categories=[ElectricalComponentCategory.BATTERY]
+            )
+        ),
         is_active=False,
         payload=payload_to_struct({"q": 2}),
     )
-    updated = await _update(stub, original.metadata.dispatch_id, ["start_time", "is_active"], update)
+    updated = await _update(
+        stub, original.metadata.dispatch_id, ["start_time", "is_active"], update
+    )
     assert updated.data is not None and updated.metadata is not None
     assert updated.data.start_time == new_start
     assert updated.data.is_active is False
@@ -343,7 +355,11 @@ async def test_update_applies_only_the_masked_paths(stub: MicrogridDispatchServi
 async def test_update_target_payload_and_clear_duration(stub: MicrogridDispatchServiceStub) -> None:
     original = await create(stub, duration=60, payload=payload_to_struct({"p": 1}))
     assert original.metadata is not None
-    target = TargetComponents(component_categories=TargetComponentsCategorySet(categories=[5]))
+    target = TargetComponents(
+        component_categories=TargetComponentsCategorySet(
+            categories=[ElectricalComponentCategory.BATTERY]
+        )
+    )
     updated = await _update(
         stub,
         original.metadata.dispatch_id,
@@ -442,9 +458,7 @@ _BAD_UPDATES: list[tuple[str, list[str], Update, str]] = [
     (
         "monthdays with weekly",
         ["recurrence.freq", "recurrence.bymonthdays"],
-        Update(
-            recurrence=RecurrenceUpdate(freq=RecurrenceRuleFrequency.WEEKLY, bymonthdays=[3])
-        ),
+        Update(recurrence=RecurrenceUpdate(freq=RecurrenceRuleFrequency.WEEKLY, bymonthdays=[3])),
         "recurrence.bymonthdays",
     ),
     (
@@ -477,7 +491,9 @@ async def test_stored_data_round_trips_every_field(stub: MicrogridDispatchServic
         recurrence=RecurrenceRule(
             freq=RecurrenceRuleFrequency.WEEKLY,
             interval=2,
-            end_criteria=RecurrenceRuleEndCriteria(until_time=future(86400 * 30).replace(microsecond=0)),
+            end_criteria=RecurrenceRuleEndCriteria(
+                until_time=future(86400 * 30).replace(microsecond=0)
+            ),
             byweekdays=[RecurrenceRuleWeekday.MONDAY, RecurrenceRuleWeekday.FRIDAY],
             byhours=[6, 18],
             byminutes=[0, 30],
@@ -485,7 +501,9 @@ async def test_stored_data_round_trips_every_field(stub: MicrogridDispatchServic
     )
     data.start_time = data.start_time.replace(microsecond=0) if data.start_time else None
     response = await stub.create_microgrid_dispatch(
-        CreateMicrogridDispatchRequest(microgrid_id=1, dispatch_data=DispatchData.parse(bytes(data)))
+        CreateMicrogridDispatchRequest(
+            microgrid_id=1, dispatch_data=DispatchData.parse(bytes(data))
+        )
     )
     assert response.dispatch is not None and response.dispatch.metadata is not None
     fetched = await get(stub, 1, response.dispatch.metadata.dispatch_id)

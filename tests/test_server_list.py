@@ -11,7 +11,6 @@ from test_server_support import (
     Status,
     connect,
     create,
-    dispatch_server,  # noqa: F401 - fixture
     expect_error,
     future,
     ids,
@@ -46,6 +45,7 @@ from dispatch_client._proto.google.protobuf import FieldMask
 from dispatch_client.testing import RunningServer
 
 pytestmark = pytest.mark.anyio
+pytest_plugins = ["test_server_support"]
 
 BASE = future(7200).replace(microsecond=0)
 MINUTE = dt.timedelta(minutes=1)
@@ -56,7 +56,9 @@ def by_ids(*numbers: int) -> TargetComponents:
 
 
 def by_categories(*categories: ElectricalComponentCategory) -> TargetComponents:
-    return TargetComponents(component_categories=TargetComponentsCategorySet(categories=list(categories)))
+    return TargetComponents(
+        component_categories=TargetComponentsCategorySet(categories=list(categories))
+    )
 
 
 def by_types(*items: TargetComponentsCategoryAndType) -> TargetComponents:
@@ -98,7 +100,12 @@ async def world(dispatch_server: RunningServer) -> Any:
     async with connect(dispatch_server) as stub:
         specs: dict[str, dict[str, Any]] = {
             # start BASE+0, ends +10 min, ids target
-            "a": {"type": "BATTERY_CHARGE", "start_time": BASE, "duration": 600, "target": by_ids(1, 2)},
+            "a": {
+                "type": "BATTERY_CHARGE",
+                "start_time": BASE,
+                "duration": 600,
+                "target": by_ids(1, 2),
+            },
             # start BASE+1min, inactive, dry run, no duration (never ends)
             "b": {
                 "type": "BATTERY_DISCHARGE",
@@ -191,7 +198,9 @@ async def test_sort_by_last_update_time(world: Fixture) -> None:
         )
     )
     response = await world.list(
-        sort_options=SortOptions(sort_field=SortField.LAST_UPDATE_TIME, sort_order=SortOrder.DESCENDING)
+        sort_options=SortOptions(
+            sort_field=SortField.LAST_UPDATE_TIME, sort_order=SortOrder.DESCENDING
+        )
     )
     assert ids(list(response.dispatches)) == [world.d[n] for n in "bfedca"]
 
@@ -416,7 +425,14 @@ async def test_page_size_zero_means_default_and_large_is_clamped(world: Fixture)
 
 
 @pytest.mark.parametrize(
-    "token", ["garbage!", "eyJ4IjogMX0", "", "e30", "eyJzIjogInR5cGUiLCAiZCI6IHRydWUsICJrIjogMSwgImkiOiAxLCAibiI6IDJ9"]
+    "token",
+    [
+        "garbage!",
+        "eyJ4IjogMX0",
+        "",
+        "e30",
+        "eyJzIjogInR5cGUiLCAiZCI6IHRydWUsICJrIjogMSwgImkiOiAxLCAibiI6IDJ9",
+    ],
 )
 async def test_bad_page_token_is_rejected(world: Fixture, token: str) -> None:
     if token == "":

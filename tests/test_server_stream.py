@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,10 +17,8 @@ from test_server_support import (
     Status,
     connect,
     create,
-    dispatch_server,  # noqa: F401 - fixture
     future,
     list_all,
-    stub,  # noqa: F401 - fixture
 )
 
 from dispatch_client import (
@@ -38,6 +37,7 @@ from dispatch_client.testing import RunningServer, in_memory_channel, running_se
 from dispatch_client.validation import payload_to_struct
 
 pytestmark = pytest.mark.anyio
+pytest_plugins = ["test_server_support"]
 
 STREAM_PATH = "/frequenz.api.dispatch.v1.MicrogridDispatchService/StreamMicrogridDispatches"
 Response = StreamMicrogridDispatchesResponse
@@ -51,12 +51,19 @@ async def subscribed(
     async with channel.request(
         STREAM_PATH, Cardinality.UNARY_STREAM, StreamMicrogridDispatchesRequest, Response
     ) as stream:
-        await stream.send_message(StreamMicrogridDispatchesRequest(microgrid_id=microgrid_id), end=True)
+        await stream.send_message(
+            StreamMicrogridDispatchesRequest(microgrid_id=microgrid_id), end=True
+        )
         await stream.recv_initial_metadata()
         yield stream
+        # Stop listening; fails harmlessly when the server already ended the stream.
+        with contextlib.suppress(Exception):
+            await stream.cancel()
 
 
-async def receive(stream: Stream[StreamMicrogridDispatchesRequest, Response], count: int) -> list[Response]:
+async def receive(
+    stream: Stream[StreamMicrogridDispatchesRequest, Response], count: int
+) -> list[Response]:
     received = []
     with anyio.fail_after(10):
         for _ in range(count):
@@ -67,10 +74,16 @@ async def receive(stream: Stream[StreamMicrogridDispatchesRequest, Response], co
 
 
 def summary(events: list[Response]) -> list[tuple[Event, int]]:
-    return [(e.event, e.dispatch.metadata.dispatch_id) for e in events if e.dispatch and e.dispatch.metadata]
+    return [
+        (e.event, e.dispatch.metadata.dispatch_id)
+        for e in events
+        if e.dispatch and e.dispatch.metadata
+    ]
 
 
-async def _update_active(stub: MicrogridDispatchServiceStub, dispatch_id: int, active: bool) -> Dispatch:
+async def _update_active(
+    stub: MicrogridDispatchServiceStub, dispatch_id: int, active: bool
+) -> Dispatch:
     response = await stub.update_microgrid_dispatch(
         UpdateMicrogridDispatchRequest(
             microgrid_id=1,
@@ -109,7 +122,9 @@ async def test_subscriber_sees_create_update_delete_of_its_microgrid_only(
             # DELETED carries the dispatch as it was last stored.
             assert bytes(events[2].dispatch) == bytes(updated)  # type: ignore[arg-type]
             assert other.metadata is not None
-            assert summary(await receive(theirs, 1)) == [(Event.CREATED, other.metadata.dispatch_id)]
+            assert summary(await receive(theirs, 1)) == [
+                (Event.CREATED, other.metadata.dispatch_id)
+            ]
 
 
 async def test_failed_writes_publish_nothing(dispatch_server: RunningServer) -> None:
@@ -127,7 +142,11 @@ async def test_stream_counters(dispatch_server: RunningServer) -> None:
     service = dispatch_server.service
     assert service.open_stream_count() == 0
     async with connect(dispatch_server) as stub:
-        async with subscribed(stub.channel, 1), subscribed(stub.channel, 1), subscribed(stub.channel, 2):
+        async with (
+            subscribed(stub.channel, 1),
+            subscribed(stub.channel, 1),
+            subscribed(stub.channel, 2),
+        ):
             assert service.open_stream_count(1) == 2
             assert service.open_stream_count(2) == 1
             assert service.open_stream_count() == 3
@@ -138,11 +157,15 @@ async def test_stream_counters(dispatch_server: RunningServer) -> None:
         assert service.opened_stream_count() == 3
 
 
-async def test_generated_stub_stream_works(stub: MicrogridDispatchServiceStub, dispatch_server: RunningServer) -> None:
+async def test_generated_stub_stream_works(
+    stub: MicrogridDispatchServiceStub, dispatch_server: RunningServer
+) -> None:
     received: list[Response] = []
 
     async def consume() -> None:
-        async for event in stub.stream_microgrid_dispatches(StreamMicrogridDispatchesRequest(microgrid_id=5)):
+        async for event in stub.stream_microgrid_dispatches(
+            StreamMicrogridDispatchesRequest(microgrid_id=5)
+        ):
             received.append(event)
             return
 
@@ -198,7 +221,9 @@ async def test_concurrent_mixed_writes_replay_to_the_stored_state(
                         await _update_active(stub, rng.choice(seed_ids), rng.random() < 0.5)
                     else:
                         await stub.delete_microgrid_dispatch(
-                            DeleteMicrogridDispatchRequest(microgrid_id=1, dispatch_id=rng.choice(seed_ids))
+                            DeleteMicrogridDispatchRequest(
+                                microgrid_id=1, dispatch_id=rng.choice(seed_ids)
+                            )
                         )
                     writes += 1
                 except GRPCError as error:
@@ -259,7 +284,9 @@ async def test_slow_subscriber_is_dropped_while_others_get_everything() -> None:
             slow_channel.close()
 
 
-async def test_stop_ends_streams_and_restart_accepts_new_ones(dispatch_server: RunningServer) -> None:
+async def test_stop_ends_streams_and_restart_accepts_new_ones(
+    dispatch_server: RunningServer,
+) -> None:
     async with connect(dispatch_server) as stub:
         async with subscribed(stub.channel, 1) as stream:
             await dispatch_server.stop()
@@ -270,7 +297,9 @@ async def test_stop_ends_streams_and_restart_accepts_new_ones(dispatch_server: R
         async with subscribed(stub.channel, 1) as stream:
             created = await create(stub, 1)
             assert created.metadata is not None
-            assert summary(await receive(stream, 1)) == [(Event.CREATED, created.metadata.dispatch_id)]
+            assert summary(await receive(stream, 1)) == [
+                (Event.CREATED, created.metadata.dispatch_id)
+            ]
 
 
 async def test_closing_the_service_ends_streams_with_unavailable() -> None:

@@ -1,5 +1,8 @@
 """Helpers shared by the reference-server tests (no tests here).
 
+Test modules load it with `pytest_plugins = ["test_server_support"]`, which
+also brings in the `dispatch_server` fixture of `dispatch_client.testing`.
+
 The tests talk to the server over a real loopback grpclib channel with the
 generated stub, never through the client facade.
 """

@@ -198,13 +198,9 @@ async def serve(
             _log.info(
                 "Dispatch server listening (db %s, %s); connect with %s",
                 db,
-                _describe_auth(server.authenticator),
+                server.authenticator.describe(),
                 server.url,
             )
             if on_ready is not None:
                 on_ready(server)
             await anyio.sleep_forever()
-
-
-def _describe_auth(authenticator: RequestAuthenticator) -> str:
-    return repr(authenticator).removeprefix("RequestAuthenticator(").removesuffix(")")

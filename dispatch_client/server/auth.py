@@ -67,9 +67,16 @@ class RequestAuthenticator:
         self._nonces: set[str] = set()
 
     def __repr__(self) -> str:
-        # Says what is checked, never with which values.
-        keys = "any" if self._keys is None else f"{len(self._keys)} keys"
-        return f"RequestAuthenticator({keys}, signed={self._secret is not None})"
+        return f"RequestAuthenticator({self.describe()})"
+
+    def describe(self) -> str:
+        """Say what is checked (never with which values), e.g. "2 API keys, signed requests"."""
+        parts = []
+        if self._keys is not None:
+            parts.append(f"{len(self._keys)} API key" + ("" if len(self._keys) == 1 else "s"))
+        if self._secret is not None:
+            parts.append("signed requests")
+        return ", ".join(parts) or "no authentication"
 
     @property
     def enabled(self) -> bool:

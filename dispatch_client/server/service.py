@@ -13,6 +13,11 @@ the server, `python -m dispatch_client.server --help`):
   and duplicates ignored). `queries`: `#<digits>` matches that id, any other
   text is a case-sensitive substring of the type; queries are OR-ed with each
   other and AND-ed with the other criteria.
+- Update: a path in `update_mask` whose value is unset in `update` takes the
+  field's proto default (`is_active` false, `duration`/`payload`/`target`
+  cleared, a recurrence field reset), except `start_time`, which must be set.
+  `recurrence` alone replaces the whole rule. `type` and `is_dry_run` are
+  fixed at creation.
 - Sorting defaults to create time, descending; an unspecified order is
   descending; ties are broken by id in the same direction.
 - Page size: 0/unset means `default_page_size` (100); larger than
@@ -148,9 +153,12 @@ def round_to_second(value: dt.datetime) -> dt.datetime:
 
 
 async def _end_time(data: DispatchData) -> dt.datetime | None:
-    # A long series (e.g. minutely until a far date) takes a while to walk;
-    # do it off the event loop.
-    return await anyio.to_thread.run_sync(series_end, data)
+    # A long series (e.g. minutely until a far date) may take a while to
+    # walk; do it off the event loop.
+    try:
+        return await anyio.to_thread.run_sync(series_end, data)
+    except (ValueError, OverflowError) as error:
+        _invalid(f"recurrence cannot be evaluated: {error}")
 
 
 class DispatchService(MicrogridDispatchServiceBase):
@@ -203,11 +211,11 @@ class DispatchService(MicrogridDispatchServiceBase):
     # Stream counters ------------------------------------------------------------
 
     def open_stream_count(self, microgrid_id: int | None = None) -> int:
-        """Streams currently subscribed (to one microgrid, or in total)."""
+        """Return how many streams are subscribed now (to one microgrid, or in total)."""
         return self._fanout.open_count(microgrid_id)
 
     def opened_stream_count(self, microgrid_id: int | None = None) -> int:
-        """Streams ever opened (to one microgrid, or in total) since the service was made."""
+        """Return how many streams were ever opened (to one microgrid, or in total)."""
         return self._fanout.opened_count(microgrid_id)
 
     async def wait_for_streams(self, microgrid_id: int | None, count: int) -> None:

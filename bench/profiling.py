@@ -1,6 +1,6 @@
 """Profile our client's side of one scenario with cProfile, against a server process.
 
-    python -m bench.profile get|create|list|stream [--calls N] [--top N] [--fast-decode]
+    python -m bench.profiling get|create|list|stream [--calls N] [--top N] [--fast-decode]
 
 Prints where the client's CPU time goes, per package (betterproto2, grpclib,
 h2, asyncio, dispatch_client, ...) and per function. `--fast-decode` swaps the
@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import collections
+import cProfile
+import json
 import pstats
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from .clients import use_fast_codec
 from .run import LIST_MICROGRID, Server, populate
 
 
@@ -60,20 +63,27 @@ def print_profile(stats: pstats.Stats, top: int) -> None:
 async def scenario(name: str, url: str, calls: int, fast: bool) -> None:
     from dispatch_client import Client
 
-    client = Client(url, auth_key="bench")
     if fast:
-        _use_fast_codec(client)
+        use_fast_codec()
+    client = Client(url, auth_key="bench")
     try:
         if name == "get":
             await client.get(LIST_MICROGRID, 1)
             with _profiled():
-                await asyncio.gather(*(_repeat(client.get, calls // 64, LIST_MICROGRID, 1) for _ in range(64)))
+                await asyncio.gather(
+                    *(_repeat(client.get, calls // 64, LIST_MICROGRID, 1) for _ in range(64))
+                )
         elif name == "create":
             payload = {"power_w": 5000.0, "mode": "charge"}
 
             async def one() -> None:
                 await client.create(
-                    100, "BENCH", "NOW", __import__("datetime").timedelta(hours=1), [1, 2, 3], payload=payload
+                    100,
+                    "BENCH",
+                    "NOW",
+                    __import__("datetime").timedelta(hours=1),
+                    [1, 2, 3],
+                    payload=payload,
                 )
 
             await one()
@@ -84,10 +94,37 @@ async def scenario(name: str, url: str, calls: int, fast: bool) -> None:
             with _profiled():
                 async for _ in client.list(LIST_MICROGRID, page_size=1000):
                     pass
+        elif name == "stream":
+            await _stream(client, url, calls, consumers=10)
         else:
             raise SystemExit(f"unknown scenario {name}")
     finally:
         await client.disconnect()
+
+
+async def _stream(client: Any, url: str, events: int, consumers: int) -> None:
+    """`consumers` consumers of one microgrid; a producer process creates `events` dispatches."""
+    microgrid = 2000
+    seen = [asyncio.Event() for _ in range(consumers)]
+
+    async def consume(index: int) -> None:
+        async for event in client.stream(microgrid):
+            if event.dispatch.data.type == "END":
+                return
+            seen[index].set()
+
+    tasks = [asyncio.create_task(consume(i)) for i in range(consumers)]
+    while not all(s.is_set() for s in seen):
+        await client.create(microgrid, "WARMUP", "NOW", None, [1])
+        await asyncio.sleep(0.2)
+    spec = {"task": "produce", "client": "ours", "url": url, "microgrid": microgrid}
+    spec |= {"events": events, "concurrency": 4}
+    producer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.worker", json.dumps(spec), stdout=asyncio.subprocess.DEVNULL
+    )
+    with _profiled():
+        await asyncio.gather(*tasks)
+    await producer.wait()
 
 
 async def _repeat(call: Any, times: int, *args: Any) -> None:
@@ -96,50 +133,35 @@ async def _repeat(call: Any, times: int, *args: Any) -> None:
 
 
 class _profiled:
+    enabled = True
     profiler: cProfile.Profile | None = None
 
     def __enter__(self) -> None:
-        _profiled.profiler = cProfile.Profile()
+        _profiled.profiler = cProfile.Profile() if self.enabled else None
         self.cpu, self.wall = time.process_time(), time.perf_counter()
-        _profiled.profiler.enable()
+        if _profiled.profiler is not None:
+            _profiled.profiler.enable()
 
     def __exit__(self, *exc: object) -> None:
-        assert _profiled.profiler is not None
-        _profiled.profiler.disable()
+        if _profiled.profiler is not None:
+            _profiled.profiler.disable()
+        overhead = " (with profiler overhead)" if self.enabled else ""
         print(
             f"wall {time.perf_counter() - self.wall:.3f} s, "
-            f"CPU {time.process_time() - self.cpu:.3f} s (with profiler overhead)"
+            f"CPU {time.process_time() - self.cpu:.3f} s{overhead}"
         )
 
 
-def _use_fast_codec(client: Any) -> None:
-    """Make the client's channels decode through fastdecode (prototype of the proposed fix)."""
-    from grpclib.encoding.proto import ProtoCodec
-
-    from . import fastdecode
-
-    class FastCodec(ProtoCodec):
-        def decode(self, data: bytes, message_type: Any) -> Any:
-            return fastdecode.decoder(message_type)(data)
-
-    import dispatch_client.connection as connection
-
-    original = connection.Channel
-
-    def channel(*args: Any, **kwargs: Any) -> Any:
-        return original(*args, codec=FastCodec(), **kwargs)
-
-    connection.Channel = channel  # type: ignore[misc]
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.profile")
-    parser.add_argument("scenario", choices=("get", "create", "list"))
+    parser = argparse.ArgumentParser(prog="python -m bench.profiling")
+    parser.add_argument("scenario", choices=("get", "create", "list", "stream"))
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--list-size", type=int, default=10_000)
     parser.add_argument("--fast-decode", action="store_true")
+    parser.add_argument("--no-profile", action="store_true", help="only time the scenario")
     args = parser.parse_args()
+    _profiled.enabled = not args.no_profile
     with tempfile.TemporaryDirectory(prefix="dispatch-profile-") as tmp:
         db = Path(tmp) / "profile.db"
         asyncio.run(populate(db, args.list_size if args.scenario == "list" else 10))
@@ -148,8 +170,8 @@ def main() -> None:
             asyncio.run(scenario(args.scenario, server.url, args.calls, args.fast_decode))
         finally:
             server.stop()
-    assert _profiled.profiler is not None
-    print_profile(pstats.Stats(_profiled.profiler), args.top)
+    if _profiled.profiler is not None:
+        print_profile(pstats.Stats(_profiled.profiler), args.top)
 
 
 if __name__ == "__main__":
