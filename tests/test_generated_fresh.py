@@ -12,7 +12,9 @@ COMMITTED = ROOT / "dispatch_client" / "_proto"
 
 def _tree(path: Path) -> set[str]:
     return {
-        str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        str(p.relative_to(path))
+        for p in path.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
     }
 
 
@@ -26,8 +28,14 @@ def test_generated_code_matches_protos(tmp_path: Path) -> None:
         capture_output=True,
     )
     fresh, committed = _tree(out), _tree(COMMITTED)
-    assert fresh == committed, f"files differ: only fresh {fresh - committed}, only committed {committed - fresh}"
-    stale = [name for name in sorted(fresh) if not filecmp.cmp(out / name, COMMITTED / name, shallow=False)]
+    assert fresh == committed, (
+        f"files differ: only fresh {fresh - committed}, only committed {committed - fresh}"
+    )
+    stale = [
+        name
+        for name in sorted(fresh)
+        if not filecmp.cmp(out / name, COMMITTED / name, shallow=False)
+    ]
     assert not stale, f"run `make protos`: generated code is stale in {stale}"
 
 
