@@ -72,6 +72,7 @@ from .errors import (
     Unimplemented,
     UnknownError,
 )
+from .streaming import DispatchEvent
 from .targets import (
     ComponentType,
     TargetLike,
@@ -107,6 +108,7 @@ __all__ = [
     "Dispatch",
     "DispatchApiError",
     "DispatchData",
+    "DispatchEvent",
     "DispatchFilter",
     "DispatchFilterRecurrenceFilter",
     "DispatchMetadata",

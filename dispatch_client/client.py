@@ -49,7 +49,6 @@ from .validation import (
     check_aware,
     check_dispatch_data,
     check_duration,
-    check_recurrence,
     check_start_time,
     payload_to_struct,
 )
@@ -59,7 +58,7 @@ if TYPE_CHECKING:
 
     from .streaming import DispatchEvent, SharedStream, StreamHub
 
-__all__ = ["START_TIME_GRACE", "Client", "SortSpec"]
+__all__ = ["START_TIME_GRACE", "Client", "SortSpec", "build_create_request"]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -123,6 +122,59 @@ def _interval(start: dt.datetime | None, end: dt.datetime | None, name: str) -> 
     return Interval(
         start_time=None if start is None else check_aware(start, f"{name}_from"),
         end_time=None if end is None else check_aware(end, f"{name}_to"),
+    )
+
+
+def build_create_request(
+    microgrid_id: int,
+    type: str,
+    start_time: dt.datetime | Literal["NOW"],
+    duration: dt.timedelta | None,
+    target: TargetLike,
+    *,
+    active: bool = True,
+    dry_run: bool = False,
+    payload: Mapping[str, Any] | None = None,
+    recurrence: RecurrenceRule | None = None,
+    now: dt.datetime | None = None,
+) -> CreateMicrogridDispatchRequest:
+    """Check the arguments of `Client.create` and build its request; raise `ValueError` if bad."""
+    now = now or dt.datetime.now(dt.UTC)
+    _check_uint64(microgrid_id, "microgrid_id")
+    if not isinstance(type, str) or not type:
+        raise ValueError(f"type must be a non-empty str, got {type!r}")
+    start_immediately = isinstance(start_time, str) and start_time.upper() == "NOW"
+    if isinstance(start_time, str) and not start_immediately:
+        raise ValueError(f'start_time must be an aware datetime or "NOW", got {start_time!r}')
+    start = (
+        None
+        if start_immediately
+        else check_start_time(start_time, now=now, allowance=START_TIME_GRACE)
+    )
+    for name, flag in (("active", active), ("dry_run", dry_run)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be a bool, got {flag!r}")
+    if recurrence is not None and not isinstance(recurrence, RecurrenceRule):
+        raise ValueError(
+            f"recurrence must be a RecurrenceRule, got {recurrence.__class__.__name__}"
+        )
+    data = DispatchData(
+        type=type,
+        start_time=start,
+        duration=check_duration(duration),
+        target=to_target(target),
+        is_active=active,
+        is_dry_run=dry_run,
+        payload=payload_to_struct(payload),
+        recurrence=recurrence,
+    )
+    check_dispatch_data(
+        data, now=now, allowance=START_TIME_GRACE, start_immediately=start_immediately
+    )
+    return CreateMicrogridDispatchRequest(
+        microgrid_id=microgrid_id,
+        dispatch_data=data,
+        start_immediately=True if start_immediately else None,
     )
 
 
@@ -205,10 +257,11 @@ class Client:
 
         The grpclib channel itself opens lazily, on the first call.
         """
-        if server_url is not None and server_url.strip() != self._target.url:
+        if server_url is not None and server_url != self._target.url:
             target = parse_server_url(server_url, self._channel_defaults)
-            self._drop_channel()
-            self._target = target
+            if target.url != self._target.url:
+                self._drop_channel()
+                self._target = target
         self._connected = True
 
     async def disconnect(self) -> None:
@@ -231,7 +284,8 @@ class Client:
     def _drop_channel(self) -> None:
         channel, loop = self._channel, self._channel_loop
         self._channel = self._channel_loop = self._stub = None
-        # A channel whose loop is gone cannot be closed; it owns no live socket.
+        # A channel whose loop has closed can no longer be closed from here; its
+        # socket goes with garbage collection (disconnect before the loop ends).
         if channel is not None and loop is not None and not loop.is_closed():
             channel.close()
 
@@ -240,7 +294,8 @@ class Client:
         """The grpclib channel; raises `ClientNotConnected` when not connected.
 
         grpclib binds a channel to one event loop, so it is (re)created inside
-        the running loop: the same client works across `asyncio.run` calls.
+        the running loop: a client built outside any loop, or reused by a later
+        `asyncio.run` after `disconnect()`, gets a channel of the loop it runs in.
         """
         if not self._connected:
             raise ClientNotConnected(
@@ -294,44 +349,16 @@ class Client:
         negative duration, a payload that is not JSON-like (or nested deeper
         than 5 levels, or over 50 KB) and an invalid recurrence rule.
         """
-        now = dt.datetime.now(dt.UTC)
-        _check_uint64(microgrid_id, "microgrid_id")
-        if not isinstance(type, str) or not type:
-            raise ValueError(f"type must be a non-empty str, got {type!r}")
-        start_immediately = isinstance(start_time, str) and start_time.upper() == "NOW"
-        if isinstance(start_time, str) and not start_immediately:
-            raise ValueError(f'start_time must be an aware datetime or "NOW", got {start_time!r}')
-        start = (
-            None
-            if start_immediately
-            else check_start_time(start_time, now=now, allowance=START_TIME_GRACE)
-        )
-        for name, flag in (("active", active), ("dry_run", dry_run)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be a bool, got {flag!r}")
-        if recurrence is not None:
-            if not isinstance(recurrence, RecurrenceRule):
-                raise ValueError(
-                    f"recurrence must be a RecurrenceRule, got {recurrence.__class__.__name__}"
-                )
-            check_recurrence(recurrence)
-        data = DispatchData(
-            type=type,
-            start_time=start,
-            duration=check_duration(duration),
-            target=to_target(target),
-            is_active=active,
-            is_dry_run=dry_run,
-            payload=payload_to_struct(payload),
+        request = build_create_request(
+            microgrid_id,
+            type,
+            start_time,
+            duration,
+            target,
+            active=active,
+            dry_run=dry_run,
+            payload=payload,
             recurrence=recurrence,
-        )
-        check_dispatch_data(
-            data, now=now, allowance=START_TIME_GRACE, start_immediately=start_immediately
-        )
-        request = CreateMicrogridDispatchRequest(
-            microgrid_id=microgrid_id,
-            dispatch_data=data,
-            start_immediately=True if start_immediately else None,
         )
         response = await self._call(
             lambda s: s.create_microgrid_dispatch(request, timeout=self._call_timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -535,3 +536,28 @@ async def test_500_concurrent_calls_over_one_client(client: Client) -> None:
         for i in range(250):
             tg.start_soon(get, i)
     assert fetched == created
+
+
+# -- keep-alive ------------------------------------------------------------------
+
+
+async def test_keep_alive_pings_while_a_stream_is_open(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="grpclib.protocol")
+    url = f"{server.url}&keep_alive_interval_s=0.05&keep_alive_timeout_s=1"
+    async with Client(url) as client:
+        events = client.stream(MG)
+        with anyio.fail_after(5):
+            # Reading the first event keeps the stream open while it is quiet.
+            async with anyio.create_task_group() as tg:
+
+                async def create_later() -> None:
+                    await anyio.sleep(0.4)
+                    await make(client)
+
+                tg.start_soon(create_later)
+                first = await anext(events)
+        await events.aclose()
+    assert first.dispatch.data is not None
+    assert sum("send ping" in r.getMessage() for r in caplog.records) >= 3

@@ -1,0 +1,120 @@
+"""Property tests: which `create` arguments are refused before anything is sent."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dispatch_client import EndCriteria, Frequency, RecurrenceRule, Weekday
+from dispatch_client.client import START_TIME_GRACE, build_create_request
+
+NOW = dt.datetime(2030, 6, 1, 12, tzinfo=dt.UTC)
+
+
+def build(**overrides: Any) -> Any:
+    args: dict[str, Any] = {
+        "microgrid_id": 1,
+        "type": "T",
+        "start_time": NOW + dt.timedelta(hours=1),
+        "duration": None,
+        "target": [1],
+    }
+    args.update(overrides)
+    return build_create_request(**args, now=NOW)
+
+
+def nested(depth: int) -> dict[str, Any]:
+    payload: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        payload = {"k": payload}
+    return payload
+
+
+@given(st.integers(1, 12))
+def test_payload_depth_limit(depth: int) -> None:
+    if depth <= 5:
+        request = build(payload=nested(depth))
+        assert request.dispatch_data.payload.to_dict() == nested(depth)
+    else:
+        with pytest.raises(ValueError, match=f"nested {depth} levels"):
+            build(payload=nested(depth))
+
+
+@given(st.integers(0, 80_000))
+def test_payload_size_limit(size: int) -> None:
+    payload = {"s": "x" * size}
+    # Encoded size: the string plus a few bytes of field tags and lengths.
+    if size < 50 * 1024 - 16:
+        build(payload=payload)
+    elif size > 50 * 1024:
+        with pytest.raises(ValueError, match="bytes encoded"):
+            build(payload=payload)
+
+
+@given(st.integers(-(10**6), 10**6))
+def test_duration_sign(seconds: int) -> None:
+    if seconds >= 0:
+        assert build(duration=dt.timedelta(seconds=seconds)).dispatch_data.duration == seconds
+    else:
+        with pytest.raises(ValueError, match="negative"):
+            build(duration=dt.timedelta(seconds=seconds))
+
+
+@given(st.integers(-(10**7), 10**7))
+def test_start_time_not_in_the_past(offset_ms: int) -> None:
+    start = NOW + dt.timedelta(milliseconds=offset_ms)
+    if start >= NOW - START_TIME_GRACE:
+        assert build(start_time=start).dispatch_data.start_time == start
+    else:
+        with pytest.raises(ValueError, match="in the past"):
+            build(start_time=start)
+
+
+@given(st.sampled_from(["NOW", "now", "Now"]))
+def test_now_means_start_immediately(word: str) -> None:
+    request = build(start_time=word)
+    assert request.start_immediately is True
+    assert request.dispatch_data.start_time is None
+
+
+@given(
+    freq=st.sampled_from(list(Frequency)),
+    interval=st.integers(0, 20_000),
+    count=st.none() | st.integers(0, 5000),
+    byhours=st.lists(st.integers(0, 30), max_size=3),
+    bymonthdays=st.lists(st.integers(-40, 40), max_size=3),
+    byweekdays=st.lists(st.sampled_from(list(Weekday)), max_size=3),
+)
+def test_recurrence_rules(
+    freq: Frequency,
+    interval: int,
+    count: int | None,
+    byhours: list[int],
+    bymonthdays: list[int],
+    byweekdays: list[Weekday],
+) -> None:
+    rule = RecurrenceRule(
+        freq=freq,
+        interval=interval,
+        end_criteria=None if count is None else EndCriteria(count=count),
+        byhours=byhours,
+        bymonthdays=bymonthdays,
+        byweekdays=byweekdays,
+    )
+    valid = (
+        interval <= 10_000
+        and (count is None or 1 <= count <= 4096)
+        and all(h <= 23 for h in byhours)
+        and all(1 <= abs(d) <= 31 for d in bymonthdays)
+        and Weekday.UNSPECIFIED not in byweekdays
+        and not (bymonthdays and freq == Frequency.WEEKLY)
+    )
+    if valid:
+        assert build(recurrence=rule).dispatch_data.recurrence == rule
+    else:
+        with pytest.raises(ValueError, match="recurrence"):
+            build(recurrence=rule)
