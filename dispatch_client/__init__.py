@@ -72,7 +72,15 @@ from .errors import (
     Unimplemented,
     UnknownError,
 )
-from .streaming import DispatchEvent
+from .recurrence import is_running, next_run, runs, series_end, to_rrule, until
+from .streaming import (
+    Backoff,
+    DispatchEvent,
+    SharedStream,
+    StreamHub,
+    StreamState,
+    StreamStatus,
+)
 from .targets import (
     ComponentType,
     TargetLike,
@@ -93,6 +101,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "Backoff",
     "BatteryType",
     "Cancelled",
     "ChannelOptions",
@@ -138,13 +147,17 @@ __all__ = [
     "RecurrenceRuleFrequency",
     "RecurrenceRuleWeekday",
     "ResourceExhausted",
+    "SharedStream",
     "SortField",
     "SortOptions",
     "SortOrder",
     "SortSpec",
+    "StreamHub",
     "StreamMicrogridDispatchesRequest",
     "StreamMicrogridDispatchesResponse",
     "StreamOverflow",
+    "StreamState",
+    "StreamStatus",
     "TargetComponents",
     "TargetComponentsCategoryAndType",
     "TargetComponentsCategorySet",
@@ -162,8 +175,14 @@ __all__ = [
     "Weekday",
     "__version__",
     "category_and_type",
+    "is_running",
+    "next_run",
+    "runs",
+    "series_end",
     "target_from_categories",
     "target_from_ids",
     "target_from_types",
+    "to_rrule",
     "to_target",
+    "until",
 ]

@@ -14,7 +14,9 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+
+from grpclib.const import Cardinality
 
 from ._proto.frequenz.api.common.v1alpha8.pagination import PaginationParams
 from ._proto.frequenz.api.common.v1alpha8.types import Interval
@@ -38,11 +40,13 @@ from ._proto.frequenz.api.dispatch.v1 import (
 from .connection import (
     ChannelOptions,
     ServerTarget,
+    absorb_leaked_cancel,
     open_channel,
     parse_server_url,
     translate_error,
 )
 from .errors import ClientNotConnected, UnknownError
+from .streaming import DEFAULT_BUFFER_SIZE, Backoff, StreamHub, StreamStatus
 from .targets import TargetLike, to_target
 from .update import build_update
 from .validation import (
@@ -56,11 +60,12 @@ from .validation import (
 if TYPE_CHECKING:
     from grpclib.client import Channel
 
-    from .streaming import DispatchEvent, SharedStream, StreamHub
+    from .streaming import DispatchEvent, SharedStream
 
 __all__ = ["START_TIME_GRACE", "Client", "SortSpec", "build_create_request"]
 
 _log = logging.getLogger(__name__)
+_STREAM_PATH = "/frequenz.api.dispatch.v1.MicrogridDispatchService/StreamMicrogridDispatches"
 _T = TypeVar("_T")
 _MAX_UINT64 = 2**64 - 1
 
@@ -203,8 +208,16 @@ class Client:
         call_timeout: dt.timedelta | None = dt.timedelta(seconds=60),
         stream_timeout: dt.timedelta | None = dt.timedelta(minutes=5),
         channel_defaults: ChannelOptions | None = None,
+        stream_buffer_size: int = DEFAULT_BUFFER_SIZE,
+        stream_backoff: Backoff | None = None,
+        on_stream_status: Callable[[StreamStatus], None] | None = None,
     ) -> None:
-        """Check the URL and options now; the channel opens on first use in a running loop."""
+        """Check the URL and options now; the channel opens on first use in a running loop.
+
+        `stream_buffer_size` is each stream consumer's default buffer,
+        `stream_backoff` the reconnect policy of shared streams and
+        `on_stream_status` a hook told of every stream state change.
+        """
         if auth_key is not None and key is not None and auth_key != key:
             raise ValueError("auth_key and key are aliases; pass only one of them")
         auth_key = auth_key if auth_key is not None else key
@@ -223,6 +236,17 @@ class Client:
         self._channel_loop: asyncio.AbstractEventLoop | None = None
         self._stub: MicrogridDispatchServiceStub | None = None
         self._hub: StreamHub | None = None
+        if isinstance(stream_buffer_size, bool) or not isinstance(stream_buffer_size, int):
+            raise ValueError(
+                f"stream_buffer_size must be a positive int, got {stream_buffer_size!r}"
+            )
+        if stream_buffer_size < 1:
+            raise ValueError(
+                f"stream_buffer_size must be a positive int, got {stream_buffer_size!r}"
+            )
+        self._stream_buffer_size = stream_buffer_size
+        self._stream_backoff = stream_backoff
+        self._on_stream_status = on_stream_status
         if connect:
             self.connect()
 
@@ -321,7 +345,8 @@ class Client:
     async def _call(self, call: Callable[[MicrogridDispatchServiceStub], Awaitable[_T]]) -> _T:
         service = self._service()
         try:
-            return await call(service)
+            with absorb_leaked_cancel():
+                return await call(service)
         except Exception as exc:
             error = translate_error(exc, self.server_url)
             if error is None or error is exc:
@@ -513,21 +538,29 @@ class Client:
 
     async def _open_stream(
         self, microgrid_id: int
-    ) -> AsyncGenerator[StreamMicrogridDispatchesResponse, None]:
-        """Open one StreamMicrogridDispatches call; failures surface as typed errors."""
+    ) -> AsyncGenerator[StreamMicrogridDispatchesResponse | None, None]:
+        """Open one StreamMicrogridDispatches call; failures surface as typed errors.
+
+        Yields `None` once the server's initial metadata has arrived: from then
+        on the server has registered the subscription, which lets `watch()`
+        list without a gap between the snapshot and the live events.
+        """
         request = StreamMicrogridDispatchesRequest(
             microgrid_id=_check_uint64(microgrid_id, "microgrid_id")
         )
-        service = self._service()
+        channel = self.channel
         try:
-            # The generated method is an async generator; close it promptly so
-            # the HTTP/2 stream is reset as soon as our consumer leaves.
-            responses = cast(
-                "AsyncGenerator[StreamMicrogridDispatchesResponse, None]",
-                service.stream_microgrid_dispatches(request, timeout=self._stream_timeout),
-            )
-            async with aclosing(responses):
-                async for response in responses:
+            async with channel.request(
+                _STREAM_PATH,
+                Cardinality.UNARY_STREAM,
+                StreamMicrogridDispatchesRequest,
+                StreamMicrogridDispatchesResponse,
+                timeout=self._stream_timeout,
+            ) as stream:
+                await stream.send_message(request, end=True)
+                await stream.recv_initial_metadata()
+                yield None
+                async for response in stream:
                     yield response
         except Exception as exc:
             error = translate_error(exc, self.server_url)
@@ -541,12 +574,13 @@ class Client:
                 "the client is not connected; call connect() first", server_url=self.server_url
             )
         if self._hub is None:
-            from .streaming import StreamHub
-
             self._hub = StreamHub(
                 open_stream=self._open_stream,
                 list_dispatches=self.dispatches,
                 server_url=self.server_url,
+                buffer_size=self._stream_buffer_size,
+                backoff=self._stream_backoff,
+                on_status=self._on_stream_status,
             )
         return self._hub
 

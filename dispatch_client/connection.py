@@ -15,6 +15,8 @@ import dataclasses
 import datetime as dt
 import logging
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
@@ -312,3 +314,25 @@ def translate_error(exc: BaseException, server_url: str) -> DispatchApiError | N
     if isinstance(exc, StreamTerminatedError | ProtocolError):
         return Unavailable(f"connection to the server broke: {exc}", server_url=server_url)
     return None
+
+
+@contextmanager
+def absorb_leaked_cancel() -> Iterator[None]:
+    """Withdraw the cancel requests grpclib leaves behind when a connection dies.
+
+    grpclib wakes a task blocked on a dead connection with `task.cancel()` and
+    raises its own error instead of `CancelledError`, so the request stays
+    counted in `task.cancelling()`. Left there, the next cancel scope or
+    timeout the task exits believes an outer cancellation is pending and turns
+    into a silent `CancelledError`. A failure that is not `CancelledError`
+    means every request made meanwhile was consumed; a real cancellation of an
+    anyio scope is re-delivered by anyio anyway.
+    """
+    task = asyncio.current_task()
+    baseline = task.cancelling() if task is not None else 0
+    try:
+        yield
+    except Exception:
+        while task is not None and task.cancelling() > baseline:
+            task.uncancel()
+        raise

@@ -72,7 +72,6 @@ import logging
 import math
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal, TypeAlias
@@ -82,7 +81,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._proto.frequenz.api.common.v1alpha8.streaming import Event
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
-from .connection import translate_error
+from .connection import absorb_leaked_cancel, translate_error
 from .errors import (
     Aborted,
     Cancelled,
@@ -447,7 +446,7 @@ class SharedStream:
             tg.start_soon(self._confirm_after_grace)
             responses = self._hub._open_stream(self.microgrid_id)
             try:
-                with _absorb_leaked_cancel():
+                with absorb_leaked_cancel():
                     async for response in responses:
                         self._confirm()
                         if response is not None:
@@ -729,32 +728,10 @@ async def _close_quietly(iterator: AsyncIterator[Any]) -> None:
 
 async def _collect(dispatches: AsyncIterator[Dispatch]) -> list[Dispatch]:
     try:
-        with _absorb_leaked_cancel():
+        with absorb_leaked_cancel():
             return [dispatch async for dispatch in dispatches]
     finally:
         await _close_quietly(dispatches)
-
-
-@contextmanager
-def _absorb_leaked_cancel() -> Iterator[None]:
-    """Withdraw the cancel requests grpclib leaves behind when a connection dies.
-
-    grpclib wakes a task blocked on a dead connection with `task.cancel()` and
-    raises its own error instead of `CancelledError`, so the request stays
-    counted in `task.cancelling()`. Left there, the next cancel scope or
-    timeout the task exits believes an outer cancellation is pending and turns
-    into a silent `CancelledError`. A failure that is not `CancelledError`
-    means every request made meanwhile was consumed; a real cancellation of an
-    anyio scope is re-delivered by anyio anyway.
-    """
-    task = asyncio.current_task()
-    baseline = task.cancelling() if task is not None else 0
-    try:
-        yield
-    except Exception:
-        while task is not None and task.cancelling() > baseline:
-            task.uncancel()
-        raise
 
 
 def _check_buffer_size(size: int) -> None:
