@@ -20,8 +20,8 @@ Known limits of the prototype: unknown fields are dropped (betterproto2 keeps
 their raw bytes in `_unknown_fields`, which `==` ignores); only the
 `google.protobuf.Timestamp` wrapper is unwrapped natively, other wrappers go
 through the generated `to_wrapped()`; descriptors are compiled with
-`grpcio-tools` at first use (a real implementation would ship them serialized,
-written by `make protos`).
+`grpcio-tools` (in a child process) at first use; a real implementation would
+ship them serialized, written by `make protos`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import datetime as dt
 import functools
 import gc
 import keyword
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -48,25 +50,31 @@ GC_PAUSE_BYTES = 64 * 1024
 
 @functools.cache
 def _pool() -> descriptor_pool.DescriptorPool:
-    """Compile protos/ (with their imports) into a private descriptor pool."""
-    from grpc_tools import protoc
+    """Compile protos/ (with their imports) into a private descriptor pool.
 
+    protoc runs in a child process, so this process never loads grpc_tools
+    (about 8 MB): its memory stays what shipping serialized descriptors
+    would give.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "descriptors.bin"
+        out = Path(tmp) / "descriptors.binpb"
         files = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
-        include = Path(protoc.__file__).parent / "_proto"
-        status = protoc.main(
+        subprocess.run(
             [
-                "protoc",
+                sys.executable,
+                "-c",
+                "import sys\n"
+                "from pathlib import Path\n"
+                "from grpc_tools import protoc\n"
+                "include = Path(protoc.__file__).parent / '_proto'\n"
+                "sys.exit(protoc.main(['protoc', f'-I{include}', *sys.argv[1:]]))",
                 f"-I{PROTOS}",
-                f"-I{include}",
                 "--include_imports",
                 f"--descriptor_set_out={out}",
                 *files,
-            ]
+            ],
+            check=True,
         )
-        if status != 0:
-            raise RuntimeError(f"protoc failed ({status})")
         file_set = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     pool = descriptor_pool.DescriptorPool()
     for file in file_set.file:
@@ -98,9 +106,8 @@ class _Compiler:
     """Generates one specialised conversion function per message class.
 
     Each function reads the upb message's attributes directly (no generic
-    field loop) and assigns the finished `__dict__` of a new instance, which
-    is what the generated dataclass `__init__` plus `__post_init__` would leave
-    behind.
+    field loop) and sets on a new instance what the generated dataclass
+    `__init__` plus `__post_init__` would have set, in the same order.
     """
 
     def __init__(self) -> None:
@@ -120,23 +127,25 @@ class _Compiler:
         self.namespace[f"{name}_cls"] = cls
         meta = cls._betterproto  # type: ignore[attr-defined]
         by_number = {field.number: field for field in descriptor.fields}
-        items = []
+        # Attributes are set one by one, in field order and then `_unknown_fields`,
+        # exactly as the dataclass __init__ and __post_init__ do: instances then
+        # share their class's key table, which keeps them as small as
+        # betterproto2's own (assigning a whole __dict__ would not).
+        lines = [f"def {name}(m):", f"    o = _new({name}_cls)"]
         groups: dict[str, list[str]] = {}
         for field_name, field_meta in meta.meta_by_field_name.items():
             field = by_number[field_meta.number]
             if field_meta.group:
                 # A oneof: one WhichOneof() call instead of a HasField() per member.
-                items.append(f"        {field_name!r}: None,")
+                lines.append(f"    o.{field_name} = None")
                 value = self._value_expr(meta, field_name, field_meta, field, f"m.{field.name}")
                 groups.setdefault(field_meta.group, []).append(
-                    f"    {{}} k == {field.name!r}:\n        d[{field_name!r}] = {value}"
+                    f"    {{}} k == {field.name!r}:\n        o.{field_name} = {value}"
                 )
                 continue
             expr = self._field_expr(meta, field_name, field_meta, field)
-            items.append(f"        {field_name!r}: {expr},")
-        items.append('        "_unknown_fields": b"",')
-        lines = [f"def {name}(m):", f"    o = _new({name}_cls)", "    o.__dict__ = d = {"]
-        lines += [*items, "    }"]
+            lines.append(f"    o.{field_name} = {expr}")
+        lines.append('    o._unknown_fields = b""')
         for group, branches in groups.items():
             lines.append(f"    k = m.WhichOneof({group!r})")
             lines += [b.format("if" if i == 0 else "elif") for i, b in enumerate(branches)]

@@ -73,6 +73,7 @@ from .errors import (
     UnknownError,
 )
 from .recurrence import is_running, next_run, runs, series_end, to_rrule, until
+from .schedule import RunTracker, RunTransition, Transition
 from .streaming import (
     Backoff,
     DispatchEvent,
@@ -147,6 +148,8 @@ __all__ = [
     "RecurrenceRuleFrequency",
     "RecurrenceRuleWeekday",
     "ResourceExhausted",
+    "RunTracker",
+    "RunTransition",
     "SharedStream",
     "SortField",
     "SortOptions",
@@ -164,6 +167,7 @@ __all__ = [
     "TargetComponentsCategoryTypeSet",
     "TargetComponentsIdSet",
     "TargetLike",
+    "Transition",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

@@ -60,6 +60,7 @@ from .validation import (
 if TYPE_CHECKING:
     from grpclib.client import Channel
 
+    from .schedule import RunTransition
     from .streaming import DispatchEvent, SharedStream
 
 __all__ = ["START_TIME_GRACE", "Client", "SortSpec", "build_create_request"]
@@ -591,6 +592,19 @@ class Client:
     def watch(self, microgrid_id: int, **kwargs: Any) -> AsyncGenerator[DispatchEvent, None]:
         """Yield a snapshot, then live events that survive reconnects (see `streaming`)."""
         return self._stream_hub().watch(microgrid_id, **kwargs)
+
+    def running(
+        self, microgrid_id: int, type: str | None = None
+    ) -> AsyncGenerator[RunTransition, None]:
+        """Yield a `RunTransition` whenever a dispatch of the microgrid starts or stops running.
+
+        Built on `watch()`; see `dispatch_client.schedule` for what is reported.
+        A slow consumer makes the watch re-list rather than fail: only the
+        current set of dispatches matters for the schedule.
+        """
+        from .schedule import running as run_transitions
+
+        return run_transitions(self.watch(microgrid_id, overflow="resync"), type=type)
 
     @property
     def streams(self) -> Mapping[int, SharedStream]:

@@ -1,0 +1,374 @@
+"""When dispatches start and stop running, as time passes and dispatches change.
+
+`running(events)` turns the events of `Client.watch()` into `RunTransition`s:
+STARTED when a dispatch begins running, STOPPED when it stops.
+
+What is reported:
+
+- A dispatch is running while `recurrence.is_running` says so. Runs that touch
+  or overlap (a duration at least the gap between starts) make one running
+  period: one STARTED, one STOPPED. An instantaneous run (duration 0) is never
+  running, yet it is reported as STARTED immediately followed by STOPPED at the
+  same `at`, so one-shot dispatches are not lost. Inactive dispatches never run;
+  dry-run dispatches are reported like any other (see `data.is_dry_run`).
+- `at` is when the transition happened: the run's scheduled start or end for
+  transitions that come from the schedule, the moment the change was seen for
+  transitions a change causes (the snapshot, a create, update or delete). `at`
+  never decreases from one transition to the next. Scheduled transitions due at
+  the same instant come STOPPED first, so a dispatch handing over to another
+  frees things first.
+- Changes apply at once: an update that leaves now outside every run (duration
+  shortened, start moved, deactivated) yields STOPPED, one that puts now inside
+  a run yields STARTED, deleting a running dispatch yields STOPPED with its last
+  version. Changes that do not alter whether the dispatch runs (payload,
+  target, a longer duration) yield nothing; `watch()` shows those.
+- Nothing is skipped: transitions that fell due while the consumer was busy (or
+  the machine slept) are delivered late, in order, with their scheduled `at`.
+- When `events` ends (the client disconnected), `running()` ends too, without
+  inventing STOPPED transitions: the dispatches are still scheduled, there is
+  just nobody left to tell about changes.
+
+How it is built. `RunTracker` holds the logic, synchronous and without a clock
+of its own: changes and "it is now t" go in, transitions come out, and it says
+when the next one may fall due. `running()` is the asynchronous shell around
+it, which has to wait for "the next event or the next due transition, whichever
+comes first". It cannot put a timeout on the events iterator itself: cancelling
+a pending `__anext__` of an async generator ends that generator for good. So a
+reader task moves the events into a zero-size memory object stream (keeping
+`watch()`'s own back-pressure and overflow handling), and the generator waits
+on that stream with `move_on_after` until the next due time. No polling: with
+something scheduled it also wakes every `_MAX_SLEEP` (60 s) to re-read the
+clock, with nothing scheduled it only waits for events.
+
+Where the reader task lives. Not in a task group opened inside the generator:
+a task group is a cancel scope, and one left open across a `yield` sits on the
+consumer's stack while the consumer runs. A consumer that wraps `anext()` in
+`fail_after()` then breaks anyio's scope nesting (RuntimeError), a failing child
+would cancel the consumer's own code, and a generator closed by the garbage
+collector would exit the task group from another task. So the generator starts
+the reader as a task of its own and, in its `finally`, cancels it and waits
+until it has closed `events`: the reader never outlives the generator, and no
+cancel scope is ever open across a `yield`. Close the generator promptly with
+`contextlib.aclosing()` (a `break` leaves closing to the garbage collector).
+Like the shared streams, the task is an asyncio task, so `running()` needs an
+asyncio loop (under trio, run the client through trio-asyncio).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import heapq
+import itertools
+import logging
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._proto.frequenz.api.common.v1alpha8.streaming import Event
+from ._proto.frequenz.api.dispatch.v1 import Dispatch
+from .recurrence import is_running, next_run, until
+from .streaming import DispatchEvent
+from .validation import check_aware
+
+__all__ = ["RunTracker", "RunTransition", "Transition", "running"]
+
+_log = logging.getLogger(__name__)
+
+_MAX_SLEEP = 60.0
+"""Longest wait, in seconds, before the clock is read again.
+
+anyio sleeps on a monotonic clock, transitions fall due on the wall clock, and
+the two drift apart (NTP steps, a suspended machine): re-reading bounds the error.
+"""
+
+_CLOSE_TIMEOUT = 5.0
+"""Upper bound for waiting on the reader task, so a hung `aclose()` cannot hang the consumer."""
+
+
+class Transition(enum.Enum):
+    """Whether a dispatch started or stopped running."""
+
+    STARTED = "started"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class RunTransition:
+    """A dispatch started or stopped running at `at`."""
+
+    dispatch: Dispatch
+    """The version the transition is based on (after a delete: the last version)."""
+    kind: Transition
+    at: datetime
+    """When it happened: the scheduled instant, or when the causing change was seen (UTC)."""
+
+
+@dataclass(eq=False, slots=True)
+class _Tracked:
+    dispatch: Dispatch
+    running: bool
+
+
+def _dispatch_id(dispatch: Dispatch) -> int:
+    return dispatch.metadata.dispatch_id if dispatch.metadata is not None else 0
+
+
+def _utc(value: object, name: str) -> datetime:
+    return check_aware(value, name).astimezone(UTC)
+
+
+class RunTracker:
+    """The schedule logic of `running()`, without I/O or a clock: feed it changes and time.
+
+    `observe(event, now)` applies a `DispatchEvent` seen at `now`; `advance(now)`
+    reports what the schedules did up to `now`; `next_change` says when to
+    call `advance` next. Both return the transitions in order (see the module
+    docstring). Times are aware datetimes; one earlier than a time already
+    given counts as that time, so `at` never decreases.
+    """
+
+    def __init__(self, *, type: str | None = None) -> None:
+        """Track every dispatch, or only those whose `type` is `type`."""
+        self._type = type
+        self._tracked: dict[int, _Tracked] = {}
+        # (due, 0 = may stop / 1 = may start, tie-breaker, entry); an entry
+        # replaced or removed since it was pushed is skipped when popped.
+        self._due: list[tuple[datetime, int, int, _Tracked]] = []
+        self._order = itertools.count()
+        self._latest: datetime | None = None
+
+    @property
+    def next_change(self) -> datetime | None:
+        """When the next scheduled transition may fall due; None if none is scheduled."""
+        while self._due and not self._live(self._due[0][3]):
+            heapq.heappop(self._due)
+        return self._due[0][0] if self._due else None
+
+    def advance(self, now: datetime) -> list[RunTransition]:
+        """Return the scheduled transitions due at or before `now`, in order."""
+        return self._advance(self._clamp(now))
+
+    def observe(self, event: DispatchEvent, now: datetime) -> list[RunTransition]:
+        """Apply a change seen at `now`; return what fell due before it, then what it caused."""
+        now = self._clamp(now)
+        transitions = self._advance(now)
+        dispatch = event.dispatch
+        key = _dispatch_id(dispatch)
+        old = self._tracked.pop(key, None)
+        was_running = old is not None and old.running
+        new: _Tracked | None = None
+        if event.event != Event.DELETED and self._wanted(dispatch):
+            try:
+                new = _Tracked(dispatch, is_running(dispatch, now))
+            except ValueError as error:
+                # One malformed dispatch must not end everyone's transitions.
+                _log.warning("ignoring dispatch %d: %s", key, error)
+        if new is not None:
+            self._tracked[key] = new
+            self._schedule(new, now)
+        if was_running and (new is None or not new.running):
+            transitions.append(RunTransition(dispatch, Transition.STOPPED, now))
+        elif new is not None and new.running and not was_running:
+            transitions.append(RunTransition(dispatch, Transition.STARTED, now))
+        return transitions
+
+    def _clamp(self, now: datetime) -> datetime:
+        now = _utc(now, "now")
+        if self._latest is not None and now < self._latest:
+            return self._latest
+        self._latest = now
+        return now
+
+    def _wanted(self, dispatch: Dispatch) -> bool:
+        if self._type is None:
+            return True
+        return dispatch.data is not None and dispatch.data.type == self._type
+
+    def _live(self, entry: _Tracked) -> bool:
+        return self._tracked.get(_dispatch_id(entry.dispatch)) is entry
+
+    def _schedule(self, entry: _Tracked, at: datetime) -> None:
+        """Queue the next instant after `at` at which `entry` may change state."""
+        dispatch = entry.dispatch
+        # While running: the end of the latest run; another run may have
+        # started by then, which the step at that instant finds out.
+        due = until(dispatch, at) if entry.running else next_run(dispatch, at)
+        if due is not None:
+            rank = 0 if entry.running else 1
+            heapq.heappush(self._due, (due, rank, next(self._order), entry))
+
+    def _advance(self, now: datetime) -> list[RunTransition]:
+        transitions: list[RunTransition] = []
+        while self._due and self._due[0][0] <= now:
+            at, _, _, entry = heapq.heappop(self._due)
+            if self._live(entry):
+                self._step(entry, at, transitions)
+        return transitions
+
+    def _step(self, entry: _Tracked, at: datetime, transitions: list[RunTransition]) -> None:
+        """Bring `entry` to its state at `at`, an instant its schedule may change."""
+        dispatch = entry.dispatch
+        running = is_running(dispatch, at)
+        if running != entry.running:
+            kind = Transition.STARTED if running else Transition.STOPPED
+            transitions.append(RunTransition(dispatch, kind, at))
+            entry.running = running
+        elif not running and dispatch.data is not None and dispatch.data.duration == 0:
+            # Not running at a run's start: an instantaneous run, both at once.
+            transitions.append(RunTransition(dispatch, Transition.STARTED, at))
+            transitions.append(RunTransition(dispatch, Transition.STOPPED, at))
+        self._schedule(entry, at)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def running(
+    events: AsyncIterator[DispatchEvent],
+    *,
+    type: str | None = None,
+    clock: Callable[[], datetime] = _utc_now,
+) -> AsyncGenerator[RunTransition, None]:
+    """Yield a `RunTransition` whenever a dispatch in `events` starts or stops running.
+
+    `events` is what `Client.watch()` yields (the current dispatches as CREATED
+    events, then changes); `running()` owns it from now on and closes it when
+    it ends. Dispatches running when first seen start at once. `type`, when
+    given, keeps only dispatches of that type. `clock` returns the current
+    aware time. An exception from `events` is raised here.
+
+    ```python
+    async with aclosing(running(client.watch(1), type="CHARGE")) as transitions:
+        async for transition in transitions:
+            ...
+    ```
+    """
+    if type is not None and not isinstance(type, str):
+        raise ValueError(f"type must be a str or None, not {type!r}")
+    if not callable(clock):
+        raise ValueError(f"clock must be callable, not {clock!r}")
+    return _running(events, RunTracker(type=type), clock)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    error: Exception
+
+
+async def _running(
+    events: AsyncIterator[DispatchEvent], tracker: RunTracker, clock: Callable[[], datetime]
+) -> AsyncGenerator[RunTransition, None]:
+    send, receive = anyio.create_memory_object_stream[DispatchEvent | _Failure](0)
+    reader = _Reader(events, send)
+    try:
+        reader.start()
+        while True:
+            for transition in tracker.advance(_utc(clock(), "clock()")):
+                yield transition
+            try:
+                item = await _receive_until(receive, tracker.next_change, clock)
+            except anyio.EndOfStream:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            if item is not None:
+                for transition in tracker.observe(item, _utc(clock(), "clock()")):
+                    yield transition
+    finally:
+        await reader.close()
+        receive.close()
+
+
+async def _receive_until(
+    receive: MemoryObjectReceiveStream[DispatchEvent | _Failure],
+    deadline: datetime | None,
+    clock: Callable[[], datetime],
+) -> DispatchEvent | _Failure | None:
+    """Return the next item, or None once `deadline` has come (or it is time to re-read the clock)."""
+    delay = math.inf
+    if deadline is not None:
+        delay = min((deadline - _utc(clock(), "clock()")).total_seconds(), _MAX_SLEEP)
+    # Entered and left within this call: no scope is ever open across a yield.
+    with anyio.move_on_after(max(delay, 0.0)):
+        return await receive.receive()
+    return None
+
+
+class _Reader:
+    """Moves `events` into a memory object stream from a task of its own (see the module docstring)."""
+
+    def __init__(
+        self,
+        events: AsyncIterator[DispatchEvent],
+        send: MemoryObjectSendStream[DispatchEvent | _Failure],
+    ) -> None:
+        self._events = events
+        self._send = send
+        self._scope = anyio.CancelScope()
+        self._done = anyio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "running() needs a running asyncio event loop (under trio, use trio-asyncio)"
+            ) from None
+        self._task = loop.create_task(self._run(), name="dispatch-running-reader")
+
+    async def close(self) -> None:
+        """Stop reading and wait until `events` is closed, even when being cancelled."""
+        with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+            if self._task is None:
+                await _aclose(self._events)
+                self._send.close()
+                return
+            self._scope.cancel()
+            await self._done.wait()
+
+    async def _run(self) -> None:
+        try:
+            with self._scope:
+                await self._pump()
+        finally:
+            try:
+                # Closed here, in the task that iterated it: an async generator
+                # cannot be closed from another task while it is running.
+                await _aclose(self._events)
+            finally:
+                self._send.close()
+                self._done.set()
+
+    async def _pump(self) -> None:
+        try:
+            async for event in self._events:
+                if not await self._forward(event):
+                    return
+        except Exception as error:
+            await self._forward(_Failure(error))
+
+    async def _forward(self, item: DispatchEvent | _Failure) -> bool:
+        """Hand `item` over; False if the consumer has gone."""
+        try:
+            await self._send.send(item)
+        except anyio.BrokenResourceError:
+            return False
+        return True
+
+
+async def _aclose(events: AsyncIterator[DispatchEvent]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except Exception:
+        # The consumer is leaving or already has the error that ended the events.
+        _log.warning("closing %r failed", events, exc_info=True)
