@@ -503,7 +503,7 @@ def dispatch_id(transition: RunTransition) -> int:
 
 
 async def test_server_started_then_stopped_on_time(client: Client) -> None:
-    async with aclosing(running(client.watch(1))) as transitions:
+    async with aclosing(client.running(1)) as transitions:
         start = next_whole_second(0.5 * SECOND)
         created = await client.create(1, "TEST", start, timedelta(seconds=1), [1, 2])
         assert created.data is not None and created.data.start_time == start
@@ -520,7 +520,7 @@ async def test_server_started_then_stopped_on_time(client: Client) -> None:
 async def test_server_running_at_snapshot_starts_at_once(client: Client) -> None:
     created = await running_dispatch(client)
     began = now()
-    async with aclosing(running(client.watch(1))) as transitions:
+    async with aclosing(client.running(1)) as transitions:
         started = await next_transition(transitions)
     assert started.kind is STARTED and started.dispatch == created
     assert now() - began < SECOND
@@ -530,7 +530,7 @@ async def test_server_shortening_a_running_dispatch_stops_it(client: Client) -> 
     created = await running_dispatch(client)
     assert created.metadata is not None and created.data is not None
     assert created.data.start_time is not None
-    async with aclosing(running(client.watch(1))) as transitions:
+    async with aclosing(client.running(1)) as transitions:
         assert (await next_transition(transitions)).kind is STARTED
         # Wait until a 1 s duration lies in the past, then shorten to it.
         end = created.data.start_time + SECOND
@@ -546,7 +546,7 @@ async def test_server_shortening_a_running_dispatch_stops_it(client: Client) -> 
 async def test_server_deleting_or_deactivating_stops(client: Client, change: str) -> None:
     created = await running_dispatch(client)
     assert created.metadata is not None
-    async with aclosing(running(client.watch(1))) as transitions:
+    async with aclosing(client.running(1)) as transitions:
         assert (await next_transition(transitions)).kind is STARTED
         if change == "delete":
             await client.delete(1, created.metadata.dispatch_id)
@@ -563,7 +563,7 @@ async def test_server_type_filter(client: Client) -> None:
     charge = await running_dispatch(client, "CHARGE")
     other = await client.create(1, "DISCHARGE", "NOW", timedelta(seconds=30), [1])
     assert charge.metadata is not None and other.metadata is not None
-    async with aclosing(running(client.watch(1), type="CHARGE")) as transitions:
+    async with aclosing(client.running(1, type="CHARGE")) as transitions:
         started = await next_transition(transitions)
         await client.delete(1, other.metadata.dispatch_id)
         await client.delete(1, charge.metadata.dispatch_id)
@@ -580,7 +580,7 @@ async def test_server_cancelling_the_consumer_closes_the_watch(client: Client) -
     async with anyio.create_task_group() as tg:
 
         async def consume() -> None:
-            async with aclosing(running(client.watch(1))) as transitions:
+            async with aclosing(client.running(1)) as transitions:
                 async for transition in transitions:
                     got.append(transition)
                     tg.cancel_scope.cancel()
