@@ -55,7 +55,7 @@ class Config:
     list_rounds: int = 3
     stream_events: int = 5_000
     stream_consumers: tuple[int, ...] = (1, 10)
-    stream_rounds: int = 2
+    stream_rounds: int = 3
     producer_concurrency: int = 4
     decode_size: int = 1_000
     decode_rounds: int = 7

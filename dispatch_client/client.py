@@ -37,6 +37,7 @@ from ._proto.frequenz.api.dispatch.v1 import (
     StreamMicrogridDispatchesResponse,
     UpdateMicrogridDispatchRequest,
 )
+from ._runtime import trio_aware, trio_aware_disconnect
 from .connection import (
     ChannelOptions,
     ServerTarget,
@@ -196,6 +197,10 @@ class Client:
 
     `auth_key` (alias `key`) may be omitted only for servers that check no
     keys, such as a local reference server started without any.
+
+    Inside trio (directly or as anyio's backend) the same calls work: the
+    client then runs grpclib on an asyncio loop in a thread of its own, which
+    `disconnect()` stops (see `dispatch_client._trio`).
     """
 
     def __init__(
@@ -289,6 +294,7 @@ class Client:
                 self._target = target
         self._connected = True
 
+    @trio_aware_disconnect
     async def disconnect(self) -> None:
         """Close shared streams and the channel; calling it again does nothing."""
         hub, self._hub = self._hub, None
@@ -311,7 +317,12 @@ class Client:
         self._channel = self._channel_loop = self._stub = None
         # A channel whose loop has closed can no longer be closed from here; its
         # socket goes with garbage collection (disconnect before the loop ends).
-        if channel is not None and loop is not None and not loop.is_closed():
+        if channel is None or loop is None or loop.is_closed():
+            return
+        if loop.is_running() and loop is not asyncio._get_running_loop():
+            # The loop runs in another thread (the trio bridge's): close it there.
+            loop.call_soon_threadsafe(channel.close)
+        else:
             channel.close()
 
     @property
@@ -356,6 +367,7 @@ class Client:
 
     # -- unary calls ----------------------------------------------------------
 
+    @trio_aware
     async def create(
         self,
         microgrid_id: int,
@@ -391,6 +403,7 @@ class Client:
         )
         return self._require(response.dispatch)
 
+    @trio_aware
     async def get(self, microgrid_id: int, dispatch_id: int) -> Dispatch:
         """Fetch one dispatch; raises `NotFound` if it does not exist."""
         request = GetMicrogridDispatchRequest(
@@ -402,6 +415,7 @@ class Client:
         )
         return self._require(response.dispatch)
 
+    @trio_aware
     async def delete(self, microgrid_id: int, dispatch_id: int) -> None:
         """Delete a dispatch; raises `NotFound` if it does not exist."""
         request = DeleteMicrogridDispatchRequest(
@@ -410,6 +424,7 @@ class Client:
         )
         await self._call(lambda s: s.delete_microgrid_dispatch(request, timeout=self._call_timeout))
 
+    @trio_aware
     async def update(
         self, microgrid_id: int, dispatch_id: int, new_fields: Mapping[str, Any]
     ) -> Dispatch:
@@ -434,6 +449,7 @@ class Client:
 
     # -- listing --------------------------------------------------------------
 
+    @trio_aware
     async def list(
         self,
         microgrid_id: int,
@@ -528,6 +544,7 @@ class Client:
             queries=queries,
         )
 
+    @trio_aware
     async def dispatches(self, microgrid_id: int, **filters: Any) -> AsyncGenerator[Dispatch, None]:
         """Yield every matching dispatch across all pages; takes `list`'s filters."""
         async with aclosing(self.list(microgrid_id, **filters)) as pages:
@@ -585,14 +602,17 @@ class Client:
             )
         return self._hub
 
+    @trio_aware
     def stream(self, microgrid_id: int, **kwargs: Any) -> AsyncGenerator[DispatchEvent, None]:
         """Yield `DispatchEvent`s of one microgrid from its shared stream."""
         return self._stream_hub().subscribe(microgrid_id, **kwargs)
 
+    @trio_aware
     def watch(self, microgrid_id: int, **kwargs: Any) -> AsyncGenerator[DispatchEvent, None]:
         """Yield a snapshot, then live events that survive reconnects (see `streaming`)."""
         return self._stream_hub().watch(microgrid_id, **kwargs)
 
+    @trio_aware
     def running(
         self, microgrid_id: int, type: str | None = None
     ) -> AsyncGenerator[RunTransition, None]:

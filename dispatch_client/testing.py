@@ -12,24 +12,45 @@ With pytest, load this module as a plugin (`pytest_plugins =
 sockets altogether and yields a grpclib `Channel` wired to a server in
 memory.
 
-The server is grpclib, so it needs an asyncio event loop.
+The server is grpclib, so it needs an asyncio event loop. Code that runs on
+trio (or in no event loop at all) starts it in a thread of its own:
+
+    from dispatch_client.testing import threaded_server
+
+    with threaded_server() as server:
+        trio.run(my_app, server.url)
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import ssl as _ssl
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
-from typing import Any
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from typing import Any, TypeVar
 
+import anyio
 from grpclib.client import Channel
 from grpclib.testing import ChannelFor
 
 from .server.app import DispatchServer
 from .server.service import DEFAULT_STREAM_BUFFER_SIZE, DispatchService
 
-__all__ = ["RunningServer", "dispatch_server", "in_memory_channel", "running_server"]
+__all__ = [
+    "RunningServer",
+    "ThreadedServer",
+    "dispatch_server",
+    "in_memory_channel",
+    "running_server",
+    "threaded_server",
+]
+
+_T = TypeVar("_T")
+_THREAD_TIMEOUT = 30.0
+"""Seconds to wait for the server thread to come up or to end."""
 
 
 class RunningServer:
@@ -101,6 +122,140 @@ async def running_server(
             yield RunningServer(server)
 
 
+class ThreadedServer:
+    """A reference server on an asyncio loop in a background thread (see `threaded_server`).
+
+    It has the attributes of `RunningServer`, and its `stop()`, `start()` and
+    `call()` can be awaited from asyncio and trio alike. The service lives on
+    the server's loop: reading its counters (`service.open_stream_count(1)`)
+    is fine from any thread, but run its coroutines through `call()`.
+    """
+
+    def __init__(self, server: RunningServer, loop: asyncio.AbstractEventLoop) -> None:
+        self._server = server
+        self._loop = loop
+
+    def __repr__(self) -> str:
+        return f"ThreadedServer({self.url!r})"
+
+    @property
+    def url(self) -> str:
+        """URL for `Client`: `grpc://127.0.0.1:PORT?ssl=false` (no `?ssl=false` with TLS)."""
+        return self._server.url
+
+    @property
+    def host(self) -> str:
+        """The address the server listens on."""
+        return self._server.host
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (the same across `stop()`/`start()`)."""
+        return self._server.port
+
+    @property
+    def service(self) -> DispatchService:
+        """The servicer; it belongs to the server's thread (see the class docstring)."""
+        return self._server.service
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the server is listening now."""
+        return self._server.is_running
+
+    def submit(
+        self, function: Callable[..., Coroutine[Any, Any, _T]], *args: Any
+    ) -> concurrent.futures.Future[_T]:
+        """Start `function(*args)` on the server's loop; returns a thread-safe future."""
+        # Scheduled from an empty context: the caller's may carry sniffio's
+        # "trio" marker (anyio sets it), which would make anyio on the
+        # server's loop pick its trio backend.
+        return contextvars.Context().run(
+            asyncio.run_coroutine_threadsafe, function(*args), self._loop
+        )
+
+    async def call(self, function: Callable[..., Coroutine[Any, Any, _T]], *args: Any) -> _T:
+        """Run `function(*args)` on the server's loop and return its result (any anyio backend)."""
+        future = self.submit(function, *args)
+        try:
+            return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+        except BaseException:
+            future.cancel()
+            raise
+
+    async def stop(self) -> None:
+        """Go down: stop listening, drop connections and open streams (data is kept)."""
+        await self.call(self._server.stop)
+
+    async def start(self) -> None:
+        """Come back up on the same port with the same database."""
+        await self.call(self._server.start)
+
+
+@contextmanager
+def threaded_server(
+    *,
+    db: str = ":memory:",
+    keys: Iterable[str] | None = None,
+    sign_secret: str | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    stream_buffer_size: int = DEFAULT_STREAM_BUFFER_SIZE,
+) -> Iterator[ThreadedServer]:
+    """Run `running_server(...)` on an asyncio loop in a thread for the duration of the block.
+
+    Takes `running_server`'s arguments; usable where no asyncio loop runs,
+    such as trio tests and applications. Leaving the block stops the server
+    and joins its thread.
+    """
+    loop = asyncio.new_event_loop()
+    stop_requested = loop.create_future()
+    started: concurrent.futures.Future[RunningServer] = concurrent.futures.Future()
+    ended: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    async def serve() -> None:
+        async with running_server(
+            db=db,
+            keys=keys,
+            sign_secret=sign_secret,
+            ssl=ssl,
+            host=host,
+            port=port,
+            stream_buffer_size=stream_buffer_size,
+        ) as server:
+            started.set_result(server)
+            await stop_requested
+
+    def main() -> None:
+        try:
+            with asyncio.Runner(loop_factory=lambda: loop) as runner:
+                runner.run(serve())
+        except BaseException as exc:
+            for future in (started, ended):
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            ended.set_result(None)
+
+    thread = threading.Thread(target=main, name="dispatch-reference-server", daemon=True)
+    thread.start()
+    try:
+        server = ThreadedServer(started.result(timeout=_THREAD_TIMEOUT), loop)
+        yield server
+    finally:
+        # RuntimeError: the loop has closed, so the server thread has ended.
+        with suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, stop_requested)
+        thread.join(_THREAD_TIMEOUT)
+    ended.result(timeout=0)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 @asynccontextmanager
 async def in_memory_channel(service: DispatchService | None = None) -> AsyncIterator[Channel]:
     """Yield a grpclib `Channel` connected in memory to `service` (default: a new in-memory one).
@@ -123,7 +278,7 @@ def _require_asyncio() -> None:
     except RuntimeError:
         raise RuntimeError(
             "the reference server is built on grpclib and needs an asyncio event loop"
-            " (with trio, run it through trio-asyncio or in another process)"
+            " (elsewhere, such as under trio, use threaded_server())"
         ) from None
 
 
@@ -134,13 +289,17 @@ except ImportError:  # pragma: no cover - pytest is only needed for the fixture
 else:
 
     @pytest.fixture
-    async def dispatch_server(anyio_backend: Any) -> AsyncIterator[RunningServer]:
+    async def dispatch_server(anyio_backend: Any) -> AsyncIterator[RunningServer | ThreadedServer]:
         """Yield a fresh reference server (in-memory database, no auth) for one test.
 
-        Tests parametrized over other anyio backends than asyncio are skipped.
+        On the asyncio backend it runs in the test's loop (a `RunningServer`);
+        on trio in a thread of its own (a `ThreadedServer`: run the service's
+        coroutines through its `call()`).
         """
         backend = anyio_backend if isinstance(anyio_backend, str) else anyio_backend[0]
-        if backend != "asyncio":
-            pytest.skip("dispatch_server runs on grpclib, which needs the asyncio backend")
-        async with running_server() as server:
-            yield server
+        if backend == "asyncio":
+            async with running_server() as server:
+                yield server
+            return
+        with threaded_server() as threaded:
+            yield threaded
