@@ -176,7 +176,11 @@ def build_create_request(
         recurrence=recurrence,
     )
     check_dispatch_data(
-        data, now=now, allowance=START_TIME_GRACE, start_immediately=start_immediately
+        data,
+        now=now,
+        allowance=START_TIME_GRACE,
+        start_immediately=start_immediately,
+        payload_checked=True,  # by payload_to_struct above
     )
     return CreateMicrogridDispatchRequest(
         microgrid_id=microgrid_id,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import importlib.util
 import logging
 import ssl
 from collections.abc import Iterator
@@ -23,10 +24,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 from grpclib.client import Channel
 from grpclib.config import Configuration
+from grpclib.encoding.base import StatusDetailsCodecBase
+from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.events import SendRequest, listen
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from ._auth import auth_metadata
+from ._fastdecode import ResponseCodec
 from .errors import DeadlineExceeded, DispatchApiError, Unavailable, error_from_grpc
 
 if TYPE_CHECKING:
@@ -234,6 +238,8 @@ def open_channel(
 
     grpclib binds a channel to the event loop it is created in, so this must
     run inside that loop; the loop is returned so callers can notice a change.
+    Responses are decoded through upb when the `fast` extra is installed
+    (see `dispatch_client._fastdecode`).
     """
     loop = asyncio.get_running_loop()
     channel = Channel(
@@ -241,11 +247,23 @@ def open_channel(
         target.port,
         ssl=target.ssl_context,
         config=grpclib_config(target.options),
+        codec=ResponseCodec(),
+        status_details_codec=_status_details_codec(),
     )
     if key is not None:
         _REDACTOR.add(key)
         listen(channel, SendRequest, _auth_hook(key, sign_secret))
     return channel, loop
+
+
+def _status_details_codec() -> StatusDetailsCodecBase | None:
+    # grpclib picks this codec itself only when given no codec: keep its choice
+    # (it needs googleapis-common-protos, which imports only when used).
+    try:
+        found = importlib.util.find_spec("google.rpc.status_pb2") is not None
+    except ImportError:
+        found = False
+    return ProtoStatusDetailsCodec() if found else None
 
 
 class _RedactSecrets(logging.Filter):

@@ -202,8 +202,13 @@ def check_dispatch_data(
     now: dt.datetime,
     allowance: dt.timedelta = dt.timedelta(0),
     start_immediately: bool = False,
+    payload_checked: bool = False,
 ) -> None:
-    """Check a whole `DispatchData` as it would be created."""
+    """Check a whole `DispatchData` as it would be created.
+
+    `payload_checked=True` skips the payload, for a caller that built it with
+    `payload_to_struct`, which checked it already: the size check encodes it.
+    """
     if not data.type:
         raise ValueError("type must be a non-empty string")
     if not start_immediately:
@@ -211,7 +216,7 @@ def check_dispatch_data(
             raise ValueError('start_time is required (or use "NOW")')
         check_start_time(data.start_time, now=now, allowance=allowance)
     check_duration(data.duration)
-    if data.payload is not None:
+    if data.payload is not None and not payload_checked:
         check_payload(data.payload)
     if data.recurrence is not None:
         check_recurrence(data.recurrence)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -44,7 +45,7 @@ from dispatch_client import (
 from dispatch_client._runtime import in_trio
 from dispatch_client.testing import ThreadedServer, threaded_server
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("error")]
 
 MG = 1
 FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1)
@@ -61,12 +62,15 @@ def loop_threads() -> list[threading.Thread]:
 
 
 @pytest.fixture(autouse=True)
-def no_loop_thread_left() -> Iterator[None]:
+def nothing_left_behind(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """No loop thread outlives a test, and no loop reported a lost exception."""
+    caplog.set_level(logging.ERROR, logger="asyncio")
     yield
     deadline = time.monotonic() + 5
     while loop_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert loop_threads() == []
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
 @pytest.fixture
@@ -238,14 +242,29 @@ async def test_call_timeout_is_deadline_exceeded(hanging: tuple[HangingService, 
             await client.get(MG, 1)
 
 
-async def test_leaving_a_stream_by_timeout_closes_the_grpc_stream(
-    client: Client, server: ThreadedServer
+# trio warns about generators left to the garbage collector, then closes them.
+@pytest.mark.filterwarnings("ignore:Async generator .* was garbage collected:ResourceWarning")
+@pytest.mark.parametrize("how", ["timeout", "aclose", "break"])
+async def test_leaving_a_stream_closes_the_grpc_stream(
+    client: Client, server: ThreadedServer, how: str
 ) -> None:
-    with anyio.move_on_after(0.3) as scope:
-        async for _ in client.stream(MG):
-            pass
-    assert scope.cancelled_caught
-    assert not client.streams
+    if how == "timeout":
+        with anyio.move_on_after(0.3) as scope:
+            async for _ in client.stream(MG):
+                pass
+        assert scope.cancelled_caught
+    else:
+        events = client.stream(MG)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(make, client)
+            async for _ in events:
+                break
+        if how == "aclose":
+            await events.aclose()
+        else:
+            # The async generator finalizer of the running library closes it.
+            del events
+    await wait_until(lambda: not client.streams, 5)
     await wait_until(lambda: server.service.open_stream_count(MG) == 0, 5)
     assert server.service.opened_stream_count(MG) == 1
 

@@ -1,0 +1,355 @@
+"""Optional fast decoding of responses: upb parses, the generated messages come out.
+
+betterproto2 parses the protobuf wire format in pure Python, at roughly 200 µs
+per dispatch, which made decoding most of a list's client CPU. With the `fast`
+extra (`protobuf`, whose default backend is the upb C library) responses are
+parsed by upb instead, and the very same generated betterproto2 dataclasses are
+built from the parsed message: callers cannot tell the two paths apart (`==`
+and `repr` agree). `DISPATCH_CLIENT_FAST_DECODE=0` turns the fast path off;
+without protobuf it is off anyway.
+
+- Descriptors come from `_proto/descriptors.binpb`, written by `make protos`
+  from `protos/`, and go into a private descriptor pool, so nothing clashes
+  with other `*_pb2` modules an application loads (the official API package,
+  say). There, map entries become plain repeated messages: the wire format is
+  the same, but upb then keeps the entries in wire order, so a payload's keys
+  come out in the order betterproto2 gives them (upb's maps are hash tables).
+- For each message class one conversion function is generated, once, from the
+  betterproto2 field metadata and the upb descriptors (matched by field
+  number). It reads the upb message's attributes and sets on a new instance
+  exactly what the dataclass `__init__` and `__post_init__` would set, in the
+  same order, without running them.
+- A message is parsed by betterproto2 instead whenever the fast path could
+  differ: when the input is not byte for byte upb's canonical encoding of the
+  known fields it parsed (unknown fields, which betterproto2 keeps as raw
+  bytes; a field repeated on the wire, which upb merges and betterproto2
+  replaces; defaults written out), and when upb or the conversion fails, so
+  errors are betterproto2's own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import gc
+import keyword
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any, Generic, TypeVar
+
+import betterproto2
+from grpclib.encoding.proto import ProtoCodec
+
+from ._proto.google.protobuf import Timestamp
+from ._proto.message_pool import default_message_pool
+
+__all__ = ["ENV_VAR", "Decoder", "ResponseCodec", "available", "decoder", "enabled"]
+
+_log = logging.getLogger(__name__)
+_M = TypeVar("_M", bound=betterproto2.Message)
+
+ENV_VAR = "DISPATCH_CLIENT_FAST_DECODE"
+"""Set to 0 (or false, no, off) to decode with betterproto2 only."""
+
+GC_PAUSE_BYTES = 64 * 1024
+"""Messages at least this big are converted with the cyclic GC paused (a list page is ~160 KB)."""
+
+_OFF = frozenset({"0", "false", "no", "off"})
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_TYPE_URL_PREFIX = "type.googleapis.com/"
+
+
+@functools.cache
+def available() -> bool:
+    """Whether protobuf with its upb backend is installed (the `fast` extra)."""
+    try:
+        from google.protobuf.internal import api_implementation
+    except ImportError:
+        return False
+    # The pure-Python backend parses no faster than betterproto2 does.
+    return bool(api_implementation.Type() == "upb")
+
+
+def enabled() -> bool:
+    """Whether new codecs decode through upb: available and not turned off by `ENV_VAR`."""
+    return os.environ.get(ENV_VAR, "").strip().lower() not in _OFF and available()
+
+
+class ResponseCodec(ProtoCodec):
+    """grpclib's protobuf codec, decoding through upb when the fast path is on.
+
+    Only decoding changes: a client decodes responses, which may hold
+    thousands of dispatches; requests are small and betterproto2 encodes them.
+    `fast=None` follows `enabled()`; `fast=True` requires protobuf's upb backend.
+    """
+
+    def __init__(self, *, fast: bool | None = None) -> None:
+        if fast is None:
+            fast = enabled()
+        elif fast and not available():
+            raise RuntimeError(
+                "fast decoding needs protobuf with its upb backend: "
+                "pip install 'dispatch-client[fast]'"
+            )
+        self.fast = fast
+
+    def __repr__(self) -> str:
+        return f"ResponseCodec(fast={self.fast})"
+
+    def decode(self, data: bytes, message_type: type[Any]) -> Any:
+        """Parse `data` into an instance of the generated message class `message_type`."""
+        if self.fast:
+            return decoder(message_type)(data)
+        return message_type.parse(data)
+
+
+# -- decoders ------------------------------------------------------------------
+
+
+class Decoder(Generic[_M]):
+    """Parses bytes into one generated message class: through upb, or betterproto2 where it must."""
+
+    def __init__(self, cls: type[_M], descriptor: Any) -> None:
+        from google.protobuf import message_factory
+
+        self.message_type = cls
+        self._parse_upb = message_factory.GetMessageClass(descriptor).FromString
+        self._convert: Callable[[Any], _M] = _converters.function(cls, descriptor)
+
+    def __repr__(self) -> str:
+        return f"Decoder({self.message_type.__qualname__})"
+
+    def __call__(self, data: bytes) -> _M:
+        """Return `data` parsed, the same as `message_type.parse(data)` gives."""
+        message = self.parse_fast(data)
+        return self.message_type.parse(data) if message is None else message
+
+    def parse_fast(self, data: bytes) -> _M | None:
+        """Return `data` parsed through upb, or None if only betterproto2 gets it exactly right."""
+        try:
+            message = self._parse_upb(data)
+            # Once unknown fields are dropped, upb re-encodes canonically what
+            # it kept; only if that gives back the input is nothing lost that
+            # betterproto2 would have kept or read differently.
+            message.DiscardUnknownFields()
+            if message.SerializeToString() != data:
+                return None
+            with _gc_paused(len(data)):
+                return self._convert(message)
+        except Exception:
+            # Malformed input, a value the conversion cannot take: betterproto2
+            # decides, so it raises its own errors.
+            return None
+
+
+_decoders: dict[type[Any], Callable[[bytes], Any]] = {}
+_decoders_lock = threading.Lock()  # a trio app's client runs grpclib in a thread of its own
+
+
+def decoder(cls: type[_M]) -> Callable[[bytes], _M]:
+    """Return the function parsing bytes into `cls`: a `Decoder`, or `cls.parse` for others.
+
+    Needs protobuf's upb backend (see `available()`).
+    """
+    try:
+        return _decoders[cls]
+    except KeyError:
+        pass
+    with _decoders_lock:
+        if cls not in _decoders:
+            _decoders[cls] = _make_decoder(cls)
+        return _decoders[cls]
+
+
+def _make_decoder(cls: type[_M]) -> Callable[[bytes], _M]:
+    url = default_message_pool.type_to_url.get(cls, "")
+    try:
+        descriptor = _pool().FindMessageTypeByName(url.removeprefix(_TYPE_URL_PREFIX))
+    except KeyError:
+        # Not one of our generated messages: nothing to speed up.
+        _log.debug("no descriptor for %s; decoding it with betterproto2", cls.__qualname__)
+        return cls.parse
+    return Decoder(cls, descriptor)
+
+
+@contextmanager
+def _gc_paused(size: int) -> Iterator[None]:
+    """Pause the cyclic GC while a big message is converted.
+
+    A list page becomes tens of thousands of young objects with no cycles
+    among them; collections during the conversion only traverse them again
+    and again (a quarter of the time). One pass afterwards is enough.
+    """
+    if size < GC_PAUSE_BYTES or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@functools.cache
+def _pool() -> Any:
+    """Our descriptors in a private pool, with map entries made plain repeated messages."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+
+    data = resources.files("dispatch_client._proto").joinpath("descriptors.binpb").read_bytes()
+    pool = descriptor_pool.DescriptorPool()
+    for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
+        _plain_map_entries(file.message_type)
+        pool.Add(file)
+    return pool
+
+
+def _plain_map_entries(messages: Any) -> None:
+    for message in messages:
+        if message.options.map_entry:
+            message.options.ClearField("map_entry")
+            # Encoders write an entry's key even when empty (betterproto2 and Go
+            # do); with explicit presence upb writes it back, so such input
+            # still counts as canonical.
+            for field in message.field:
+                if field.type != field.TYPE_MESSAGE:
+                    field.proto3_optional = True
+                    field.oneof_index = len(message.oneof_decl)
+                    message.oneof_decl.add(name=f"_{field.name}")
+        _plain_map_entries(message.nested_type)
+
+
+# -- conversion functions --------------------------------------------------------
+
+
+class _EnumLookup(dict[int, Any]):
+    """value -> enum member; values the enum does not know become its unknown members."""
+
+    def __init__(self, enum_cls: type[betterproto2.Enum]) -> None:
+        super().__init__((member.value, member) for member in enum_cls)
+        self.enum_cls = enum_cls
+
+    def __missing__(self, value: int) -> Any:
+        return self.enum_cls(value)
+
+
+class _Converters:
+    """Generates one specialised conversion function per message class.
+
+    Each function reads the attributes of the upb message directly (no
+    generic loop over fields) and sets them, converted, on an instance made
+    with `object.__new__`: in dataclass field order and then `_unknown_fields`,
+    as `__init__` and `__post_init__` do, so instances share their class's
+    key table and stay as small as betterproto2's own.
+    """
+
+    def __init__(self) -> None:
+        self._namespace: dict[str, Any] = {
+            "_new": object.__new__,
+            "_EPOCH": _EPOCH,
+            "_timedelta": dt.timedelta,
+        }
+        self._names: dict[type[Any], str] = {}
+        self._pending: list[str] = []
+
+    def function(self, cls: type[Any], descriptor: Any) -> Callable[[Any], Any]:
+        """Return the conversion function for `cls`, compiling any not compiled yet."""
+        name = self._name(cls, descriptor)
+        if self._pending:
+            source, self._pending = "\n\n".join(self._pending), []
+            exec(compile(source, f"<{__name__} conversions>", "exec"), self._namespace)
+        return self._namespace[name]  # type: ignore[no-any-return]
+
+    def _global(self, prefix: str, value: Any) -> str:
+        name = f"_{prefix}{len(self._namespace)}"
+        self._namespace[name] = value
+        return name
+
+    def _name(self, cls: type[Any], descriptor: Any) -> str:
+        """Return the name of the function for `cls`, writing its source (and its parts') if new."""
+        name = self._names.get(cls)
+        if name is not None:
+            return name
+        name = self._names[cls] = f"_from_upb_{len(self._names)}_{cls.__name__}"
+        meta = cls._betterproto
+        fields_by_number = {field.number: field for field in descriptor.fields}
+        lines = [f"def {name}(m):", f"    o = _new({self._global('cls', cls)})"]
+        oneofs: dict[str, list[tuple[str, str]]] = {}
+        for field_name, field_meta in meta.meta_by_field_name.items():
+            field = fields_by_number[field_meta.number]
+            if field_meta.group:
+                # One WhichOneof() per oneof, rather than a HasField() per member.
+                lines.append(f"    o.{field_name} = None")
+                value = self._single(field_meta, meta.cls_by_field[field_name], field, "v")
+                oneofs.setdefault(field.containing_oneof.name, []).append(
+                    (field.name, f"o.{field_name} = {value}")
+                )
+            else:
+                lines.append(f"    o.{field_name} = {self._field(meta, field_name, field)}")
+        lines.append('    o._unknown_fields = b""')
+        for oneof, branches in oneofs.items():
+            lines.append(f"    k = m.WhichOneof({oneof!r})")
+            for index, (proto_name, assignment) in enumerate(branches):
+                keyword_ = "if" if index == 0 else "elif"
+                lines.append(f"    {keyword_} k == {proto_name!r}:")
+                lines.append(f"        v = {_attribute('m', proto_name)}")
+                lines.append(f"        {assignment}")
+        lines.append("    return o")
+        self._pending.append("\n".join(lines))
+        return name
+
+    def _field(self, meta: Any, field_name: str, field: Any) -> str:
+        """Return the expression for a field outside any oneof, read from the upb message `m`."""
+        field_meta = meta.meta_by_field_name[field_name]
+        attribute = _attribute("m", field.name)
+        if field_meta.proto_type == betterproto2.TYPE_MAP:
+            # A repeated entry message in our pool, so in wire order; later
+            # duplicates win, as in betterproto2.
+            value_meta = field_meta.map_meta[1]
+            value = self._single(
+                value_meta,
+                meta.cls_by_field.get(f"{field_name}.value"),
+                field.message_type.fields_by_name["value"],
+                "e.value",
+            )
+            if value_meta.proto_type == betterproto2.TYPE_MESSAGE:
+                value = f'({value} if e.HasField("value") else None)'
+            return f"{{e.key: {value} for e in {attribute}}}"
+        if field_meta.repeated:
+            value = self._single(field_meta, meta.cls_by_field[field_name], field, "x")
+            return f"list({attribute})" if value == "x" else f"[{value} for x in {attribute}]"
+        value = self._single(field_meta, meta.cls_by_field[field_name], field, attribute)
+        if field_meta.proto_type == betterproto2.TYPE_MESSAGE or field_meta.optional:
+            return f"({value} if m.HasField({field.name!r}) else None)"
+        return value
+
+    def _single(self, field_meta: Any, cls: type[Any] | None, field: Any, var: str) -> str:
+        """Return the expression converting one upb value `var` of a field."""
+        if field_meta.proto_type == betterproto2.TYPE_MESSAGE:
+            if field_meta.unwrap is not None:
+                wrapper = field_meta.unwrap()
+                if wrapper is Timestamp:
+                    # Timestamp.to_datetime()'s own arithmetic, without the Timestamp.
+                    return (
+                        f"_EPOCH + _timedelta(seconds={var}.seconds, "
+                        f"microseconds={var}.nanos // 1000)"
+                    )
+                return f"{self._name(wrapper, field.message_type)}({var}).to_wrapped()"
+            assert cls is not None
+            return f"{self._name(cls, field.message_type)}({var})"
+        if field_meta.proto_type == betterproto2.TYPE_ENUM:
+            assert cls is not None
+            return f"{self._global('enum', _EnumLookup(cls))}[{var}]"
+        return var
+
+
+def _attribute(var: str, name: str) -> str:
+    if name.isidentifier() and not keyword.iskeyword(name):
+        return f"{var}.{name}"
+    return f"getattr({var}, {name!r})"
+
+
+_converters = _Converters()
