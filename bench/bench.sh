@@ -12,7 +12,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ bench/requirements.txt -nt "$stamp" ]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -e . -r bench/requirements.txt
+  "$venv/bin/python" -m pip install --quiet -e ".[fast]" -r bench/requirements.txt
   touch "$stamp"
 fi
 exec "$venv/bin/python" -m bench "$@"

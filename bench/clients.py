@@ -7,6 +7,7 @@ process that measures one client never loads the other.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -78,38 +79,24 @@ class Ours:
             await stream.aclose()
 
 
-class OursUpb(Ours):
-    """dispatch_client.Client whose channel decodes through bench/fastdecode.py.
+class OursPure(Ours):
+    """dispatch_client.Client with the fast decode path turned off: betterproto2 only.
 
-    The prototype of the proposed fast path, measured end to end: only the
-    codec of the grpclib channel changes, everything else is our client as is.
+    What a user without the `fast` extra gets; only the channel's codec differs.
     """
 
-    name = "ours-upb"
+    name = "ours-pure"
 
     async def open(self, url: str) -> None:
-        use_fast_codec()
+        use_pure_decode()
         await super().open(url)
 
 
-def use_fast_codec() -> None:
-    """Make every channel our client opens in this process decode with fastdecode."""
-    from grpclib.encoding.proto import ProtoCodec
+def use_pure_decode() -> None:
+    """Make every channel our client opens in this process decode with betterproto2 only."""
+    from dispatch_client._fastdecode import ENV_VAR
 
-    import dispatch_client.connection as connection
-
-    from .fastdecode import decoder
-
-    class FastCodec(ProtoCodec):
-        def decode(self, data: bytes, message_type: Any) -> Any:
-            return decoder(message_type)(data)
-
-    original = connection.Channel
-
-    def channel(*args: Any, **kwargs: Any) -> Any:
-        return original(*args, codec=FastCodec(), **kwargs)
-
-    connection.Channel = channel  # type: ignore[misc,assignment]
+    os.environ[ENV_VAR] = "0"
 
 
 class Official:
@@ -161,5 +148,5 @@ class Official:
 
 
 def adapter(name: str) -> Adapter:
-    """The adapter for "ours", "official" or "ours-upb"."""
-    return {"ours": Ours, "official": Official, "ours-upb": OursUpb}[name]()
+    """The adapter for "ours", "official" or "ours-pure"."""
+    return {"ours": Ours, "official": Official, "ours-pure": OursPure}[name]()

@@ -1,11 +1,10 @@
 """Profile our client's side of one scenario with cProfile, against a server process.
 
-    python -m bench.profiling get|create|list|stream [--calls N] [--top N] [--fast-decode]
+    python -m bench.profiling get|create|list|stream [--calls N] [--top N] [--pure]
 
 Prints where the client's CPU time goes, per package (betterproto2, grpclib,
-h2, asyncio, dispatch_client, ...) and per function. `--fast-decode` swaps the
-channel's codec for one that decodes through bench/fastdecode.py, to measure
-what that would save (a prototype; the client itself is not changed).
+h2, asyncio, dispatch_client, ...) and per function. `--pure` turns the
+fast decode path off (betterproto2 only), to see what it saves.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .clients import use_fast_codec
+from .clients import use_pure_decode
 from .run import LIST_MICROGRID, Server, populate
 
 
@@ -32,11 +31,11 @@ def _package(filename: str) -> str:
         ("grpclib", "grpclib"),
         ("/h2/", "h2"),
         ("/hpack/", "hpack"),
+        ("_fastdecode", "fast decode (upb -> dataclasses)"),
         ("dispatch_client/_proto", "generated (_proto)"),
         ("dispatch_client", "dispatch_client facade"),
         ("anyio", "anyio"),
         ("asyncio", "asyncio"),
-        ("fastdecode", "fastdecode"),
         ("google/protobuf", "protobuf"),
     ):
         if marker in filename:
@@ -60,11 +59,11 @@ def print_profile(stats: pstats.Stats, top: int) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
-async def scenario(name: str, url: str, calls: int, fast: bool) -> None:
+async def scenario(name: str, url: str, calls: int, pure: bool) -> None:
     from dispatch_client import Client
 
-    if fast:
-        use_fast_codec()
+    if pure:
+        use_pure_decode()
     client = Client(url, auth_key="bench")
     try:
         if name == "get":
@@ -158,7 +157,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--list-size", type=int, default=10_000)
-    parser.add_argument("--fast-decode", action="store_true")
+    parser.add_argument("--pure", action="store_true", help="turn the fast decode path off")
     parser.add_argument("--no-profile", action="store_true", help="only time the scenario")
     args = parser.parse_args()
     _profiled.enabled = not args.no_profile
@@ -167,7 +166,7 @@ def main() -> None:
         asyncio.run(populate(db, args.list_size if args.scenario == "list" else 10))
         server = Server(db)
         try:
-            asyncio.run(scenario(args.scenario, server.url, args.calls, args.fast_decode))
+            asyncio.run(scenario(args.scenario, server.url, args.calls, args.pure))
         finally:
             server.stop()
     if _profiled.profiler is not None:

@@ -29,10 +29,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dispatch_client._fastdecode import ENV_VAR
+
 from .stats import summary
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = ("ours", "official")
+PURE = "ours-pure"  # our client decoding with betterproto2 only, as without the `fast` extra
 GROUPS = ("unary", "list", "stream", "decode", "import")
 LIST_MICROGRID = 1
 CREATE_MICROGRID = 100
@@ -348,7 +351,7 @@ def _add(samples: dict[str, dict[str, list[float]]], client: str, result: dict[s
 
 
 def measure(config: Config, groups: set[str], log: Log, workdir: Path) -> dict[str, Any]:
-    samples: dict[str, dict[str, list[float]]] = {c: {} for c in (*CLIENTS, "ours-upb")}
+    samples: dict[str, dict[str, list[float]]] = {c: {} for c in (*CLIENTS, PURE)}
     notes: list[str] = []
     db = workdir / "bench.db"
     if groups & {"unary", "list", "stream"}:
@@ -364,7 +367,7 @@ def measure(config: Config, groups: set[str], log: Log, workdir: Path) -> dict[s
         raw = workdir / "list_response.bin"
         write_decode_input(raw, config.decode_size)
         log(f"decode: {raw.stat().st_size:,} bytes, {config.decode_size:,} dispatches")
-        for client in ("ours", "official", "ours-upb"):
+        for client in ("ours", "official", PURE):
             spec = {
                 "task": "decode",
                 "client": client,
@@ -383,7 +386,10 @@ def measure(config: Config, groups: set[str], log: Log, workdir: Path) -> dict[s
             samples[client]["decode_ms"] = decoded["decode_ms"]
             if "identical" in decoded:
                 identical = "identical to" if decoded["identical"] else "DIFFERENT from"
-                notes.append(f"{client} decode gives objects {identical} betterproto2's parse")
+                path = "upb fast path" if decoded["fast"] else "fast path OFF"
+                notes.append(
+                    f"{client} decode ({path}) gives objects {identical} betterproto2's parse"
+                )
     if "import" in groups:
         log("cold import")
         for client in CLIENTS:
@@ -524,25 +530,25 @@ def report(config: Config, measured: dict[str, Any], info: dict[str, Any]) -> di
             "ratio": _ratio(metric, stats["ours"], stats["official"]),
             "samples": {client: samples[client].get(metric.key, []) for client in samples},
         }
-        if stats["ours-upb"]["rounds"]:
-            row["ours-upb"] = stats["ours-upb"]
-            row["ratio_ours_upb"] = _ratio(metric, stats["ours-upb"], stats["official"])
+        if stats[PURE]["rounds"]:
+            row[PURE] = stats[PURE]
+            row["ratio_ours_pure"] = _ratio(metric, stats[PURE], stats["official"])
         rows.append(row)
     return {"machine": info, "config": config.__dict__, "metrics": rows}
 
 
 def print_table(result: dict[str, Any]) -> None:
-    prototype = "ours-upb" in result["config"]["clients"]
+    pure = PURE in result["config"]["clients"]
     header = ["metric", "ours", "official", "ratio"]
-    if prototype:
-        header += ["ours-upb", "ratio"]
+    if pure:
+        header += [PURE, "ratio"]
     rows = [tuple(header)]
     for row in result["metrics"]:
         label = f"{row['label']} ({row['unit']})" + ("" if row["core"] else " *")
         cells = [label, _cell(row["ours"]), _cell(row["official"]), _fmt_ratio(row["ratio"])]
-        if prototype:
-            if "ours-upb" in row:
-                cells += [_cell(row["ours-upb"]), _fmt_ratio(row["ratio_ours_upb"])]
+        if pure:
+            if PURE in row:
+                cells += [_cell(row[PURE]), _fmt_ratio(row["ratio_ours_pure"])]
             else:
                 cells += ["", ""]
         rows.append(tuple(cells))
@@ -563,13 +569,13 @@ def print_table(result: dict[str, Any]) -> None:
         "(official/ours for times, ours/official for rates); * = extra diagnostic"
     )
     decode = next(r for r in result["metrics"] if r["key"] == "decode_ms")
-    if "ours-upb" in decode and not prototype:
+    if PURE in decode and not pure:
         print(
-            f"prototype upb decode path (bench/fastdecode.py): {_cell(decode['ours-upb'])} ms, "
-            f"ratio vs official {_fmt_ratio(decode['ratio_ours_upb'])}"
+            f"without the fast decode path (betterproto2 only): {_cell(decode[PURE])} ms, "
+            f"ratio vs official {_fmt_ratio(decode['ratio_ours_pure'])}"
         )
-    if prototype:
-        print("ours-upb: our client with the prototype upb decode codec (bench/fastdecode.py)")
+    if pure:
+        print(f"{PURE}: our client with the fast decode path off ({ENV_VAR}=0)")
     m = result["machine"]
     print(
         f"\nmachine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['implementation']} {m['python']}, "
@@ -590,9 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes, one round")
     parser.add_argument("--only", nargs="+", choices=GROUPS, help="run only these groups")
     parser.add_argument(
-        "--prototype",
+        "--pure",
         action="store_true",
-        help="also measure our client with the prototype upb decode codec (ours-upb column)",
+        help=f"also measure our client with the fast decode path off ({PURE} column)",
     )
     parser.add_argument(
         "--output",
@@ -602,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         "or bench/results-quick.json with --quick)",
     )
     args = parser.parse_args(argv)
-    clients = (*CLIENTS, "ours-upb") if args.prototype else CLIENTS
+    clients = (*CLIENTS, PURE) if args.pure else CLIENTS
     config = Config.quick(clients=clients) if args.quick else Config(clients=clients)
     groups = set(args.only or GROUPS)
     output = args.output or ROOT / "bench" / (

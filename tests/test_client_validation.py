@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dispatch_client import EndCriteria, Frequency, RecurrenceRule, Weekday
+from dispatch_client._proto.google.protobuf import Struct
 from dispatch_client.client import START_TIME_GRACE, build_create_request
 
 NOW = dt.datetime(2030, 6, 1, 12, tzinfo=dt.UTC)
@@ -118,3 +119,18 @@ def test_recurrence_rules(
     else:
         with pytest.raises(ValueError, match="recurrence"):
             build(recurrence=rule)
+
+
+def test_the_payload_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The size check encodes the payload: once is enough.
+    encoded: list[object] = []
+    original = Struct.__bytes__
+
+    def counting(self: Struct) -> bytes:
+        encoded.append(self)
+        return original(self)
+
+    monkeypatch.setattr(Struct, "__bytes__", counting)
+    request = build(payload={"power_w": 5000.0, "mode": "charge"})
+    assert len(encoded) == 1
+    assert request.dispatch_data.payload.to_dict() == {"power_w": 5000.0, "mode": "charge"}
