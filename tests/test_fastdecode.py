@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -617,3 +619,38 @@ async def test_the_client_returns_the_same_objects_either_way(
     assert sum(len(p) for p in fast[0]) == 3
     for fast_part, slow_part in zip(fast[:2], slow[:2], strict=True):
         assert_same(fast_part, slow_part)
+
+
+WITHOUT_PROTOBUF = """
+import asyncio, datetime as dt, sys
+
+class NoProtobuf:
+    def find_spec(self, name, path=None, target=None):
+        if name == "google.protobuf" or name.startswith(("google.protobuf.", "google.rpc")):
+            raise ImportError(f"blocked {name}")
+        return None
+
+sys.meta_path.insert(0, NoProtobuf())
+
+from dispatch_client import Client
+from dispatch_client.testing import running_server
+
+async def main():
+    async with running_server() as server, Client(server.url) as client:
+        created = await client.create(1, "T", "NOW", dt.timedelta(minutes=1), [1], payload={"a": [1]})
+        listed = [d async for d in client.dispatches(1)]
+        assert listed == [created], listed
+        assert not client.channel._codec.fast
+    assert not any(name.startswith("google.protobuf") for name in sys.modules)
+    print("ok")
+
+asyncio.run(main())
+"""
+
+
+def test_the_client_works_without_protobuf() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PROTOBUF], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
