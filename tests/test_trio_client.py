@@ -253,11 +253,17 @@ async def test_leaving_a_stream_closes_the_grpc_stream(
                 pass
         assert scope.cancelled_caught
     else:
+
+        async def make_once_subscribed() -> None:
+            await wait_until(lambda: server.service.open_stream_count(MG) == 1)
+            await make(client)
+
         events = client.stream(MG)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(make, client)
-            async for _ in events:
-                break
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(make_once_subscribed)
+                async for _ in events:
+                    break
         if how == "aclose":
             await events.aclose()
         else:
@@ -388,23 +394,3 @@ async def test_disconnect_ends_the_consumers_cleanly(
     assert sorted(ended) == ["stream", "watch"]
     assert loop_threads() == []
     await wait_until(lambda: server.service.open_stream_count(MG) == 0, 5)
-
-import sys as _sys, threading as _threading
-@pytest.fixture(autouse=True)
-def _dump_on_hang():
-    def dump():
-        from dispatch_client import _trio
-        print("=== HANG DUMP ===", file=_sys.stderr)
-        for client, lt in list(_trio._loops.items()):
-            print("loop thread", lt._thread.name, "stopping", lt._stopping, "ended", lt._ended, file=_sys.stderr)
-            for r in list(lt._unsettled):
-                print("  unsettled", r, r.settled, file=_sys.stderr)
-            import asyncio
-            for t in asyncio.all_tasks(lt._loop):
-                print("  task", t, file=_sys.stderr)
-                t.print_stack(file=_sys.stderr)
-        _sys.stderr.flush()
-    timer = _threading.Timer(10, dump)
-    timer.start()
-    yield
-    timer.cancel()
