@@ -60,7 +60,7 @@ __all__ = ["bridged"]
 _T = TypeVar("_T")
 
 MIN_TRIO = (0, 27)
-"""Oldest trio the bridge is tested with; keep in step with the `trio` extra."""
+"""Oldest trio the bridge supports; keep in step with the `trio` extra in pyproject.toml."""
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -97,7 +97,7 @@ class _Reply(Generic[_T]):
         self.settled = False
 
     def settle(self, value: _T | None = None, error: BaseException | None = None) -> None:
-        """Deliver the outcome; only the first call counts. Called in the loop thread."""
+        """Deliver the outcome; only the first call counts (called in the loop thread)."""
         if self.settled:
             return
         self.settled = True
@@ -143,7 +143,9 @@ class _LoopThread:
         self._client = weakref.ref(client)
         self._loop = asyncio.new_event_loop()
         self._stop_requested = self._loop.create_future()
-        self._lock = threading.Lock()
+        # Reentrant: the garbage collector may run the finalizer below while
+        # this thread holds the lock.
+        self._lock = threading.RLock()
         self._stopping = False
         self._ended = False
         self._unsettled: set[_Reply[Any]] = set()

@@ -51,7 +51,7 @@ until it has closed `events`: the reader never outlives the generator, and no
 cancel scope is ever open across a `yield`. Close the generator promptly with
 `contextlib.aclosing()` (a `break` leaves closing to the garbage collector).
 Like the shared streams, the task is an asyncio task, so `running()` needs an
-asyncio loop (under trio, run the client through trio-asyncio).
+asyncio loop; under trio, `Client.running()` runs it on the client's own loop thread.
 """
 
 from __future__ import annotations
@@ -319,7 +319,7 @@ class _Reader:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             raise RuntimeError(
-                "running() needs a running asyncio event loop (under trio, use trio-asyncio)"
+                "running() needs a running asyncio event loop (under trio, use Client.running())"
             ) from None
         self._task = loop.create_task(self._run(), name="dispatch-running-reader")
 

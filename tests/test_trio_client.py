@@ -350,7 +350,9 @@ async def test_watch_snapshot_live_events_and_convergence_after_a_restart(
             # Changed while the server is down: only a re-list can tell the watcher.
             await server.call(
                 server.service.delete_microgrid_dispatch,
-                DeleteMicrogridDispatchRequest(microgrid_id=MG, dispatch_id=dispatch_id(existing[1])),
+                DeleteMicrogridDispatchRequest(
+                    microgrid_id=MG, dispatch_id=dispatch_id(existing[1])
+                ),
             )
             await server.start()
             expected = await current_set(client)
@@ -394,3 +396,12 @@ async def test_disconnect_ends_the_consumers_cleanly(
     assert sorted(ended) == ["stream", "watch"]
     assert loop_threads() == []
     await wait_until(lambda: server.service.open_stream_count(MG) == 0, 5)
+
+
+async def test_the_dispatch_server_fixture_serves_both_backends(dispatch_server: Any) -> None:
+    async with Client(dispatch_server.url) as client:
+        created = await make(client)
+        await dispatch_server.stop()
+        assert not dispatch_server.is_running
+        await dispatch_server.start()
+        assert await client.get(MG, dispatch_id(created)) == created
