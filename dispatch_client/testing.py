@@ -60,7 +60,7 @@ class RunningServer:
         self._server = server
 
     def __repr__(self) -> str:
-        return f"RunningServer({self.url!r})"
+        return f"{type(self).__name__}({self.url!r})"
 
     @property
     def url(self) -> str:
@@ -122,7 +122,7 @@ async def running_server(
             yield RunningServer(server)
 
 
-class ThreadedServer:
+class ThreadedServer(RunningServer):
     """A reference server on an asyncio loop in a background thread (see `threaded_server`).
 
     It has the attributes of `RunningServer`, and its `stop()`, `start()` and
@@ -132,36 +132,8 @@ class ThreadedServer:
     """
 
     def __init__(self, server: RunningServer, loop: asyncio.AbstractEventLoop) -> None:
-        self._server = server
+        super().__init__(server._server)
         self._loop = loop
-
-    def __repr__(self) -> str:
-        return f"ThreadedServer({self.url!r})"
-
-    @property
-    def url(self) -> str:
-        """URL for `Client`: `grpc://127.0.0.1:PORT?ssl=false` (no `?ssl=false` with TLS)."""
-        return self._server.url
-
-    @property
-    def host(self) -> str:
-        """The address the server listens on."""
-        return self._server.host
-
-    @property
-    def port(self) -> int:
-        """The port the server listens on (the same across `stop()`/`start()`)."""
-        return self._server.port
-
-    @property
-    def service(self) -> DispatchService:
-        """The servicer; it belongs to the server's thread (see the class docstring)."""
-        return self._server.service
-
-    @property
-    def is_running(self) -> bool:
-        """Whether the server is listening now."""
-        return self._server.is_running
 
     def submit(
         self, function: Callable[..., Coroutine[Any, Any, _T]], *args: Any
