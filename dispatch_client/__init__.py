@@ -5,6 +5,9 @@ here, so `from dispatch_client import Dispatch, RecurrenceRule` is the stable
 import path; `dispatch_client._proto` is an implementation detail.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._proto.frequenz.api.common.v1alpha8.microgrid.electrical_components import (
     BatteryType,
     ElectricalComponentCategory,
@@ -72,16 +75,6 @@ from .errors import (
     Unimplemented,
     UnknownError,
 )
-from .recurrence import is_running, next_run, runs, series_end, to_rrule, until
-from .schedule import RunTracker, RunTransition, Transition
-from .streaming import (
-    Backoff,
-    DispatchEvent,
-    SharedStream,
-    StreamHub,
-    StreamState,
-    StreamStatus,
-)
 from .targets import (
     ComponentType,
     TargetLike,
@@ -91,6 +84,48 @@ from .targets import (
     target_from_types,
     to_target,
 )
+
+if TYPE_CHECKING:
+    from .recurrence import is_running, next_run, runs, series_end, to_rrule, until
+    from .schedule import RunTracker, RunTransition, Transition
+    from .streaming import (
+        Backoff,
+        DispatchEvent,
+        SharedStream,
+        StreamHub,
+        StreamState,
+        StreamStatus,
+    )
+
+# Schedule and stream helpers load on first use (PEP 562): a program that only
+# makes unary calls doesn't pay for dateutil's rrule, anyio or their modules at
+# import time.
+_LAZY = {
+    **dict.fromkeys(
+        ("is_running", "next_run", "runs", "series_end", "to_rrule", "until"), "recurrence"
+    ),
+    **dict.fromkeys(("RunTracker", "RunTransition", "Transition"), "schedule"),
+    **dict.fromkeys(
+        ("Backoff", "DispatchEvent", "SharedStream", "StreamHub", "StreamState", "StreamStatus"),
+        "streaming",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a lazily exported name from its module on first access."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """List the lazy names too, so completion and `dir()` see the whole API."""
+    return sorted(set(globals()) | set(_LAZY))
+
 
 # Short aliases for the generated names users type most.
 Frequency = RecurrenceRuleFrequency

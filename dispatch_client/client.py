@@ -47,10 +47,10 @@ from .connection import (
     translate_error,
 )
 from .errors import ClientNotConnected, UnknownError
-from .streaming import DEFAULT_BUFFER_SIZE, Backoff, StreamHub, StreamStatus
 from .targets import TargetLike, to_target
 from .update import build_update
 from .validation import (
+    DEFAULT_STREAM_BUFFER_SIZE,
     check_aware,
     check_dispatch_data,
     check_duration,
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from grpclib.client import Channel
 
     from .schedule import RunTransition
-    from .streaming import DispatchEvent, SharedStream
+    from .streaming import Backoff, DispatchEvent, SharedStream, StreamHub, StreamStatus
 
 __all__ = ["START_TIME_GRACE", "Client", "SortSpec", "build_create_request"]
 
@@ -218,7 +218,7 @@ class Client:
         call_timeout: dt.timedelta | None = dt.timedelta(seconds=60),
         stream_timeout: dt.timedelta | None = dt.timedelta(minutes=5),
         channel_defaults: ChannelOptions | None = None,
-        stream_buffer_size: int = DEFAULT_BUFFER_SIZE,
+        stream_buffer_size: int = DEFAULT_STREAM_BUFFER_SIZE,
         stream_backoff: Backoff | None = None,
         on_stream_status: Callable[[StreamStatus], None] | None = None,
     ) -> None:
@@ -596,6 +596,9 @@ class Client:
                 "the client is not connected; call connect() first", server_url=self.server_url
             )
         if self._hub is None:
+            # Imported here: unary-only users never pay for streaming (and anyio).
+            from .streaming import StreamHub
+
             self._hub = StreamHub(
                 open_stream=self._open_stream,
                 list_dispatches=self.dispatches,

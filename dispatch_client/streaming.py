@@ -93,6 +93,7 @@ from .errors import (
     Unavailable,
     UnknownError,
 )
+from .validation import DEFAULT_STREAM_BUFFER_SIZE
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -108,7 +109,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_BUFFER_SIZE = 1024
+DEFAULT_BUFFER_SIZE = DEFAULT_STREAM_BUFFER_SIZE
 """Events a consumer may fall behind by before its overflow policy applies."""
 
 DEFAULT_OPEN_GRACE = 0.25
