@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
 
 import anyio
 import grpclib.server
@@ -21,11 +20,11 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from test_streaming_helpers import (
-    LoopErrors,
+    STREAM_KEY,
     Writer,
     closing_hub,
+    collect,
     hub_for,
-    stream_tasks,
     wait_until,
 )
 
@@ -44,43 +43,14 @@ from dispatch_client.errors import DispatchApiError
 from dispatch_client.streaming import DispatchEvent, StreamState, StreamStatus
 from dispatch_client.testing import RunningServer, running_server
 
-pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("error")]
+pytest_plugins = ["test_streaming_helpers"]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.filterwarnings("error"),
+    pytest.mark.usefixtures("no_stream_leftovers"),
+]
 
-KEY = "stream-test-secret-key"
-
-
-@pytest.fixture(autouse=True)
-async def nothing_left_behind(anyio_backend: Any) -> AsyncIterator[None]:
-    errors = LoopErrors()
-    errors.install()
-    yield
-    assert stream_tasks() == []
-    assert errors.reports == []
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    async with running_server(db=str(tmp_path / "dispatches.sqlite")) as server:
-        yield server
-
-
-@pytest.fixture
-async def client(server: RunningServer) -> AsyncIterator[Client]:
-    async with Client(server.url, auth_key=KEY) as client:
-        yield client
-
-
-@pytest.fixture
-def writer(server: RunningServer) -> Writer:
-    return Writer(server.service)
-
-
-async def collect(client: Client, microgrid_id: int, count: int, into: list[DispatchEvent]) -> None:
-    async with aclosing(client.stream(microgrid_id)) as events:
-        async for event in events:
-            into.append(event)
-            if len(into) == count:
-                return
+KEY = STREAM_KEY
 
 
 async def test_ten_consumers_share_one_grpc_stream_and_see_every_event_in_order(

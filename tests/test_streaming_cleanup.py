@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import AsyncIterator
 from contextlib import aclosing
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from test_streaming_helpers import LoopErrors, Writer, foreign_tasks, stream_tasks, wait_until
+from test_streaming_helpers import Writer, collect, foreign_tasks, stream_tasks, wait_until
 
 from dispatch_client.client import Client
 from dispatch_client.streaming import DispatchEvent
-from dispatch_client.testing import RunningServer, running_server
+from dispatch_client.testing import RunningServer
 
-pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("error")]
+pytest_plugins = ["test_streaming_helpers"]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.filterwarnings("error"),
+    pytest.mark.usefixtures("no_stream_leftovers"),
+]
 
 
 @pytest.fixture
@@ -29,40 +32,6 @@ def anyio_backend() -> tuple[str, dict[str, Any]]:
     # Debug mode reports never-awaited coroutines, tasks destroyed while
     # pending and generators finalized in the wrong place.
     return ("asyncio", {"debug": True})
-
-
-@pytest.fixture(autouse=True)
-async def nothing_left_behind(anyio_backend: Any) -> AsyncIterator[None]:
-    errors = LoopErrors()
-    errors.install()
-    yield
-    assert stream_tasks() == []
-    assert errors.reports == []
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    async with running_server() as server:
-        yield server
-
-
-@pytest.fixture
-async def client(server: RunningServer) -> AsyncIterator[Client]:
-    async with Client(server.url, auth_key="cleanup-test-key") as client:
-        yield client
-
-
-@pytest.fixture
-def writer(server: RunningServer) -> Writer:
-    return Writer(server.service)
-
-
-async def collect(client: Client, microgrid_id: int, count: int, into: list[DispatchEvent]) -> None:
-    async with aclosing(client.stream(microgrid_id)) as events:
-        async for event in events:
-            into.append(event)
-            if len(into) == count:
-                return
 
 
 LEAVE_MID_WAIT = ["break", "break_without_aclosing", "aclose", "move_on_after", "asyncio_timeout"]

@@ -1,13 +1,19 @@
-"""Helpers shared by the stream and watch tests (this module holds no tests)."""
+"""Helpers shared by the stream and watch tests (this module holds no tests).
+
+Its fixtures reach a test module that says `pytest_plugins = ["test_streaming_helpers"]`;
+a module's own fixture of the same name wins over them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from grpclib.const import Cardinality
 
 from dispatch_client import (
@@ -28,9 +34,11 @@ from dispatch_client.client import Client
 from dispatch_client.connection import translate_error
 from dispatch_client.server.service import DispatchService
 from dispatch_client.streaming import Backoff, DispatchEvent, StreamHub
+from dispatch_client.testing import RunningServer, running_server
 
 STREAM_PATH = "/frequenz.api.dispatch.v1.MicrogridDispatchService/StreamMicrogridDispatches"
 FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1)
+STREAM_KEY = "stream-test-secret-key"
 
 
 def stream_tasks() -> list[asyncio.Task[Any]]:
@@ -212,13 +220,57 @@ class LoopErrors:
         )
 
 
+# -- fixtures (see the module docstring) --------------------------------------
+
+
+@pytest.fixture
+async def no_stream_leftovers(anyio_backend: Any) -> AsyncIterator[None]:
+    """Fail the test if a reader task or a lost exception outlives it."""
+    errors = LoopErrors()
+    errors.install()
+    yield
+    assert stream_tasks() == []
+    assert errors.reports == []
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """A reference server on a SQLite file, so it can be restarted with its data."""
+    async with running_server(db=str(tmp_path / "dispatches.sqlite")) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(server: RunningServer) -> AsyncIterator[Client]:
+    """A connected client of `server`."""
+    async with Client(server.url, auth_key=STREAM_KEY) as client:
+        yield client
+
+
+@pytest.fixture
+def writer(server: RunningServer) -> Writer:
+    """Changes dispatches through `server`'s servicer, bypassing any client."""
+    return Writer(server.service)
+
+
+async def collect(client: Client, microgrid_id: int, count: int, into: list[DispatchEvent]) -> None:
+    """Append `count` events of `client.stream(microgrid_id)` to `into`, then leave."""
+    async with aclosing(client.stream(microgrid_id)) as events:
+        async for event in events:
+            into.append(event)
+            if len(into) == count:
+                return
+
+
 __all__ = [
     "FAST_BACKOFF",
+    "STREAM_KEY",
     "LoopErrors",
     "Writer",
     "acked_open_stream",
     "apply",
     "closing_hub",
+    "collect",
     "current_set",
     "dispatch_id",
     "foreign_tasks",

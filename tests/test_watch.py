@@ -10,19 +10,16 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 from test_streaming_helpers import (
-    LoopErrors,
     Writer,
     apply,
     closing_hub,
     current_set,
     dispatch_id,
     hub_for,
-    stream_tasks,
     wait_until,
 )
 
@@ -32,33 +29,12 @@ from dispatch_client.server.service import DispatchService
 from dispatch_client.streaming import DispatchEvent, StreamState
 from dispatch_client.testing import RunningServer, running_server
 
-pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("error")]
-
-
-@pytest.fixture(autouse=True)
-async def nothing_left_behind(anyio_backend: Any) -> AsyncIterator[None]:
-    errors = LoopErrors()
-    errors.install()
-    yield
-    assert stream_tasks() == []
-    assert errors.reports == []
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    async with running_server(db=str(tmp_path / "dispatches.sqlite")) as server:
-        yield server
-
-
-@pytest.fixture
-async def client(server: RunningServer) -> AsyncIterator[Client]:
-    async with Client(server.url, auth_key="watch-test-key") as client:
-        yield client
-
-
-@pytest.fixture
-def writer(server: RunningServer) -> Writer:
-    return Writer(server.service)
+pytest_plugins = ["test_streaming_helpers"]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.filterwarnings("error"),
+    pytest.mark.usefixtures("no_stream_leftovers"),
+]
 
 
 class Watcher:

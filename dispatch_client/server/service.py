@@ -75,6 +75,7 @@ from .._proto.frequenz.api.dispatch.v1 import (
     UpdateMicrogridDispatchResponse,
 )
 from ..recurrence import series_end
+from ..update import RECURRENCE_FIELDS as _RECURRENCE_FIELDS
 from ..validation import (
     check_dispatch_data,
     check_duration,
@@ -117,16 +118,6 @@ _ID_QUERY = re.compile(r"#(\d+)")
 _UINT32_MAX = 2**32 - 1
 _INT64_MAX = 2**63 - 1
 
-_RECURRENCE_FIELDS = (
-    "freq",
-    "interval",
-    "end_criteria",
-    "byminutes",
-    "byhours",
-    "byweekdays",
-    "bymonthdays",
-    "bymonths",
-)
 _UPDATABLE = (
     "start_time",
     "duration",
