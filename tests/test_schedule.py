@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -37,8 +36,9 @@ from dispatch_client.client import Client
 from dispatch_client.recurrence import runs
 from dispatch_client.schedule import RunTracker, RunTransition, Transition, running
 from dispatch_client.streaming import DispatchEvent
-from dispatch_client.testing import RunningServer, running_server
 
+# The server and client fixtures of the tests against the reference server.
+pytest_plugins = ["test_streaming_helpers"]
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("error")]
 
 STARTED, STOPPED = Transition.STARTED, Transition.STOPPED
@@ -464,18 +464,6 @@ async def test_a_naive_clock_is_rejected(feeds: list[Feed]) -> None:
 
 
 # -- running() over Client.watch() against the reference server -------------------------
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    async with running_server(db=str(tmp_path / "dispatches.sqlite")) as server:
-        yield server
-
-
-@pytest.fixture
-async def client(server: RunningServer) -> AsyncIterator[Client]:
-    async with Client(server.url, auth_key="k") as client:
-        yield client
 
 
 def next_whole_second(ahead: timedelta) -> datetime:
