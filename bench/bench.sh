@@ -15,4 +15,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ bench/requirements.
   "$venv/bin/python" -m pip install --quiet -e ".[fast]" -r bench/requirements.txt
   touch "$stamp"
 fi
+# Installed wheels come byte-compiled (pip compiles them); an editable checkout
+# does not, and with PYTHONDONTWRITEBYTECODE set every worker would compile our
+# sources again. Compile them once so both clients start from bytecode.
+unset PYTHONDONTWRITEBYTECODE
+"$venv/bin/python" -m compileall -q dispatch_client
 exec "$venv/bin/python" -m bench "$@"

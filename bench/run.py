@@ -63,7 +63,7 @@ class Config:
     decode_size: int = 1_000
     decode_rounds: int = 7
     decode_repeat: int = 3
-    import_rounds: int = 7
+    import_rounds: int = 15
     clients: tuple[str, ...] = CLIENTS
 
     @classmethod

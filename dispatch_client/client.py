@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from grpclib.const import Cardinality
 
+from . import _defaults
 from ._proto.frequenz.api.common.v1alpha8.pagination import PaginationParams
 from ._proto.frequenz.api.common.v1alpha8.types import Interval
 from ._proto.frequenz.api.dispatch.v1 import (
@@ -50,7 +51,6 @@ from .errors import ClientNotConnected, UnknownError
 from .targets import TargetLike, to_target
 from .update import build_update
 from .validation import (
-    DEFAULT_STREAM_BUFFER_SIZE,
     check_aware,
     check_dispatch_data,
     check_duration,
@@ -215,10 +215,10 @@ class Client:
         key: str | None = None,
         sign_secret: str | None = None,
         connect: bool = True,
-        call_timeout: dt.timedelta | None = dt.timedelta(seconds=60),
-        stream_timeout: dt.timedelta | None = dt.timedelta(minutes=5),
+        call_timeout: dt.timedelta | None = _defaults.CALL_TIMEOUT,
+        stream_timeout: dt.timedelta | None = _defaults.STREAM_TIMEOUT,
         channel_defaults: ChannelOptions | None = None,
-        stream_buffer_size: int = DEFAULT_STREAM_BUFFER_SIZE,
+        stream_buffer_size: int = _defaults.STREAM_BUFFER_SIZE,
         stream_backoff: Backoff | None = None,
         on_stream_status: Callable[[StreamStatus], None] | None = None,
     ) -> None:

@@ -29,6 +29,7 @@ from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.events import SendRequest, listen
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
+from . import _defaults
 from ._auth import auth_metadata
 from ._fastdecode import ResponseCodec
 from .errors import DeadlineExceeded, DispatchApiError, Unavailable, error_from_grpc
@@ -45,7 +46,7 @@ __all__ = [
     "translate_error",
 ]
 
-DEFAULT_PORT = 443
+DEFAULT_PORT = _defaults.PORT
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
@@ -67,8 +68,8 @@ class ChannelOptions:
     ssl_private_key_path: Path | None = None
     ssl_certificate_chain_path: Path | None = None
     keep_alive: bool = True
-    keep_alive_interval: dt.timedelta = dt.timedelta(seconds=60)
-    keep_alive_timeout: dt.timedelta = dt.timedelta(seconds=20)
+    keep_alive_interval: dt.timedelta = _defaults.KEEP_ALIVE_INTERVAL
+    keep_alive_timeout: dt.timedelta = _defaults.KEEP_ALIVE_TIMEOUT
 
 
 @dataclasses.dataclass(frozen=True)

@@ -79,6 +79,7 @@ from typing import Any, Literal, TypeAlias
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from . import _defaults
 from ._proto.frequenz.api.common.v1alpha8.streaming import Event
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
 from .connection import absorb_leaked_cancel, translate_error
@@ -93,7 +94,6 @@ from .errors import (
     Unavailable,
     UnknownError,
 )
-from .validation import DEFAULT_STREAM_BUFFER_SIZE
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -109,11 +109,9 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_BUFFER_SIZE = DEFAULT_STREAM_BUFFER_SIZE
-"""Events a consumer may fall behind by before its overflow policy applies."""
+DEFAULT_BUFFER_SIZE = _defaults.STREAM_BUFFER_SIZE
 
-DEFAULT_OPEN_GRACE = 0.25
-"""Seconds an unacknowledged, quiet gRPC stream must stay up before it counts as open."""
+DEFAULT_OPEN_GRACE = _defaults.STREAM_OPEN_GRACE
 
 _CLOSE_TIMEOUT = 5.0
 """Upper bound for waiting on a cancelled reader, so a hung close cannot hang a consumer."""

@@ -28,9 +28,6 @@ MAX_PAYLOAD_BYTES = 50 * 1024
 MAX_RECURRENCE_COUNT = 4096
 MAX_RECURRENCE_INTERVAL = 10_000
 MAX_DURATION_SECONDS = 2**32 - 1
-# Lives here, with the other limits, so `Client` can default to it without
-# importing `streaming` (and anyio) until a stream is actually used.
-DEFAULT_STREAM_BUFFER_SIZE = 1024
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",

@@ -28,6 +28,7 @@ from .._proto.frequenz.api.dispatch.v1 import (
     TargetComponents,
 )
 from ..targets import to_target
+from ..validation import MAX_DURATION_SECONDS
 
 __all__ = [
     "duration_param",
@@ -56,7 +57,6 @@ TARGET_HELP = (
 
 # Ranges beyond this are almost certainly typos (5-90000), not intent.
 MAX_ID_RANGE = 10_000
-MAX_DURATION_SECONDS = 2**32 - 1
 
 E = TypeVar("E", bound=enum.Enum)
 
