@@ -38,6 +38,7 @@ __all__ = [
     "check_payload",
     "check_recurrence",
     "check_start_time",
+    "payload_measure",
     "payload_to_struct",
 ]
 
@@ -126,23 +127,74 @@ def check_recurrence(rule: RecurrenceRule, field: str = "recurrence") -> None:
         raise ValueError(f"{field}.bymonthdays cannot be used with a WEEKLY frequency")
 
 
-def _depth(value: Value) -> int:
-    _, inner = betterproto2.which_one_of(value, "kind")
+# Encoded sizes of the pieces of a Struct. Every field number in struct.proto is
+# below 16, so each tag is one byte; map entries and oneof members are always
+# written, even when they hold a default value.
+_FIXED64_FIELD = 1 + 8
+_BOOL_FIELD = 1 + 1
+
+
+def _varint_size(number: int) -> int:
+    if number < 0:
+        return 10  # negative int32/enum values are sign-extended to 64 bits
+    return max(1, (number.bit_length() + 6) // 7)
+
+
+def _length_delimited(size: int) -> int:
+    return 1 + _varint_size(size) + size
+
+
+def _measure_value(value: Value) -> tuple[int, int]:
+    """Return the nesting depth of `value` and its encoded size (without its own tag)."""
+    which, inner = betterproto2.which_one_of(value, "kind")
     if isinstance(inner, Struct):
-        return 1 + max((_depth(v) for v in inner.fields.values()), default=0)
+        depth, size = _measure_struct(inner)
+        return 1 + depth, _length_delimited(size)
     if isinstance(inner, ListValue):
-        return 1 + max((_depth(v) for v in inner.values), default=0)
-    return 0
+        depth, size = 0, 0
+        for item in inner.values:
+            item_depth, item_size = _measure_value(item)
+            depth = max(depth, item_depth)
+            size += _length_delimited(item_size)
+        return 1 + depth, _length_delimited(size)
+    if isinstance(inner, str):
+        return 0, _length_delimited(len(inner.encode("utf-8")))
+    if which == "number_value":
+        return 0, _FIXED64_FIELD
+    if which == "bool_value":
+        return 0, _BOOL_FIELD
+    if which == "null_value" and inner is not None:
+        return 0, 1 + _varint_size(int(inner))
+    return 0, 0
+
+
+def _measure_struct(struct: Struct) -> tuple[int, int]:
+    depth, size = 0, 0
+    for key, value in struct.fields.items():
+        value_depth, value_size = _measure_value(value)
+        depth = max(depth, value_depth)
+        entry = _length_delimited(len(key.encode("utf-8"))) + _length_delimited(value_size)
+        size += _length_delimited(entry)
+    return depth, size
+
+
+def payload_measure(payload: Struct) -> tuple[int, int]:
+    """Return a payload's nesting depth (a flat object is 1) and its encoded size in bytes.
+
+    Computed by walking the message rather than by encoding it: encoding a
+    Struct with betterproto2 costs as much as encoding the whole request.
+    """
+    depth, size = _measure_struct(payload)
+    return 1 + depth, size
 
 
 def check_payload(payload: Struct, field: str = "payload") -> None:
     """Check a payload's nesting depth and encoded size."""
-    depth = _depth(Value(struct_value=payload))
+    depth, size = payload_measure(payload)
     if depth > MAX_PAYLOAD_DEPTH:
         raise ValueError(
             f"{field} is nested {depth} levels deep (allowed: at most {MAX_PAYLOAD_DEPTH})"
         )
-    size = len(bytes(payload))
     if size > MAX_PAYLOAD_BYTES:
         raise ValueError(f"{field} is {size} bytes encoded (allowed: at most {MAX_PAYLOAD_BYTES})")
 

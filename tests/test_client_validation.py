@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatch_client import EndCriteria, Frequency, RecurrenceRule, Weekday
-from dispatch_client._proto.google.protobuf import Struct
+from dispatch_client import EndCriteria, Frequency, RecurrenceRule, Weekday, validation
+from dispatch_client._proto.google.protobuf import ListValue, NullValue, Struct, Value
 from dispatch_client.client import START_TIME_GRACE, build_create_request
+from dispatch_client.validation import MAX_PAYLOAD_BYTES, payload_measure, payload_to_struct
 
 NOW = dt.datetime(2030, 6, 1, 12, tzinfo=dt.UTC)
 
@@ -54,6 +55,68 @@ def test_payload_size_limit(size: int) -> None:
     elif size > 50 * 1024:
         with pytest.raises(ValueError, match="bytes encoded"):
             build(payload=payload)
+
+
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=300)
+)
+JSON = st.recursive(
+    JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=20), inner, max_size=6)
+    ),
+    max_leaves=40,
+)
+
+
+def json_depth(obj: Any) -> int:
+    """Nesting depth the way the service counts it: a flat object is 1."""
+    if isinstance(obj, dict):
+        return 1 + max((json_depth(v) for v in obj.values()), default=0)
+    if isinstance(obj, list):
+        return 1 + max((json_depth(v) for v in obj), default=0)
+    return 0
+
+
+@given(st.dictionaries(st.text(max_size=20), JSON, max_size=8))
+def test_payload_measure_matches_the_encoding(payload: dict[str, Any]) -> None:
+    struct = Struct.from_dict(payload)
+    assert payload_measure(struct) == (json_depth(payload), len(bytes(struct)))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        Value(),
+        Value(null_value=NullValue.NULL_VALUE),
+        Value(number_value=0.0),
+        Value(string_value=""),
+        Value(bool_value=False),
+        Value(struct_value=Struct()),
+        Value(list_value=ListValue()),
+        Value(list_value=ListValue(values=[Value(), Value(string_value="é" * 200)])),
+    ],
+)
+def test_payload_measure_counts_default_members(value: Value) -> None:
+    # Oneof members and map entries are written even when they hold defaults.
+    struct = Struct(fields={"": value, "k": value})
+    assert payload_measure(struct)[1] == len(bytes(struct))
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_payload_size_limit_is_exact(extra: int) -> None:
+    # {"s": "x" * n} encodes to n plus 15 bytes of tags and lengths at this size.
+    payload = {"s": "x" * (MAX_PAYLOAD_BYTES - 15 + extra)}
+    assert len(bytes(Struct.from_dict(payload))) == MAX_PAYLOAD_BYTES + extra
+    if extra:
+        with pytest.raises(ValueError, match=f"{MAX_PAYLOAD_BYTES + 1} bytes encoded"):
+            payload_to_struct(payload)
+    else:
+        assert payload_to_struct(payload) == Struct.from_dict(payload)
 
 
 @given(st.integers(-(10**6), 10**6))
@@ -121,16 +184,24 @@ def test_recurrence_rules(
             build(recurrence=rule)
 
 
-def test_the_payload_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The size check encodes the payload: once is enough.
+def test_the_payload_is_checked_once_without_encoding_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Encoding is left to the call itself; the checks walk the Struct, once.
     encoded: list[object] = []
-    original = Struct.__bytes__
+    measured: list[object] = []
+    original_bytes = Struct.__bytes__
+    original_measure = validation.payload_measure
 
-    def counting(self: Struct) -> bytes:
+    def counting_bytes(self: Struct) -> bytes:
         encoded.append(self)
-        return original(self)
+        return original_bytes(self)
 
-    monkeypatch.setattr(Struct, "__bytes__", counting)
+    def counting_measure(payload: Struct) -> tuple[int, int]:
+        measured.append(payload)
+        return original_measure(payload)
+
+    monkeypatch.setattr(Struct, "__bytes__", counting_bytes)
+    monkeypatch.setattr(validation, "payload_measure", counting_measure)
     request = build(payload={"power_w": 5000.0, "mode": "charge"})
-    assert len(encoded) == 1
+    assert encoded == []
+    assert len(measured) == 1
     assert request.dispatch_data.payload.to_dict() == {"power_w": 5000.0, "mode": "charge"}
