@@ -1,6 +1,7 @@
 """Profile our client's side of one scenario with cProfile, against a server process.
 
     python -m bench.profiling get|create|list|stream [--calls N] [--top N] [--pure]
+                              [--consumers N]
 
 Prints where the client's CPU time goes, per package (betterproto2, grpclib,
 h2, asyncio, dispatch_client, ...) and per function. `--pure` turns the
@@ -59,7 +60,7 @@ def print_profile(stats: pstats.Stats, top: int) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
-async def scenario(name: str, url: str, calls: int, pure: bool) -> None:
+async def scenario(name: str, url: str, calls: int, pure: bool, consumers: int = 10) -> None:
     from dispatch_client import Client
 
     if pure:
@@ -94,7 +95,7 @@ async def scenario(name: str, url: str, calls: int, pure: bool) -> None:
                 async for _ in client.list(LIST_MICROGRID, page_size=1000):
                     pass
         elif name == "stream":
-            await _stream(client, url, calls, consumers=10)
+            await _stream(client, url, calls, consumers=consumers)
         else:
             raise SystemExit(f"unknown scenario {name}")
     finally:
@@ -158,6 +159,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--list-size", type=int, default=10_000)
     parser.add_argument("--pure", action="store_true", help="turn the fast decode path off")
+    parser.add_argument("--consumers", type=int, default=10, help="stream consumers")
     parser.add_argument("--no-profile", action="store_true", help="only time the scenario")
     args = parser.parse_args()
     _profiled.enabled = not args.no_profile
@@ -166,7 +168,7 @@ def main() -> None:
         asyncio.run(populate(db, args.list_size if args.scenario == "list" else 10))
         server = Server(db)
         try:
-            asyncio.run(scenario(args.scenario, server.url, args.calls, args.pure))
+            asyncio.run(scenario(args.scenario, server.url, args.calls, args.pure, args.consumers))
         finally:
             server.stop()
     if _profiled.profiler is not None:
