@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import json_values
 
 from dispatch_client import EndCriteria, Frequency, RecurrenceRule, Weekday, validation
 from dispatch_client._proto.google.protobuf import ListValue, NullValue, Struct, Value
@@ -57,20 +58,8 @@ def test_payload_size_limit(size: int) -> None:
             build(payload=payload)
 
 
-JSON_SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=300)
-)
-JSON = st.recursive(
-    JSON_SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=20), inner, max_size=6)
-    ),
-    max_leaves=40,
-)
+# Long strings (lengths past one-byte varints) and wide containers, for the size arithmetic.
+JSON = json_values(max_text=300, max_key=20, max_items=6, max_leaves=40)
 
 
 def json_depth(obj: Any) -> int:

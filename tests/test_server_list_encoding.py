@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import json_values
 
 from dispatch_client import (
     BatteryType,
@@ -116,11 +117,7 @@ async def test_encoded_list_is_the_encoded_response(
         await service.close()
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-    max_leaves=6,
-)
+JSON_VALUES = json_values(max_leaves=6, integers=False)
 
 
 @settings(max_examples=30, deadline=None)
@@ -140,7 +137,7 @@ json_values = st.recursive(
             is_active=st.booleans(),
             is_dry_run=st.booleans(),
             payload=st.none()
-            | st.dictionaries(st.text(), json_values, max_size=4).map(Struct.from_dict),
+            | st.dictionaries(st.text(), JSON_VALUES, max_size=4).map(Struct.from_dict),
         ),
         max_size=6,
     )

@@ -161,6 +161,20 @@ def apply(view: dict[int, Dispatch], event: DispatchEvent) -> None:
         assert view.pop(key, None) is not None, f"DELETED for unknown dispatch {key}"
 
 
+class Watcher:
+    """Follows one watch generator, keeping the view its events describe."""
+
+    def __init__(self) -> None:
+        self.view: dict[int, Dispatch] = {}
+        self.events: list[DispatchEvent] = []
+
+    async def follow(self, events: AsyncGenerator[DispatchEvent, None]) -> None:
+        async with aclosing(events):
+            async for event in events:
+                apply(self.view, event)
+                self.events.append(event)
+
+
 def acked_open_stream(
     client: Client,
 ) -> Callable[[int], AsyncIterator[StreamMicrogridDispatchesResponse | None]]:
@@ -266,6 +280,7 @@ __all__ = [
     "FAST_BACKOFF",
     "STREAM_KEY",
     "LoopErrors",
+    "Watcher",
     "Writer",
     "acked_open_stream",
     "apply",

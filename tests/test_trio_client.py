@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import grpclib.server
 import pytest
-from test_streaming_helpers import apply, current_set, dispatch_id, wait_until
+from test_streaming_helpers import Watcher, current_set, dispatch_id, wait_until
 
 from dispatch_client import (
     Backoff,
@@ -312,18 +312,6 @@ async def test_stream_resumes_by_itself_after_a_server_restart(
     ]
     assert server.service.opened_stream_count(MG) >= 2
     assert not client.streams
-
-
-class Watcher:
-    def __init__(self) -> None:
-        self.view: dict[int, Dispatch] = {}
-        self.events: list[DispatchEvent] = []
-
-    async def follow(self, events: AsyncGenerator[DispatchEvent, None]) -> None:
-        async with aclosing(events):
-            async for event in events:
-                apply(self.view, event)
-                self.events.append(event)
 
 
 async def test_watch_snapshot_live_events_and_convergence_after_a_restart(

@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 from test_streaming_helpers import (
+    Watcher,
     Writer,
     apply,
     closing_hub,
@@ -35,20 +36,6 @@ pytestmark = [
     pytest.mark.filterwarnings("error"),
     pytest.mark.usefixtures("no_stream_leftovers"),
 ]
-
-
-class Watcher:
-    """Follows one watch generator, keeping the view its events describe."""
-
-    def __init__(self) -> None:
-        self.view: dict[int, Dispatch] = {}
-        self.events: list[DispatchEvent] = []
-
-    async def follow(self, events: AsyncGenerator[DispatchEvent, None]) -> None:
-        async with aclosing(events):
-            async for event in events:
-                apply(self.view, event)
-                self.events.append(event)
 
 
 async def drain(events: AsyncGenerator[DispatchEvent, None]) -> None:

@@ -55,14 +55,8 @@ class Fanout:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Forget a subscriber and release its buffer; idempotent."""
-        subscribers = self._subscribers.get(subscription.microgrid_id)
-        if subscribers is not None:
-            subscribers.discard(subscription)
-            if not subscribers:
-                del self._subscribers[subscription.microgrid_id]
-        subscription._sender.close()
         subscription.events.close()
-        self._notify()
+        self._drop(subscription)
 
     def publish(self, microgrid_id: int, event: StreamMicrogridDispatchesResponse) -> None:
         """Hand `event` to every subscriber of the microgrid, without waiting."""

@@ -26,6 +26,7 @@ from google.protobuf import message as protobuf_message
 from google.protobuf.json_format import MessageToDict, ParseDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import json_values
 
 from dispatch_client import (
     BatteryType,
@@ -822,20 +823,7 @@ def test_betterproto2_does_not_enforce_oneof_exclusivity() -> None:
 
 # ---------------------------------------------------------------- properties
 
-JSON_SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=8)
-)
-JSON_VALUES = st.recursive(
-    JSON_SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
-    ),
-    max_leaves=12,
-)
+JSON_VALUES = json_values(max_text=8, max_key=4)
 PAYLOADS = st.none() | st.dictionaries(st.text(max_size=6), JSON_VALUES, max_size=4)
 TIMESTAMPS = st.datetimes(
     min_value=dt.datetime(1, 1, 1),
