@@ -16,6 +16,7 @@ from typing import Any
 import betterproto2
 
 from ._proto.frequenz.api.dispatch.v1 import (
+    Dispatch,
     DispatchData,
     RecurrenceRule,
     RecurrenceRuleFrequency,
@@ -28,18 +29,25 @@ MAX_PAYLOAD_BYTES = 50 * 1024
 MAX_RECURRENCE_COUNT = 4096
 MAX_RECURRENCE_INTERVAL = 10_000
 MAX_DURATION_SECONDS = 2**32 - 1
+MAX_UINT64 = 2**64 - 1
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
     "MAX_PAYLOAD_DEPTH",
+    "MAX_UINT64",
     "check_aware",
+    "check_bool",
     "check_dispatch_data",
     "check_duration",
     "check_payload",
+    "check_positive_int",
     "check_recurrence",
     "check_start_time",
+    "check_uint64",
+    "dispatch_id_of",
     "payload_measure",
     "payload_to_struct",
+    "to_utc",
 ]
 
 
@@ -50,6 +58,88 @@ def check_aware(value: object, field: str) -> dt.datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{field} must be timezone-aware (e.g. tzinfo=UTC), got naive {value}")
     return value
+
+
+def to_utc(value: object, field: str) -> dt.datetime:
+    """Return an aware datetime converted to UTC.
+
+    Args:
+        value: the datetime to convert.
+        field: the argument's name, used in the error message.
+
+    Returns:
+        The same instant with `tzinfo=UTC`.
+
+    Raises:
+        ValueError: `value` is not a timezone-aware datetime.
+    """
+    return check_aware(value, field).astimezone(dt.UTC)
+
+
+def check_uint64(value: object, field: str) -> int:
+    """Return `value` if it is an int in 0..2**64-1 (an id on the wire).
+
+    Args:
+        value: the value to check.
+        field: the argument's name, used in the error message.
+
+    Returns:
+        `value` unchanged.
+
+    Raises:
+        ValueError: `value` is not an int (bool is refused) or is out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UINT64:
+        raise ValueError(f"{field} must be an int in 0..2**64-1, got {value!r}")
+    return value
+
+
+def check_positive_int(value: object, field: str) -> int:
+    """Return `value` if it is an int >= 1.
+
+    Args:
+        value: the value to check.
+        field: the argument's name, used in the error message.
+
+    Returns:
+        `value` unchanged.
+
+    Raises:
+        ValueError: `value` is not an int (bool is refused) or is below 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{field} must be a positive int, got {value!r}")
+    return value
+
+
+def check_bool(value: object, field: str) -> bool:
+    """Return `value` if it is a bool (ints such as 0/1 are refused, so no guess is made).
+
+    Args:
+        value: the value to check.
+        field: the argument's name, used in the error message.
+
+    Returns:
+        `value` unchanged.
+
+    Raises:
+        ValueError: `value` is not a bool.
+    """
+    if not isinstance(value, bool):
+        raise ValueError(f"{field} must be True or False, got {value!r}")
+    return value
+
+
+def dispatch_id_of(dispatch: Dispatch) -> int:
+    """Return the dispatch id of a `Dispatch` (0 when it carries no metadata).
+
+    Args:
+        dispatch: a dispatch as received from the service.
+
+    Returns:
+        `dispatch.metadata.dispatch_id`, or 0 when `metadata` is unset.
+    """
+    return dispatch.metadata.dispatch_id if dispatch.metadata is not None else 0
 
 
 def check_start_time(
