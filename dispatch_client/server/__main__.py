@@ -1,102 +1,76 @@
-"""`python -m dispatch_client.server`: run the reference server until SIGINT/SIGTERM."""
+"""`python -m dispatch_client.server`: run the reference server until SIGINT/SIGTERM.
+
+The options are those of `dispatch-cli serve` (both come from
+`dispatch_client.server.config.SERVER_OPTIONS`); this entry point needs no extra.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
 from collections.abc import Sequence
 
 import anyio
 
-from .app import serve, server_ssl_context
-from .service import DEFAULT_STREAM_BUFFER_SIZE
+from .config import ServerConfig, add_server_arguments, configure_logging, run_until_stopped
 
-__all__ = ["main", "parser"]
+__all__ = ["main", "parse_config", "parser"]
 
 
 def parser() -> argparse.ArgumentParser:
-    """Build the command-line parser."""
+    """Build the command-line parser.
+
+    Returns:
+        An argparse parser with every option of `SERVER_OPTIONS`.
+    """
     p = argparse.ArgumentParser(
         prog="python -m dispatch_client.server",
         description="Run the reference Frequenz Dispatch API server (grpclib + SQLite).",
     )
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
-    )
-    p.add_argument(
-        "--port", type=int, default=50051, help="port; 0 picks a free one (default: %(default)s)"
-    )
-    p.add_argument(
-        "--db",
-        default=":memory:",
-        metavar="FILE",
-        help="SQLite file that keeps dispatches across restarts (default: in memory)",
-    )
-    p.add_argument(
-        "--key",
-        action="append",
-        dest="keys",
-        metavar="KEY",
-        help="accepted API key (repeatable); without any, keys are not checked",
-    )
-    p.add_argument(
-        "--sign-secret",
-        metavar="SECRET",
-        help="require signed requests (ts, nonce, sig metadata) made with this secret",
-    )
-    p.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM)")
-    p.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM)")
-    p.add_argument(
-        "--stream-buffer",
-        type=int,
-        default=DEFAULT_STREAM_BUFFER_SIZE,
-        metavar="N",
-        help="events buffered per stream before a slow subscriber is cut off"
-        " (default: %(default)s)",
-    )
-    p.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
+    add_server_arguments(p)
     return p
 
 
-async def _run(args: argparse.Namespace) -> None:
-    ssl = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-    async with anyio.create_task_group() as tg:
+def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
+    """Parse and check command-line arguments.
 
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    logging.getLogger(__name__).info(
-                        "%s received, stopping", signal.Signals(signum).name
-                    )
-                    tg.cancel_scope.cancel()
-                    return
+    Args:
+        argv: the arguments without the program name; None reads `sys.argv`.
 
-        tg.start_soon(stop_on_signal)
-        await serve(
-            host=args.host,
-            port=args.port,
-            db=args.db,
-            keys=args.keys,
-            sign_secret=args.sign_secret,
-            ssl=ssl,
-            stream_buffer_size=args.stream_buffer,
-        )
+    Returns:
+        The checked server configuration.
+
+    Raises:
+        SystemExit: with status 2 and a one-line message naming the option,
+            for an unknown option or a bad value (argparse's usage error).
+    """
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        return ServerConfig.from_options(**vars(args))
+    except ValueError as error:
+        p.error(str(error))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments and serve until interrupted; return the exit status."""
-    p = parser()
-    args = p.parse_args(argv)
-    if bool(args.tls_cert) != bool(args.tls_key):
-        p.error("--tls-cert and --tls-key go together")
-    if args.stream_buffer < 1:
-        p.error("--stream-buffer must be at least 1")
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    anyio.run(_run, args)
+    """Parse arguments and serve until interrupted.
+
+    Args:
+        argv: the arguments without the program name; None reads `sys.argv`.
+
+    Returns:
+        The exit status: 0 after a clean stop, 1 when the server cannot start.
+
+    Raises:
+        SystemExit: with status 2 for bad arguments.
+    """
+    config = parse_config(argv)
+    configure_logging(config)
+    try:
+        anyio.run(run_until_stopped, config)
+    except OSError as error:  # port taken, unreadable certificate, bad db path
+        print(f"error: cannot serve on {config.host}:{config.port}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -32,25 +32,18 @@ the server, `python -m dispatch_client.server --help`):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import json
 import logging
-import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import anyio
-import betterproto2
 import grpclib.const
 import grpclib.server
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from .._proto.frequenz.api.common.v1alpha8.pagination import PaginationInfo
 from .._proto.frequenz.api.common.v1alpha8.streaming import Event
-from .._proto.frequenz.api.common.v1alpha8.types import Interval
 from .._proto.frequenz.api.dispatch.v1 import (
     CreateMicrogridDispatchRequest,
     CreateMicrogridDispatchResponse,
@@ -58,16 +51,11 @@ from .._proto.frequenz.api.dispatch.v1 import (
     DeleteMicrogridDispatchResponse,
     Dispatch,
     DispatchData,
-    DispatchFilter,
     GetMicrogridDispatchRequest,
     GetMicrogridDispatchResponse,
     ListMicrogridDispatchesRequest,
     ListMicrogridDispatchesResponse,
     MicrogridDispatchServiceBase,
-    RecurrenceRule,
-    RecurrenceRuleFrequency,
-    SortField,
-    SortOrder,
     StreamMicrogridDispatchesRequest,
     StreamMicrogridDispatchesResponse,
     UpdateMicrogridDispatchRequest,
@@ -75,23 +63,11 @@ from .._proto.frequenz.api.dispatch.v1 import (
     UpdateMicrogridDispatchResponse,
 )
 from ..recurrence import series_end
-from ..update import RECURRENCE_FIELDS as _RECURRENCE_FIELDS
-from ..validation import (
-    check_dispatch_data,
-    check_duration,
-    check_payload,
-    check_recurrence,
-    check_start_time,
-)
+from ..validation import check_dispatch_data
 from .fanout import Fanout, Subscription
-from .store import (
-    DispatchStore,
-    ListQuery,
-    ListResult,
-    encode_message_field,
-    target_key,
-    to_micros,
-)
+from .listing import list_query, pagination_info
+from .store import DispatchStore, ListQuery, encode_message_field
+from .updates import apply_update, check_mask, round_to_second
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -108,27 +84,6 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_STREAM_BUFFER_SIZE = 1024
 START_TIME_ALLOWANCE = dt.timedelta(seconds=60)
 
-_SORT_COLUMNS = {
-    SortField.UNSPECIFIED: "create_time",
-    SortField.CREATE_TIME: "create_time",
-    SortField.START_TIME: "start_time",
-    SortField.LAST_UPDATE_TIME: "update_time",
-}
-_ID_QUERY = re.compile(r"#(\d+)")
-_UINT32_MAX = 2**32 - 1
-_INT64_MAX = 2**63 - 1
-
-_UPDATABLE = (
-    "start_time",
-    "duration",
-    "target",
-    "is_active",
-    "payload",
-    "recurrence",
-    *(f"recurrence.{name}" for name in _RECURRENCE_FIELDS),
-)
-_FIXED = ("type", "is_dry_run", "dry_run")
-
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -142,12 +97,6 @@ def _not_found(microgrid_id: int, dispatch_id: int) -> NoReturn:
     raise GRPCError(
         Status.NOT_FOUND, f"dispatch {dispatch_id} not found in microgrid {microgrid_id}"
     )
-
-
-def round_to_second(value: dt.datetime) -> dt.datetime:
-    """Round to the nearest whole second (half a second rounds up), as the live service stores."""
-    whole = value.replace(microsecond=0)
-    return whole + dt.timedelta(seconds=1) if value.microsecond >= 500_000 else whole
 
 
 async def _end_time(data: DispatchData) -> dt.datetime | None:
@@ -282,16 +231,10 @@ class DispatchService(MicrogridDispatchServiceBase):
     ) -> UpdateMicrogridDispatchResponse:
         """Apply exactly the `update_mask` paths; publish UPDATED."""
         paths = list(message.update_mask.paths) if message.update_mask is not None else []
-        if not paths:
-            _invalid("update_mask must name at least one field to update")
-        for path in paths:
-            if path in _FIXED:
-                _invalid(f"update_mask path '{path}' cannot be updated: it is fixed at creation")
-            if path not in _UPDATABLE:
-                _invalid(
-                    f"update_mask path '{path}' is not an updatable field"
-                    f" (allowed: {', '.join(_UPDATABLE)})"
-                )
+        try:
+            check_mask(paths)
+        except ValueError as error:
+            _invalid(str(error))
         update = message.update or UpdateMicrogridDispatchRequestDispatchUpdate()
         mid, did = message.microgrid_id, message.dispatch_id
 
@@ -302,7 +245,9 @@ class DispatchService(MicrogridDispatchServiceBase):
             assert current.data is not None
             now = self._clock()
             try:
-                data = self._apply_update(current.data, paths, update, now)
+                data = apply_update(
+                    current.data, paths, update, now=now, allowance=self.start_time_allowance
+                )
             except ValueError as error:
                 _invalid(str(error))
             return await self.store.replace(mid, did, data, now=now, end_time=await _end_time(data))
@@ -319,7 +264,7 @@ class DispatchService(MicrogridDispatchServiceBase):
         query = self._list_query(message)
         result = await self.store.list(query)
         return ListMicrogridDispatchesResponse(
-            dispatches=result.dispatches, pagination_info=_pagination_info(query, result)
+            dispatches=result.dispatches, pagination_info=pagination_info(query, result)
         )
 
     async def encoded_list(self, message: ListMicrogridDispatchesRequest) -> bytes:
@@ -334,7 +279,7 @@ class DispatchService(MicrogridDispatchServiceBase):
         return b"".join(
             [
                 *(encode_message_field(1, dispatch) for dispatch in result.dispatches),
-                encode_message_field(2, bytes(_pagination_info(query, result))),
+                encode_message_field(2, bytes(pagination_info(query, result))),
             ]
         )
 
@@ -423,98 +368,15 @@ class DispatchService(MicrogridDispatchServiceBase):
                     )
         return dispatch
 
-    def _apply_update(
-        self,
-        current: DispatchData,
-        paths: Iterable[str],
-        update: UpdateMicrogridDispatchRequestDispatchUpdate,
-        now: dt.datetime,
-    ) -> DispatchData:
-        data = DispatchData.parse(bytes(current))  # a deep copy
-        for path in paths:
-            if path == "start_time":
-                if update.start_time is None:
-                    raise ValueError("update.start_time must be set when the mask has 'start_time'")
-                start = check_start_time(
-                    update.start_time, now=now, allowance=self.start_time_allowance
-                )
-                data.start_time = round_to_second(start)
-            elif path == "duration":
-                data.duration = check_duration(update.duration)
-            elif path == "target":
-                data.target = update.target
-            elif path == "is_active":
-                data.is_active = bool(update.is_active)
-            elif path == "payload":
-                if update.payload is not None:
-                    check_payload(update.payload)
-                data.payload = update.payload
-            elif path == "recurrence":
-                data.recurrence = _recurrence_from_update(update, _RECURRENCE_FIELDS)
-            else:
-                name = path.removeprefix("recurrence.")
-                rule = data.recurrence or RecurrenceRule()
-                new_values = _recurrence_from_update(update, (name,)) or RecurrenceRule()
-                setattr(rule, name, getattr(new_values, name))
-                data.recurrence = rule
-        if data.recurrence is not None:
-            check_recurrence(data.recurrence)
-        return data
-
     def _list_query(self, message: ListMicrogridDispatchesRequest) -> ListQuery:
-        sort_column, descending = _sort(message)
-        after: tuple[int, int] | None = None
-        limit = self.default_page_size
-        params = message.pagination_params
-        if params is not None and params.page_token:
-            token_column, token_descending, after, limit = _decode_token(params.page_token)
-            if (token_column, token_descending) != (sort_column, descending):
-                _invalid(
-                    "pagination_params.page_token was issued for other sort_options;"
-                    " send the same sort_options with every page"
-                )
-        elif params is not None and params.page_size:
-            limit = params.page_size
-        limit = max(1, min(limit, self.max_page_size))
-        return ListQuery(
-            microgrid_id=message.microgrid_id,
-            sort_column=sort_column,
-            descending=descending,
-            after=after,
-            limit=limit,
-            **_filter_criteria(message.filter),
-        )
-
-
-def _recurrence_from_update(
-    update: UpdateMicrogridDispatchRequestDispatchUpdate, names: Iterable[str]
-) -> RecurrenceRule | None:
-    source = update.recurrence
-    if source is None:
-        return None
-    rule = RecurrenceRule()
-    for name in names:
-        value = getattr(source, name)
-        if name == "freq":
-            value = RecurrenceRuleFrequency.UNSPECIFIED if value is None else value
-        elif name == "interval":
-            value = value or 0
-        elif name != "end_criteria":
-            value = list(value)
-        setattr(rule, name, value)
-    return rule
-
-
-def _sort(message: ListMicrogridDispatchesRequest) -> tuple[str, bool]:
-    options = message.sort_options
-    if options is None:
-        return "create_time", True
-    column = _SORT_COLUMNS.get(options.sort_field)
-    if column is None:
-        _invalid(f"sort_options.sort_field {options.sort_field!r} is not a known sort field")
-    if options.sort_order not in (SortOrder.UNSPECIFIED, SortOrder.ASCENDING, SortOrder.DESCENDING):
-        _invalid(f"sort_options.sort_order {options.sort_order!r} is not a known sort order")
-    return column, options.sort_order != SortOrder.ASCENDING
+        try:
+            return list_query(
+                message,
+                default_page_size=self.default_page_size,
+                max_page_size=self.max_page_size,
+            )
+        except ValueError as error:
+            _invalid(str(error))
 
 
 class _Encoded:
@@ -528,78 +390,3 @@ class _Encoded:
     def SerializeToString(self) -> bytes:
         """Return the encoded response; the protobuf method grpclib's codec calls."""
         return self._data
-
-
-def _pagination_info(query: ListQuery, result: ListResult[Any]) -> PaginationInfo:
-    token = None
-    if result.last_key is not None:
-        token = _encode_token(query.sort_column, query.descending, result.last_key, query.limit)
-    return PaginationInfo(total_items=min(result.total_items, _UINT32_MAX), next_page_token=token)
-
-
-def _interval(interval: Interval | None) -> tuple[int | None, int | None]:
-    if interval is None:
-        return None, None
-    low = None if interval.start_time is None else to_micros(interval.start_time)
-    high = None if interval.end_time is None else to_micros(interval.end_time)
-    return low, high
-
-
-def _filter_criteria(filter_: DispatchFilter | None) -> dict[str, Any]:
-    if filter_ is None:
-        return {}
-    criteria: dict[str, Any] = {
-        "is_active": filter_.is_active,
-        "is_dry_run": filter_.is_dry_run,
-    }
-    if filter_.targets:
-        criteria["target_keys"] = sorted({target_key(t) for t in filter_.targets})
-    which, value = betterproto2.which_one_of(filter_, "recurrence")
-    if which == "is_recurring":
-        criteria["is_recurring"] = bool(value)
-    for prefix in ("start", "end", "update"):
-        interval = getattr(filter_, f"{prefix}_time_interval")
-        criteria[f"{prefix}_from"], criteria[f"{prefix}_to"] = _interval(interval)
-    if filter_.dispatch_ids:
-        criteria["dispatch_ids"] = list(filter_.dispatch_ids)
-    id_queries: list[int] = []
-    type_queries: list[str] = []
-    for query in filter_.queries:
-        match = _ID_QUERY.fullmatch(query.strip())
-        if match:
-            number = int(match.group(1))
-            # An id that cannot exist matches nothing; keep the OR-group non-empty.
-            id_queries.append(number if number <= _INT64_MAX else 0)
-        else:
-            type_queries.append(query)
-    criteria["id_queries"] = id_queries
-    criteria["type_queries"] = type_queries
-    return criteria
-
-
-def _encode_token(column: str, descending: bool, last: tuple[int, int], size: int) -> str:
-    body = json.dumps({"s": column, "d": descending, "k": last[0], "i": last[1], "n": size})
-    return base64.urlsafe_b64encode(body.encode()).rstrip(b"=").decode()
-
-
-def _decode_token(token: str) -> tuple[str, bool, tuple[int, int], int]:
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        body = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        column, descending, key, last_id, size = (
-            body["s"],
-            body["d"],
-            body["k"],
-            body["i"],
-            body["n"],
-        )
-        if (
-            column not in _SORT_COLUMNS.values()
-            or not isinstance(descending, bool)
-            or not all(type(v) is int for v in (key, last_id, size))
-            or not (-(2**63) <= key <= _INT64_MAX and 0 <= last_id <= _INT64_MAX)
-        ):
-            raise ValueError("bad token fields")
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        _invalid("pagination_params.page_token is not a token issued by this server")
-    return column, descending, (key, last_id), size
