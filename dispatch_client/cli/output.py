@@ -26,6 +26,7 @@ from .._proto.frequenz.api.dispatch.v1 import (
     RecurrenceRuleFrequency,
     TargetComponents,
 )
+from ..validation import dispatch_id_of, to_utc
 from .parsing import format_duration
 from .timeline import Glyphs
 
@@ -52,7 +53,7 @@ def format_time(value: dt.datetime | None) -> str:
     """Format a timestamp in UTC, to the second (what the service stores)."""
     if value is None:
         return "-"
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return to_utc(value, "time").strftime("%Y-%m-%d %H:%M:%S")
 
 
 def describe_target(target: TargetComponents | None) -> str:
@@ -105,7 +106,7 @@ def describe_recurrence(rule: RecurrenceRule | None, *, short: bool = False) -> 
 
 
 def _short_time(value: dt.datetime | None, fmt: str) -> str:
-    return "-" if value is None else value.astimezone(dt.UTC).strftime(fmt)
+    return "-" if value is None else to_utc(value, "time").strftime(fmt)
 
 
 def _plain(value: Any) -> Any:
@@ -127,10 +128,6 @@ def _status(dispatch: Dispatch) -> Text:
     if data.is_dry_run:
         text.append(", dry-run", style="cyan")
     return text
-
-
-def _dispatch_id(dispatch: Dispatch) -> int:
-    return dispatch.metadata.dispatch_id if dispatch.metadata else 0
 
 
 class Output:
@@ -203,7 +200,7 @@ class Output:
         start_format = "%m-%d %H:%M" if same_year else "%Y-%m-%d %H:%M"
         rows = [
             (
-                str(_dispatch_id(d)),
+                str(dispatch_id_of(d)),
                 d.data.type,
                 _short_time(d.data.start_time, start_format),
                 format_duration(d.data.duration),
@@ -237,7 +234,7 @@ class Output:
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold", no_wrap=True)
         grid.add_column(overflow="fold")
-        grid.add_row("Dispatch", str(_dispatch_id(dispatch)))
+        grid.add_row("Dispatch", str(dispatch_id_of(dispatch)))
         if data is not None:
             grid.add_row("Type", data.type)
             grid.add_row("Start", format_time(data.start_time) + " UTC")
@@ -264,7 +261,7 @@ class Output:
         data = dispatch.data
         text = Text(dt.datetime.now(dt.UTC).strftime("%H:%M:%S "), style="dim")
         text.append(f"{kind:<8}", style=_EVENT_STYLE.get(kind, "bold"))
-        text.append(f" #{_dispatch_id(dispatch)}")
+        text.append(f" #{dispatch_id_of(dispatch)}")
         if data is not None:
             text.append(
                 f" {data.type} start {format_time(data.start_time)}"

@@ -28,7 +28,7 @@ from .._proto.frequenz.api.dispatch.v1 import (
     TargetComponents,
 )
 from ..targets import to_target
-from ..validation import MAX_DURATION_SECONDS
+from ..validation import MAX_DURATION_SECONDS, to_utc
 
 __all__ = [
     "duration_param",
@@ -91,7 +91,7 @@ def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
         raise ValueError(f"empty time; use {TIME_HELP}")
     now = now or dt.datetime.now(dt.UTC)
     if stripped.lower() == "now":
-        return now.astimezone(dt.UTC)
+        return to_utc(now, "now")
     # A bare number is ambiguous (a day? an hour? epoch seconds?) and dateparser
     # guesses wildly (`5` -> May 5th), so refuse it.
     if _ONLY_DIGITS.fullmatch(stripped):
@@ -105,7 +105,7 @@ def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
         raise ValueError(f"could not understand {text!r} as a time; use {TIME_HELP}")
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC)
+    return to_utc(parsed, "time")
 
 
 def _parse_phrase(text: str, now: dt.datetime) -> dt.datetime | None:

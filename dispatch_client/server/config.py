@@ -29,6 +29,7 @@ __all__ = [
     "ServerConfig",
     "ServerOption",
     "add_server_arguments",
+    "cancel_on_signal",
     "configure_logging",
     "run_until_stopped",
 ]
@@ -155,8 +156,10 @@ class ServerOption:
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ServerConfig)}
 
 SERVER_OPTIONS: tuple[ServerOption, ...] = (
-    ServerOption("--host", "host", "Address to listen on."),
-    ServerOption("--port", "port", "Port (0..65535; 0 picks a free one).", kind=int),
+    ServerOption("--host", "host", "Address to listen on.", metavar="HOST"),
+    ServerOption(
+        "--port", "port", "Port (0..65535; 0 picks a free one).", kind=int, metavar="PORT"
+    ),
     ServerOption(
         "--db",
         "db",
@@ -239,7 +242,7 @@ async def run_until_stopped(
     ssl = config.ssl_context()
     failure: OSError | None = None
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)
+        tasks.start_soon(cancel_on_signal, tasks.cancel_scope)
         # Caught here and raised after the group: leaving the group would wrap
         # it in an ExceptionGroup, and callers report the plain error.
         try:
@@ -260,7 +263,15 @@ async def run_until_stopped(
         raise failure
 
 
-async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+async def cancel_on_signal(scope: anyio.CancelScope) -> None:
+    """Cancel `scope` on the first SIGINT or SIGTERM: the normal end of a long-running command.
+
+    Logs which signal arrived at INFO. Returns at once where signals cannot be
+    received (Windows: Ctrl-C arrives as KeyboardInterrupt instead).
+
+    Args:
+        scope: the cancel scope to cancel, usually the caller's task group's.
+    """
     try:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
