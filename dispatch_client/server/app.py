@@ -21,7 +21,19 @@ _log = logging.getLogger(__name__)
 
 
 def server_ssl_context(cert_file: str, key_file: str) -> _ssl.SSLContext:
-    """Build a TLS context for the server from a certificate chain and its private key."""
+    """Build a TLS context for the server from a certificate chain and its private key.
+
+    Args:
+        cert_file: path of the PEM certificate chain, server certificate first.
+        key_file: path of the PEM private key of that certificate.
+
+    Returns:
+        A server-side context offering HTTP/2 ("h2") by ALPN.
+
+    Raises:
+        OSError: a file cannot be read.
+        ssl.SSLError: the files are not a matching PEM certificate and key.
+    """
     context = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_file, key_file)
     context.set_alpn_protocols(["h2"])
@@ -186,6 +198,20 @@ async def serve(
 
     Logs one line with the URL to connect to; `on_ready` (if given) is called
     with the running `DispatchServer` once it listens.
+
+    Args:
+        host: address to listen on.
+        port: TCP port; 0 picks a free one.
+        db: SQLite file that keeps dispatches, or ":memory:".
+        keys: accepted API keys; None (or none given) means keys are not checked.
+        sign_secret: require requests signed with this secret; None for no signatures.
+        ssl: TLS context (see `server_ssl_context`); None serves plain HTTP/2.
+        stream_buffer_size: events buffered per stream before a slow subscriber
+            is cut off; None for `DEFAULT_STREAM_BUFFER_SIZE`.
+        on_ready: called with the running server once it listens.
+
+    Raises:
+        OSError: the address cannot be bound or the database cannot be opened.
     """
     service = DispatchService(
         db=db, stream_buffer_size=stream_buffer_size or DEFAULT_STREAM_BUFFER_SIZE

@@ -70,7 +70,11 @@ class RequestAuthenticator:
         return f"RequestAuthenticator({self.describe()})"
 
     def describe(self) -> str:
-        """Say what is checked (never with which values), e.g. "2 API keys, signed requests"."""
+        """Say what is checked, never with which values.
+
+        Returns:
+            e.g. "2 API keys, signed requests", or "no authentication".
+        """
         parts = []
         if self._keys is not None:
             parts.append(f"{len(self._keys)} API key" + ("" if len(self._keys) == 1 else "s"))
@@ -84,7 +88,12 @@ class RequestAuthenticator:
         return self._keys is not None or self._secret is not None
 
     def install(self, server: grpclib.server.Server) -> None:
-        """Check every call `server` receives; no-op when nothing is configured."""
+        """Check every call `server` receives; no-op when nothing is configured.
+
+        Args:
+            server: the grpclib server, before it starts; a rejected call ends with
+                UNAUTHENTICATED (or RESOURCE_EXHAUSTED when nonce memory is full).
+        """
         if self.enabled:
             grpclib.events.listen(server, grpclib.events.RecvRequest, self._on_request)
 
@@ -97,9 +106,17 @@ class RequestAuthenticator:
             raise
 
     def check(self, metadata: Any, method: str) -> None:
-        """Raise `GRPCError(UNAUTHENTICATED)` unless `metadata` authenticates a call to `method`.
+        """Check that `metadata` authenticates a call to `method`.
 
-        `metadata` is the call's metadata mapping (grpclib's MultiDict).
+        Args:
+            metadata: the call's metadata mapping (grpclib's MultiDict).
+            method: the RPC's short name, e.g. "ListMicrogridDispatches" (it is signed).
+
+        Raises:
+            GRPCError: UNAUTHENTICATED for a missing or unknown key, or a missing,
+                stale (outside the clock window), wrong or replayed signature;
+                RESOURCE_EXHAUSTED when too many signed calls arrive within the
+                clock window. Messages never hold a key, secret or signature.
         """
         key = _single(metadata, KEY_HEADER)
         if self._keys is not None:

@@ -43,7 +43,15 @@ class Fanout:
         self._changed: anyio.Event | None = None
 
     def subscribe(self, microgrid_id: int) -> Subscription:
-        """Register a subscriber; call `unsubscribe` when it goes away."""
+        """Register a subscriber; call `unsubscribe` when it goes away.
+
+        Args:
+            microgrid_id: the microgrid whose events it receives.
+
+        Returns:
+            The subscription; its `events` stream ends when it is cut off
+            (`overflowed`), the fan-out closes (`shut_down`) or it is unsubscribed.
+        """
         sender, receiver = anyio.create_memory_object_stream[StreamMicrogridDispatchesResponse](
             self.buffer_size
         )
@@ -54,12 +62,24 @@ class Fanout:
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        """Forget a subscriber and release its buffer; idempotent."""
+        """Forget a subscriber and release its buffer; idempotent.
+
+        Args:
+            subscription: one returned by `subscribe`.
+        """
         subscription.events.close()
         self._drop(subscription)
 
     def publish(self, microgrid_id: int, event: StreamMicrogridDispatchesResponse) -> None:
-        """Hand `event` to every subscriber of the microgrid, without waiting."""
+        """Hand `event` to every subscriber of the microgrid, without waiting.
+
+        A subscriber whose buffer is full is cut off (`overflowed` set); it still
+        receives the events buffered before.
+
+        Args:
+            microgrid_id: the microgrid the event belongs to.
+            event: the event to send.
+        """
         for subscription in list(self._subscribers.get(microgrid_id, ())):
             try:
                 subscription._sender.send_nowait(event)
@@ -99,13 +119,27 @@ class Fanout:
             changed.set()
 
     def open_count(self, microgrid_id: int | None = None) -> int:
-        """Return how many subscribers still receive events (of one microgrid, or all)."""
+        """Return how many subscribers still receive events.
+
+        Args:
+            microgrid_id: count only this microgrid's; None counts all.
+
+        Returns:
+            The number of subscriptions neither cut off nor unsubscribed.
+        """
         if microgrid_id is None:
             return sum(len(s) for s in self._subscribers.values())
         return len(self._subscribers.get(microgrid_id, ()))
 
     def opened_count(self, microgrid_id: int | None = None) -> int:
-        """Return how many subscriptions were ever opened (of one microgrid, or all)."""
+        """Return how many subscriptions were ever opened.
+
+        Args:
+            microgrid_id: count only this microgrid's; None counts all.
+
+        Returns:
+            The number of `subscribe` calls so far.
+        """
         if microgrid_id is None:
             return sum(self._opened.values())
         return self._opened[microgrid_id]

@@ -158,15 +158,34 @@ class DispatchService(MicrogridDispatchServiceBase):
     # Stream counters ------------------------------------------------------------
 
     def open_stream_count(self, microgrid_id: int | None = None) -> int:
-        """Return how many streams are subscribed now (to one microgrid, or in total)."""
+        """Return how many streams are subscribed now.
+
+        Args:
+            microgrid_id: count only this microgrid's streams; None counts all.
+
+        Returns:
+            The number of open streams.
+        """
         return self._fanout.open_count(microgrid_id)
 
     def opened_stream_count(self, microgrid_id: int | None = None) -> int:
-        """Return how many streams were ever opened (to one microgrid, or in total)."""
+        """Return how many streams were ever opened.
+
+        Args:
+            microgrid_id: count only this microgrid's streams; None counts all.
+
+        Returns:
+            The number of streams opened since the service was made.
+        """
         return self._fanout.opened_count(microgrid_id)
 
     async def wait_for_streams(self, microgrid_id: int | None, count: int) -> None:
-        """Wait until exactly `count` streams are open (bound it with `anyio.fail_after`)."""
+        """Wait until exactly `count` streams are open (bound it with `anyio.fail_after`).
+
+        Args:
+            microgrid_id: count only this microgrid's streams; None counts all.
+            count: the number of open streams to wait for.
+        """
         while self.open_stream_count(microgrid_id) != count:
             await self._fanout.wait_changed()
 
@@ -175,7 +194,18 @@ class DispatchService(MicrogridDispatchServiceBase):
     async def create_microgrid_dispatch(
         self, message: CreateMicrogridDispatchRequest
     ) -> CreateMicrogridDispatchResponse:
-        """Validate and store a new dispatch; publish CREATED."""
+        """Validate and store a new dispatch; publish CREATED.
+
+        Args:
+            message: the request; `start_immediately` sets the start time to now.
+
+        Returns:
+            The stored dispatch with its new id, start time rounded to the second.
+
+        Raises:
+            GRPCError: INVALID_ARGUMENT naming the field for data that breaks a
+                rule of `dispatch_client.validation`.
+        """
         if message.dispatch_data is None:
             _invalid("dispatch_data is required")
         data = message.dispatch_data
@@ -206,7 +236,17 @@ class DispatchService(MicrogridDispatchServiceBase):
     async def get_microgrid_dispatch(
         self, message: GetMicrogridDispatchRequest
     ) -> GetMicrogridDispatchResponse:
-        """Return one dispatch; NOT_FOUND for unknown ids and ids of other microgrids."""
+        """Return one dispatch.
+
+        Args:
+            message: the request (microgrid and dispatch id).
+
+        Returns:
+            The dispatch as stored.
+
+        Raises:
+            GRPCError: NOT_FOUND for unknown ids and ids of other microgrids.
+        """
         dispatch = await self.store.get(message.microgrid_id, message.dispatch_id)
         if dispatch is None:
             _not_found(message.microgrid_id, message.dispatch_id)
@@ -215,7 +255,17 @@ class DispatchService(MicrogridDispatchServiceBase):
     async def delete_microgrid_dispatch(
         self, message: DeleteMicrogridDispatchRequest
     ) -> DeleteMicrogridDispatchResponse:
-        """Delete one dispatch; publish DELETED with its last state."""
+        """Delete one dispatch; publish DELETED with its last state.
+
+        Args:
+            message: the request (microgrid and dispatch id).
+
+        Returns:
+            The ids of the deleted dispatch.
+
+        Raises:
+            GRPCError: NOT_FOUND for unknown ids and ids of other microgrids.
+        """
 
         async def write() -> Dispatch | None:
             return await self.store.delete(message.microgrid_id, message.dispatch_id)
@@ -229,7 +279,19 @@ class DispatchService(MicrogridDispatchServiceBase):
     async def update_microgrid_dispatch(
         self, message: UpdateMicrogridDispatchRequest
     ) -> UpdateMicrogridDispatchResponse:
-        """Apply exactly the `update_mask` paths; publish UPDATED."""
+        """Apply exactly the `update_mask` paths; publish UPDATED.
+
+        Args:
+            message: the request; see `dispatch_client.server.updates` for the mask rules.
+
+        Returns:
+            The dispatch after the update.
+
+        Raises:
+            GRPCError: INVALID_ARGUMENT naming the path or field for an empty mask,
+                a fixed or unknown path or a value that breaks a rule; NOT_FOUND for
+                unknown ids.
+        """
         paths = list(message.update_mask.paths) if message.update_mask is not None else []
         try:
             check_mask(paths)
@@ -260,7 +322,19 @@ class DispatchService(MicrogridDispatchServiceBase):
     async def list_microgrid_dispatches(
         self, message: ListMicrogridDispatchesRequest
     ) -> ListMicrogridDispatchesResponse:
-        """Return one page of the filtered, sorted dispatches of a microgrid."""
+        """Return one page of the filtered, sorted dispatches of a microgrid.
+
+        Args:
+            message: the request; see `dispatch_client.server.listing` for filters,
+                sorting and page tokens.
+
+        Returns:
+            The page and its pagination info.
+
+        Raises:
+            GRPCError: INVALID_ARGUMENT for an unknown sort field or order, or a page
+                token not issued by this server or for other sort options.
+        """
         query = self._list_query(message)
         result = await self.store.list(query)
         return ListMicrogridDispatchesResponse(
@@ -272,6 +346,15 @@ class DispatchService(MicrogridDispatchServiceBase):
 
         The server answers lists with this: the stored dispatch data goes out
         as stored, instead of being parsed and encoded again.
+
+        Args:
+            message: the list request.
+
+        Returns:
+            The encoded `ListMicrogridDispatchesResponse`.
+
+        Raises:
+            GRPCError: as `list_microgrid_dispatches`.
         """
         query = self._list_query(message)
         result = await self.store.list_encoded(query)
@@ -286,7 +369,19 @@ class DispatchService(MicrogridDispatchServiceBase):
     async def stream_microgrid_dispatches(
         self, message: StreamMicrogridDispatchesRequest
     ) -> AsyncIterator[StreamMicrogridDispatchesResponse]:
-        """Yield every CREATED/UPDATED/DELETED event of the microgrid from now on."""
+        """Yield every CREATED/UPDATED/DELETED event of the microgrid from now on.
+
+        Args:
+            message: the request (the microgrid id).
+
+        Yields:
+            One response per committed change, in commit order.
+
+        Raises:
+            GRPCError: RESOURCE_EXHAUSTED after the buffered events when the
+                subscriber fell more than `stream_buffer_size` events behind;
+                UNAVAILABLE when the service closes.
+        """
         subscription = self._fanout.subscribe(message.microgrid_id)
         try:
             async for event in self._events(subscription):

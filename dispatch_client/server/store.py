@@ -73,12 +73,26 @@ _SCHEMA_VERSION = 1
 
 
 def to_micros(value: dt.datetime) -> int:
-    """Convert an aware datetime to integer microseconds since the Unix epoch."""
+    """Convert an aware datetime to integer microseconds since the Unix epoch.
+
+    Args:
+        value: an aware datetime.
+
+    Returns:
+        Microseconds since 1970-01-01T00:00:00Z (negative before it).
+    """
     return (value - _EPOCH) // dt.timedelta(microseconds=1)
 
 
 def from_micros(value: int) -> dt.datetime:
-    """Convert microseconds since the Unix epoch to an aware UTC datetime."""
+    """Convert microseconds since the Unix epoch to an aware UTC datetime.
+
+    Args:
+        value: microseconds since 1970-01-01T00:00:00Z.
+
+    Returns:
+        The instant, with `tzinfo=UTC`.
+    """
     return _EPOCH + dt.timedelta(microseconds=value)
 
 
@@ -92,7 +106,13 @@ def target_key(target: TargetComponents | None) -> str:
     """Return a canonical text form of a target, equal for equal targets.
 
     Order and duplicates inside a set do not matter, so `[1, 2]` and `[2, 1, 1]`
-    have the same key. A missing target and an empty one both map to "".
+    have the same key.
+
+    Args:
+        target: the target, or None.
+
+    Returns:
+        e.g. "ids:1,2", "cat:3" or "cattype:3/battery=1"; "" for a missing or empty target.
     """
     if target is None:
         return ""
@@ -112,7 +132,14 @@ def target_key(target: TargetComponents | None) -> str:
 
 
 def is_recurring(data: DispatchData) -> bool:
-    """Whether a dispatch repeats (has a recurrence with a frequency)."""
+    """Tell whether a dispatch repeats.
+
+    Args:
+        data: the dispatch data.
+
+    Returns:
+        True when it has a recurrence rule with a frequency.
+    """
     return (
         data.recurrence is not None and data.recurrence.freq != RecurrenceRuleFrequency.UNSPECIFIED
     )
@@ -243,7 +270,20 @@ class DispatchStore:
         now: dt.datetime,
         end_time: dt.datetime | None,
     ) -> Dispatch:
-        """Store a new dispatch; the store assigns its id (never reused)."""
+        """Store a new dispatch; the store assigns its id (never reused).
+
+        Args:
+            microgrid_id: the microgrid it belongs to.
+            data: the checked data, stored as given.
+            now: its create and update time.
+            end_time: when its last run ends (None: never), for the end-time filter.
+
+        Returns:
+            The stored dispatch with its id and metadata.
+
+        Raises:
+            RuntimeError: the store is not open.
+        """
         now_us = to_micros(now)
         row = _columns(data, end_time)
 
@@ -282,7 +322,21 @@ class DispatchStore:
         now: dt.datetime,
         end_time: dt.datetime | None,
     ) -> Dispatch | None:
-        """Overwrite a dispatch's data; None when it does not exist."""
+        """Overwrite a dispatch's data.
+
+        Args:
+            microgrid_id: the microgrid it belongs to.
+            dispatch_id: its id.
+            data: the new, checked data.
+            now: its new update time.
+            end_time: when its last run ends (None: never).
+
+        Returns:
+            The dispatch after the change, or None when it does not exist in that microgrid.
+
+        Raises:
+            RuntimeError: the store is not open.
+        """
         if dispatch_id > _INT64_MAX:
             return None
         now_us = to_micros(now)
@@ -317,7 +371,18 @@ class DispatchStore:
         return _dispatch(dispatch_id, data, create_us, now_us, row.end)
 
     async def delete(self, microgrid_id: int, dispatch_id: int) -> Dispatch | None:
-        """Remove a dispatch; return it as it was, or None when it does not exist."""
+        """Remove a dispatch.
+
+        Args:
+            microgrid_id: the microgrid it belongs to.
+            dispatch_id: its id.
+
+        Returns:
+            The dispatch as it was, or None when it does not exist in that microgrid.
+
+        Raises:
+            RuntimeError: the store is not open.
+        """
         if dispatch_id > _INT64_MAX:
             return None
 
@@ -334,7 +399,18 @@ class DispatchStore:
     # Reads --------------------------------------------------------------------
 
     async def get(self, microgrid_id: int, dispatch_id: int) -> Dispatch | None:
-        """Return one dispatch of a microgrid, or None."""
+        """Return one dispatch of a microgrid.
+
+        Args:
+            microgrid_id: the microgrid it belongs to.
+            dispatch_id: its id.
+
+        Returns:
+            The dispatch, or None when it does not exist in that microgrid.
+
+        Raises:
+            RuntimeError: the store is not open.
+        """
         if dispatch_id > _INT64_MAX:
             return None
 
@@ -348,7 +424,19 @@ class DispatchStore:
         return await self._run(read)
 
     async def list(self, query: ListQuery) -> ListResult[Dispatch]:
-        """Return one page of the dispatches matching `query`, and their total count."""
+        """Return one page of the dispatches matching `query`, and their total count.
+
+        Args:
+            query: criteria, sort, position and page size.
+
+        Returns:
+            Up to `query.limit` dispatches, the total count of matches and the
+            sort key of the last one (None on the last page).
+
+        Raises:
+            RuntimeError: the store is not open.
+            ValueError: `query.sort_column` is not a sortable column.
+        """
         return await self._list(query, _from_row)
 
     async def list_encoded(self, query: ListQuery) -> ListResult[bytes]:
@@ -356,6 +444,16 @@ class DispatchStore:
 
         The stored `DispatchData` bytes go in as they are, never parsed and
         re-encoded, which was most of the cost of serving a list.
+
+        Args:
+            query: criteria, sort, position and page size.
+
+        Returns:
+            As `list`, with encoded dispatches.
+
+        Raises:
+            RuntimeError: the store is not open.
+            ValueError: `query.sort_column` is not a sortable column.
         """
         return await self._list(query, _encoded_row)
 
@@ -467,7 +565,15 @@ def _encoded_row(row: Sequence[object]) -> bytes:
 
 
 def encode_message_field(number: int, encoded: bytes) -> bytes:
-    """Return the wire bytes of a message field `number` holding the message `encoded`."""
+    """Return the wire bytes of a message field `number` holding the message `encoded`.
+
+    Args:
+        number: the field number (>= 1).
+        encoded: the field's message, already encoded.
+
+    Returns:
+        Tag, length and `encoded`, as protobuf writes a length-delimited field.
+    """
     wire_type_length_delimited = 2
     return (
         betterproto2.encode_varint(number << 3 | wire_type_length_delimited)
