@@ -54,7 +54,11 @@ _THREAD_TIMEOUT = 30.0
 
 
 class RunningServer:
-    """A reference server listening on a loopback port, with its service at hand."""
+    """A reference server listening on a loopback port, with its service at hand.
+
+    Args:
+        server: the running `DispatchServer` it wraps.
+    """
 
     def __init__(self, server: DispatchServer) -> None:
         self._server = server
@@ -107,11 +111,23 @@ async def running_server(
     port: int = 0,
     stream_buffer_size: int = DEFAULT_STREAM_BUFFER_SIZE,
 ) -> AsyncIterator[RunningServer]:
-    """Start a reference server (port 0 = a free port) for the duration of the block.
+    """Start a reference server for the duration of the block.
 
-    `db` is ":memory:" or an SQLite file; `keys` are the accepted API keys
-    (None: any key); `sign_secret` makes it require signed requests; `ssl`
-    serves TLS.
+    Args:
+        db: ":memory:" or an SQLite file.
+        keys: the accepted API keys; None accepts any (and no) key.
+        sign_secret: require requests signed with this secret; None for no signatures.
+        ssl: serve TLS with this context (see `server_ssl_context`); None for plain HTTP/2.
+        host: loopback address to listen on.
+        port: TCP port; 0 (the default) picks a free one.
+        stream_buffer_size: events buffered per stream before a slow subscriber is cut off.
+
+    Yields:
+        The running server; it is stopped and its database closed on exit.
+
+    Raises:
+        RuntimeError: not called on an asyncio loop (under trio use `threaded_server`).
+        OSError: the address cannot be bound or the database cannot be opened.
     """
     _require_asyncio()
     async with DispatchService(db=db, stream_buffer_size=stream_buffer_size) as service:
@@ -129,6 +145,10 @@ class ThreadedServer(RunningServer):
     `call()` can be awaited from asyncio and trio alike. The service lives on
     the server's loop: reading its counters (`service.open_stream_count(1)`)
     is fine from any thread, but run its coroutines through `call()`.
+
+    Args:
+        server: the server, running on `loop`.
+        loop: the background thread's event loop.
     """
 
     def __init__(self, server: RunningServer, loop: asyncio.AbstractEventLoop) -> None:
@@ -138,7 +158,15 @@ class ThreadedServer(RunningServer):
     def submit(
         self, function: Callable[..., Coroutine[Any, Any, _T]], *args: Any
     ) -> concurrent.futures.Future[_T]:
-        """Start `function(*args)` on the server's loop; returns a thread-safe future."""
+        """Start `function(*args)` on the server's loop.
+
+        Args:
+            function: a coroutine function to run there.
+            *args: its positional arguments.
+
+        Returns:
+            A thread-safe future of its result.
+        """
         # Scheduled from an empty context: the caller's may carry sniffio's
         # "trio" marker (anyio sets it), which would make anyio on the
         # server's loop pick its trio backend.
@@ -147,7 +175,18 @@ class ThreadedServer(RunningServer):
         )
 
     async def call(self, function: Callable[..., Coroutine[Any, Any, _T]], *args: Any) -> _T:
-        """Run `function(*args)` on the server's loop and return its result (any anyio backend)."""
+        """Run `function(*args)` on the server's loop and wait for it (any anyio backend).
+
+        Args:
+            function: a coroutine function to run there.
+            *args: its positional arguments.
+
+        Returns:
+            Its result.
+
+        Raises:
+            Exception: whatever `function` raises. Cancelling the wait cancels the call.
+        """
         future = self.submit(function, *args)
         try:
             return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
@@ -177,9 +216,24 @@ def threaded_server(
 ) -> Iterator[ThreadedServer]:
     """Run `running_server(...)` on an asyncio loop in a thread for the duration of the block.
 
-    Takes `running_server`'s arguments; usable where no asyncio loop runs,
-    such as trio tests and applications. Leaving the block stops the server
-    and joins its thread.
+    Usable where no asyncio loop runs, such as trio tests and applications.
+    Leaving the block stops the server and joins its thread.
+
+    Args:
+        db: ":memory:" or an SQLite file.
+        keys: the accepted API keys; None accepts any (and no) key.
+        sign_secret: require requests signed with this secret; None for no signatures.
+        ssl: serve TLS with this context; None for plain HTTP/2.
+        host: loopback address to listen on.
+        port: TCP port; 0 (the default) picks a free one.
+        stream_buffer_size: events buffered per stream before a slow subscriber is cut off.
+
+    Yields:
+        The running server.
+
+    Raises:
+        OSError: the server could not start (raised from its thread).
+        TimeoutError: the thread did not come up or end within 30 s.
     """
     loop = asyncio.new_event_loop()
     stop_requested = loop.create_future()
@@ -230,10 +284,16 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 @asynccontextmanager
 async def in_memory_channel(service: DispatchService | None = None) -> AsyncIterator[Channel]:
-    """Yield a grpclib `Channel` connected in memory to `service` (default: a new in-memory one).
+    """Connect a grpclib `Channel` in memory to a service: no sockets, no authentication.
 
-    No sockets, no authentication. The given service must be open; a default
-    one is opened and closed here.
+    Args:
+        service: an open service; None opens (and afterwards closes) a new in-memory one.
+
+    Yields:
+        The channel, e.g. for `MicrogridDispatchServiceStub(channel)`.
+
+    Raises:
+        RuntimeError: not called on an asyncio loop.
     """
     _require_asyncio()
     if service is not None:

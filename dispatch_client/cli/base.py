@@ -42,7 +42,11 @@ class Settings:
 
 
 class ApiFailure(click.ClickException):
-    """An error from the API: one line, exit code 1, no traceback."""
+    """An error from the API: one line, exit code 1, no traceback.
+
+    Args:
+        error: the typed error; its class name, message and server URL are shown.
+    """
 
     exit_code = 1
 

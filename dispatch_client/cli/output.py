@@ -135,6 +135,9 @@ class Output:
 
     Colour and spinners appear only when the stream is a terminal (rich's own
     detection, which also honours NO_COLOR and FORCE_COLOR).
+
+    Args:
+        json_mode: print one JSON document per line instead of text.
     """
 
     def __init__(self, *, json_mode: bool) -> None:

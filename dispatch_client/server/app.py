@@ -92,6 +92,14 @@ class DispatchServer:
     reconnect), `stop()` stops listening and drops open connections and
     streams. The service (and its store) are not closed by `stop()`; that is
     the caller's job. Also an async context manager (start/stop).
+
+    Args:
+        service: the servicer, already open.
+        host: address to listen on.
+        port: TCP port; 0 picks a free one (`port` then holds it once started).
+        ssl: TLS context (see `server_ssl_context`); None serves plain HTTP/2.
+        keys: accepted API keys; None means keys are not checked.
+        sign_secret: require requests signed with this secret; None for no signatures.
     """
 
     def __init__(

@@ -41,12 +41,19 @@ DEFAULT_MAX_NONCES = 100_000
 class RequestAuthenticator:
     """Accepts or rejects calls by their authentication metadata.
 
-    `keys`: the accepted API keys, or None to accept any (and no) key.
-    `sign_secret`: when set, every call must carry `ts`, `nonce` and a valid
-    `sig`; `ts` must be within `clock_window_s` of the server's clock and a
-    nonce is accepted once. A nonce only has to be remembered until its `ts`
-    leaves the window (a replay after that fails the clock check), which
-    bounds memory together with `max_nonces`.
+    A nonce only has to be remembered until its `ts` leaves the window (a
+    replay after that fails the clock check), which bounds memory together
+    with `max_nonces`.
+
+    Args:
+        keys: the accepted API keys, or None to accept any (and no) key.
+        sign_secret: when set, every call must carry `ts`, `nonce` and a valid
+            `sig`; `ts` must be within `clock_window_s` of the server's clock
+            and a nonce is accepted once.
+        clock_window_s: how far, in seconds either way, `ts` may be from the clock.
+        max_nonces: the most nonces remembered; past it, signed calls get
+            RESOURCE_EXHAUSTED until old ones expire.
+        clock: the server's clock, in Unix seconds.
     """
 
     def __init__(

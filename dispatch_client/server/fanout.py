@@ -32,7 +32,14 @@ class Subscription:
 
 
 class Fanout:
-    """Subscribers by microgrid, each with a buffer of `buffer_size` events."""
+    """Subscribers by microgrid, each with a buffer of `buffer_size` events.
+
+    Args:
+        buffer_size: events buffered per subscriber before it is cut off (>= 1).
+
+    Raises:
+        ValueError: `buffer_size` is below 1.
+    """
 
     def __init__(self, buffer_size: int) -> None:
         if buffer_size < 1:

@@ -112,10 +112,22 @@ class DispatchService(MicrogridDispatchServiceBase):
     """The servicer: pass it to a grpclib `Server` (or use `DispatchServer`).
 
     Open it before serving (`await service.open()` or `async with service`):
-    that opens the store. `store` defaults to a `DispatchStore(db)`.
+    that opens the store.
 
     Observability for tests: `open_stream_count()`, `opened_stream_count()`,
     `await wait_for_streams(...)`.
+
+    Args:
+        store: where dispatches live; None makes a `DispatchStore(db)`.
+        db: SQLite file for the default store, or ":memory:".
+        stream_buffer_size: events buffered per stream before a slow subscriber is cut off.
+        default_page_size: dispatches per list page when the request gives no size.
+        max_page_size: the most dispatches per page; larger requested sizes are clamped.
+        start_time_allowance: how far in the past a start time may be (clock skew).
+        clock: the server's clock, returning an aware datetime.
+
+    Raises:
+        ValueError: `stream_buffer_size` is below 1.
     """
 
     def __init__(

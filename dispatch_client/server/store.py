@@ -189,9 +189,11 @@ class ListResult(Generic[_D]):
 class DispatchStore:
     """Dispatches of all microgrids in one SQLite database.
 
-    `path` is a file name, or ":memory:" (the default) for a database that
-    lives as long as the store. Use `await open()` / `await close()`, or
-    `async with`.
+    Use `await open()` / `await close()`, or `async with`.
+
+    Args:
+        path: a file name, or ":memory:" (the default) for a database that
+            lives as long as the store.
     """
 
     def __init__(self, path: str = ":memory:") -> None:
