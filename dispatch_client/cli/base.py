@@ -37,7 +37,11 @@ class Settings:
     json_mode: bool = False
 
     def output(self) -> Output:
-        """Return the printer for this invocation."""
+        """Return the printer for this invocation.
+
+        Returns:
+            An `Output` in JSON mode when --json was given.
+        """
         return Output(json_mode=self.json_mode)
 
 
@@ -70,7 +74,21 @@ class OneLineErrors(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        """Run the CLI; in standalone mode, exit with 0, 1 (API error) or 2 (usage)."""
+        """Run the CLI; in standalone mode, exit with 0, 1 (API error), 2 (usage) or 130 (aborted).
+
+        Args:
+            args: the arguments; None reads `sys.argv`.
+            prog_name: the program name shown in messages.
+            complete_var: the shell-completion environment variable.
+            standalone_mode: exit with a status instead of returning or raising.
+            **extra: passed to `make_context`.
+
+        Returns:
+            The command's result, when not in standalone mode.
+
+        Raises:
+            SystemExit: in standalone mode, always.
+        """
         if not standalone_mode:
             return await super().main(args, prog_name, complete_var, False, **extra)
         try:
@@ -86,7 +104,17 @@ class OneLineErrors(click.Group):
         sys.exit(result if isinstance(result, int) else 0)
 
     async def invoke(self, ctx: click.Context) -> Any:
-        """Run the subcommand, turning typed API errors into one-line failures."""
+        """Run the subcommand, turning typed API errors into one-line failures.
+
+        Args:
+            ctx: the group's context.
+
+        Returns:
+            The subcommand's result.
+
+        Raises:
+            ApiFailure: the subcommand raised a `DispatchApiError`.
+        """
         try:
             return await super().invoke(ctx)
         except DispatchApiError as error:

@@ -50,14 +50,31 @@ _EVENT_STYLE = {"CREATED": "green", "UPDATED": "yellow", "DELETED": "red"}
 
 
 def format_time(value: dt.datetime | None) -> str:
-    """Format a timestamp in UTC, to the second (what the service stores)."""
+    """Format a timestamp in UTC, to the second (what the service stores).
+
+    Args:
+        value: an aware datetime, or None.
+
+    Returns:
+        e.g. "2025-01-31 08:00:00"; "-" for None.
+
+    Raises:
+        ValueError: `value` is naive.
+    """
     if value is None:
         return "-"
     return to_utc(value, "time").strftime("%Y-%m-%d %H:%M:%S")
 
 
 def describe_target(target: TargetComponents | None) -> str:
-    """Render a target the way the TARGET argument is written (`1,2`, `BATTERY:LI_ION`)."""
+    """Render a target the way the TARGET argument is written.
+
+    Args:
+        target: the target, or None.
+
+    Returns:
+        e.g. "1,2", "BATTERY,INVERTER" or "BATTERY:LI_ION"; "-" for none.
+    """
     if target is None:
         return "-"
     if target.component_ids is not None:
@@ -74,9 +91,15 @@ def describe_target(target: TargetComponents | None) -> str:
 
 
 def describe_recurrence(rule: RecurrenceRule | None, *, short: bool = False) -> str:
-    """Summarise a recurrence rule (`every 3 h, on MO,FR, 10 times`).
+    """Summarise a recurrence rule, e.g. "every 3 h, on MO,FR, 10 times".
 
-    `short` is for table cells: `every 3h, MO,FR, 10 runs`, other by-rules as `+rules`.
+    Args:
+        rule: the rule, or None.
+        short: the form for table cells: "every 3h, MO,FR, 10 runs", other
+            by-rules only as "+rules".
+
+    Returns:
+        The summary; "once" for no rule or one without a frequency.
     """
     if rule is None or not rule.freq:
         return "once"
@@ -150,23 +173,40 @@ class Output:
     # --- JSON ---
 
     def json_line(self, document: dict[str, Any]) -> None:
-        """Write one JSON document on its own line and flush (pipes see it at once)."""
+        """Write one JSON document on its own line and flush (pipes see it at once).
+
+        Args:
+            document: a JSON-serialisable mapping.
+        """
         sys.stdout.write(json.dumps(document, separators=(",", ":")) + "\n")
         sys.stdout.flush()
 
     def message_json(self, message: betterproto2.Message) -> None:
-        """Write a generated message as one JSON line."""
+        """Write a generated message as one JSON line (protobuf JSON mapping).
+
+        Args:
+            message: any generated message, e.g. a `Dispatch`.
+        """
         self.json_line(message.to_dict())
 
     # --- human ---
 
     def line(self, text: str | Text) -> None:
-        """Print a line for people on stdout (never wrapped: one event, one line)."""
+        """Print a line for people on stdout (never wrapped: one event, one line).
+
+        Args:
+            text: plain text or rich `Text`.
+        """
         self.console.print(text, soft_wrap=True)
         sys.stdout.flush()
 
     def chart_line(self, line: str, glyphs: Glyphs) -> None:
-        """Print a timeline line, runs coloured (on a terminal)."""
+        """Print a timeline line, runs coloured (on a terminal).
+
+        Args:
+            line: one line from `timeline.render`.
+            glyphs: the glyphs it was drawn with.
+        """
         text = Text(line)
         text.highlight_regex(f"{re.escape(glyphs.run)}+", "green")
         text.highlight_regex(f"{re.escape(glyphs.dry_run)}+", "cyan")
@@ -176,7 +216,11 @@ class Output:
     def progress(self, text: str) -> Iterator[Any]:
         """Show a spinner on stderr while slow work runs; do nothing off a terminal.
 
-        Yields a callable taking a new status text (e.g. a running count).
+        Args:
+            text: the status shown next to the spinner.
+
+        Yields:
+            A callable taking a new status text (e.g. a running count).
         """
         if not self.errors.is_terminal:
             yield lambda _text: None
@@ -185,7 +229,11 @@ class Output:
             yield status.update
 
     def dispatch_table(self, dispatches: Sequence[Dispatch]) -> None:
-        """Print dispatches as a table, one row each."""
+        """Print dispatches as a table, one row each (one JSON line each in JSON mode).
+
+        Args:
+            dispatches: the dispatches, in the order to show them.
+        """
         if self.json_mode:
             for dispatch in dispatches:
                 self.message_json(dispatch)
@@ -228,7 +276,12 @@ class Output:
         self.console.print(table)
 
     def dispatch_detail(self, dispatch: Dispatch, *, next_run: dt.datetime | None = None) -> None:
-        """Print one dispatch, every field on its own line."""
+        """Print one dispatch, every field on its own line (a JSON line in JSON mode).
+
+        Args:
+            dispatch: the dispatch.
+            next_run: when it next starts, shown when given.
+        """
         if self.json_mode:
             self.message_json(dispatch)
             return
@@ -257,7 +310,13 @@ class Output:
         self.console.print(grid)
 
     def event(self, kind: str, dispatch: Dispatch, document: dict[str, Any]) -> None:
-        """Print one stream event: a JSON line, or a coloured one-line summary."""
+        """Print one stream event: a JSON line, or a coloured one-line summary.
+
+        Args:
+            kind: the event's name, "CREATED", "UPDATED" or "DELETED".
+            dispatch: the dispatch after the event (before it, for DELETED).
+            document: the event's JSON document, printed in JSON mode.
+        """
         if self.json_mode:
             self.json_line(document)
             return

@@ -66,7 +66,19 @@ def _names(enum_type: type[enum.Enum]) -> list[str]:
 
 
 def parse_enum(text: str, enum_type: type[E], what: str) -> E:
-    """Parse an enum member by name, case-insensitively; `-` and spaces count as `_`."""
+    """Parse an enum member by name, case-insensitively; `-` and spaces count as `_`.
+
+    Args:
+        text: the name as typed.
+        enum_type: the enum to look in (its UNSPECIFIED member is never matched).
+        what: what the value is, for the error message (e.g. "frequency").
+
+    Returns:
+        The member.
+
+    Raises:
+        ValueError: no member has that name; the message lists the allowed names.
+    """
     key = re.sub(r"[\s-]+", "_", text.strip()).upper()
     for member in enum_type:
         if member.name != "UNSPECIFIED" and key == member.name:
@@ -85,6 +97,17 @@ def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     Accepts ISO 8601, `now`, and English phrases via dateparser (`in 10 min`,
     `tomorrow 08:00`, `friday 9am CET`). Times without an offset are UTC;
     ambiguous phrases resolve to the future.
+
+    Args:
+        text: the time as typed.
+        now: the aware instant phrases are relative to; None for the clock.
+
+    Returns:
+        The instant, with `tzinfo=UTC`.
+
+    Raises:
+        ValueError: empty text, a bare number (ambiguous) or text that is not a
+            time; the message shows the accepted forms.
     """
     stripped = text.strip()
     if not stripped:
@@ -168,6 +191,16 @@ def parse_duration(text: str) -> dt.timedelta:
 
     Accepts `90` (seconds), `90s`, `15m`, `1h30m`, `1h 30min`, `2d` and ISO 8601
     (`PT1H30M`, `P1DT2H`). Years and months are refused: their length varies.
+
+    Args:
+        text: the duration as typed.
+
+    Returns:
+        The duration, a whole number of seconds.
+
+    Raises:
+        ValueError: not a duration, years or months, a unit given twice, a
+            fraction of a second, or longer than 2**32-1 s.
     """
     stripped = text.strip()
     allowed = f"use {DURATION_HELP}"
@@ -218,7 +251,14 @@ def _parse_compact_duration(text: str, allowed: str) -> float:
 
 
 def format_duration(seconds: int | None) -> str:
-    """Format seconds the way `parse_duration` reads them (`1h30m`); None is `∞`."""
+    """Format seconds the way `parse_duration` reads them.
+
+    Args:
+        seconds: the duration in whole seconds, or None for unlimited.
+
+    Returns:
+        e.g. "1h30m" or "0s"; "∞" for None.
+    """
     if seconds is None:
         return "∞"
     if seconds == 0:
@@ -245,6 +285,16 @@ def parse_target(text: str) -> TargetComponents:
 
     Ids and categories cannot be mixed; a list where any item has a `:type`
     becomes a category-and-type set (items without one match any type).
+
+    Args:
+        text: the target as typed.
+
+    Returns:
+        The target; duplicates dropped, order kept.
+
+    Raises:
+        ValueError: an empty item, ids mixed with categories, an unknown
+            category or type, or a type on a category that has none.
     """
     items = [item.strip() for item in text.split(",")]
     if not text.strip() or any(not item for item in items):
@@ -284,7 +334,18 @@ def _unique(values: Iterable[T]) -> list[T]:
 
 
 def parse_id_ranges(values: Iterable[str]) -> list[int]:
-    """Expand `5`, `5-9` and `5,7,9-11` (in any number of arguments) to unique ids, in order."""
+    """Expand `5`, `5-9` and `5,7,9-11` (in any number of arguments) to unique ids, in order.
+
+    Args:
+        values: the arguments as typed.
+
+    Returns:
+        The ids, first occurrence order, without duplicates.
+
+    Raises:
+        ValueError: an item is not an id or range, a range runs backwards or
+            spans more than `MAX_ID_RANGE` ids.
+    """
     ids: list[int] = []
     for value in values:
         for item in value.split(","):
@@ -303,7 +364,20 @@ def parse_id_ranges(values: Iterable[str]) -> list[int]:
 
 
 def parse_int_list(values: Iterable[str], low: int, high: int, what: str) -> list[int]:
-    """Parse repeated/comma-separated integers, each within low..high (0 not allowed if low<0)."""
+    """Parse repeated or comma-separated integers, each within low..high.
+
+    Args:
+        values: the arguments as typed.
+        low: the smallest allowed value; when negative, 0 is not allowed.
+        high: the largest allowed value.
+        what: what the numbers are, for the error message (e.g. "hours").
+
+    Returns:
+        The numbers, first occurrence order, without duplicates.
+
+    Raises:
+        ValueError: an item is not a whole number or is out of range.
+    """
     result: list[int] = []
     for value in values:
         for item in value.split(","):
@@ -322,7 +396,17 @@ _MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
 
 
 def parse_months(values: Iterable[str]) -> list[int]:
-    """Parse months given as 1..12 or names (jan, February)."""
+    """Parse months given as 1..12 or names (jan, February), repeated or comma-separated.
+
+    Args:
+        values: the arguments as typed.
+
+    Returns:
+        Month numbers 1..12, without duplicates.
+
+    Raises:
+        ValueError: an item is neither a month name nor a number in 1..12.
+    """
     numbers: list[str] = []
     for value in values:
         for item in value.split(","):
@@ -332,7 +416,17 @@ def parse_months(values: Iterable[str]) -> list[int]:
 
 
 def parse_weekdays(values: Iterable[str]) -> list[RecurrenceRuleWeekday]:
-    """Parse weekdays given as `mo`, `mon`, `monday` (any case), repeated or comma-separated."""
+    """Parse weekdays given as `mo`, `mon`, `monday` (any case), repeated or comma-separated.
+
+    Args:
+        values: the arguments as typed.
+
+    Returns:
+        The weekdays, without duplicates.
+
+    Raises:
+        ValueError: an item is not an unambiguous weekday prefix of 2+ letters.
+    """
     days: list[RecurrenceRuleWeekday] = []
     names = _names(RecurrenceRuleWeekday)
     for value in values:
@@ -353,12 +447,32 @@ def parse_weekdays(values: Iterable[str]) -> list[RecurrenceRuleWeekday]:
 
 
 def parse_frequency(text: str) -> RecurrenceRuleFrequency:
-    """Parse a recurrence frequency name (`daily`, `WEEKLY`...)."""
+    """Parse a recurrence frequency name (`daily`, `WEEKLY`...).
+
+    Args:
+        text: the name as typed.
+
+    Returns:
+        The frequency.
+
+    Raises:
+        ValueError: not a frequency name.
+    """
     return parse_enum(text, RecurrenceRuleFrequency, "frequency")
 
 
 def parse_json_object(text: str) -> dict[str, Any]:
-    """Parse a JSON object (the payload); anything else is refused."""
+    """Parse a JSON object (the payload); anything else is refused.
+
+    Args:
+        text: the JSON text.
+
+    Returns:
+        The object.
+
+    Raises:
+        ValueError: invalid JSON (with the position) or JSON that is not an object.
+    """
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
@@ -395,27 +509,51 @@ def _time_or_now(text: str) -> dt.datetime | Literal["NOW"]:
 
 
 def time_param(*, allow_now: bool = False) -> click.ParamType[Any]:
-    """Accept a point in time; with `allow_now`, `now` stays "NOW" (start immediately)."""
+    """Accept a point in time (see `parse_time`).
+
+    Args:
+        allow_now: keep `now` as the string "NOW" (start immediately) instead of
+            the current time.
+
+    Returns:
+        A click parameter type converting to an aware UTC datetime (or "NOW").
+    """
     if allow_now:
         return _ParserType[dt.datetime | Literal["NOW"]]("time", _time_or_now)
     return _ParserType[dt.datetime]("time", parse_time)
 
 
 def duration_param() -> click.ParamType[dt.timedelta]:
-    """Accept a duration such as `1h30m` or `PT1H30M`."""
+    """Accept a duration such as `1h30m` or `PT1H30M` (see `parse_duration`).
+
+    Returns:
+        A click parameter type converting to a `timedelta`.
+    """
     return _ParserType("duration", parse_duration)
 
 
 def target_param() -> click.ParamType[TargetComponents]:
-    """Accept target components: ids, categories or category:type pairs."""
+    """Accept target components: ids, categories or category:type pairs (see `parse_target`).
+
+    Returns:
+        A click parameter type converting to `TargetComponents`.
+    """
     return _ParserType("target", parse_target)
 
 
 def id_range_param() -> click.ParamType[list[int]]:
-    """Accept one or more dispatch ids: `5`, `5-9`, `5,7`."""
+    """Accept one or more dispatch ids: `5`, `5-9`, `5,7` (see `parse_id_ranges`).
+
+    Returns:
+        A click parameter type converting to a list of ids.
+    """
     return _ParserType("id", lambda text: parse_id_ranges([text]))
 
 
 def json_object_param() -> click.ParamType[dict[str, Any]]:
-    """Accept a JSON object (the payload)."""
+    """Accept a JSON object, the payload (see `parse_json_object`).
+
+    Returns:
+        A click parameter type converting to a dict.
+    """
     return _ParserType("json", parse_json_object)

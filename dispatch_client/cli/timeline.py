@@ -37,7 +37,11 @@ class Glyphs:
 
     @classmethod
     def ascii(cls) -> Glyphs:
-        """Glyphs that every terminal can show."""
+        """Glyphs that every terminal can show.
+
+        Returns:
+            The ASCII set: `#` runs, `%` dry runs, `.` idle.
+        """
         return cls(run="#", dry_run="%", idle=".", tick="+", rule="-", about="~")
 
 
@@ -111,7 +115,21 @@ def render(
     width: int = 80,
     glyphs: Glyphs | None = None,
 ) -> list[str]:
-    """Draw the chart as lines no longer than `width`: axis, one line per row, legend."""
+    """Draw the chart as lines no longer than `width`: axis, one line per row, legend.
+
+    Args:
+        rows: the rows, in display order.
+        start: the window's aware start.
+        end: the window's aware end.
+        width: the most characters per line.
+        glyphs: the characters to draw with; None for the Unicode set.
+
+    Returns:
+        The lines, without newlines.
+
+    Raises:
+        ValueError: `end` is not after `start`.
+    """
     if end <= start:
         raise ValueError("timeline window must end after it starts")
     glyphs = glyphs or Glyphs()

@@ -112,7 +112,7 @@ def target_key(target: TargetComponents | None) -> str:
         target: the target, or None.
 
     Returns:
-        e.g. "ids:1,2", "cat:3" or "cattype:3/battery=1"; "" for a missing or empty target.
+        e.g. "ids:1,2", "cat:5" or "cattype:5/battery=1" (enum numbers); "" for none.
     """
     if target is None:
         return ""
