@@ -56,7 +56,6 @@ asyncio loop; under trio, `Client.running()` runs it on the client's own loop th
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import heapq
 import itertools
@@ -71,9 +70,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._proto.frequenz.api.common.v1alpha8.streaming import Event
 from ._proto.frequenz.api.dispatch.v1 import Dispatch
+from ._tasks import CLOSE_TIMEOUT, OwnedTask, aclose_quietly
 from .recurrence import is_running, next_run, until
-from .streaming import DispatchEvent
-from .validation import check_aware
+from .validation import dispatch_id_of, to_utc
+from .watchview import DispatchEvent
 
 __all__ = ["RunTracker", "RunTransition", "Transition", "running"]
 
@@ -85,9 +85,6 @@ _MAX_SLEEP = 60.0
 anyio sleeps on a monotonic clock, transitions fall due on the wall clock, and
 the two drift apart (NTP steps, a suspended machine): re-reading bounds the error.
 """
-
-_CLOSE_TIMEOUT = 5.0
-"""Upper bound for waiting on the reader task, so a hung `aclose()` cannot hang the consumer."""
 
 
 class Transition(enum.Enum):
@@ -112,14 +109,6 @@ class RunTransition:
 class _Tracked:
     dispatch: Dispatch
     running: bool
-
-
-def _dispatch_id(dispatch: Dispatch) -> int:
-    return dispatch.metadata.dispatch_id if dispatch.metadata is not None else 0
-
-
-def _utc(value: object, name: str) -> datetime:
-    return check_aware(value, name).astimezone(UTC)
 
 
 class RunTracker:
@@ -158,7 +147,7 @@ class RunTracker:
         now = self._clamp(now)
         transitions = self._advance(now)
         dispatch = event.dispatch
-        key = _dispatch_id(dispatch)
+        key = dispatch_id_of(dispatch)
         old = self._tracked.pop(key, None)
         was_running = old is not None and old.running
         new: _Tracked | None = None
@@ -178,7 +167,7 @@ class RunTracker:
         return transitions
 
     def _clamp(self, now: datetime) -> datetime:
-        now = _utc(now, "now")
+        now = to_utc(now, "now")
         if self._latest is not None and now < self._latest:
             return self._latest
         self._latest = now
@@ -190,7 +179,7 @@ class RunTracker:
         return dispatch.data is not None and dispatch.data.type == self._type
 
     def _live(self, entry: _Tracked) -> bool:
-        return self._tracked.get(_dispatch_id(entry.dispatch)) is entry
+        return self._tracked.get(dispatch_id_of(entry.dispatch)) is entry
 
     def _schedule(self, entry: _Tracked, at: datetime) -> None:
         """Queue the next instant after `at` at which `entry` may change state."""
@@ -269,7 +258,7 @@ async def _running(
     try:
         reader.start()
         while True:
-            for transition in tracker.advance(_utc(clock(), "clock()")):
+            for transition in tracker.advance(to_utc(clock(), "clock()")):
                 yield transition
             try:
                 item = await _receive_until(receive, tracker.next_change, clock)
@@ -278,7 +267,7 @@ async def _running(
             if isinstance(item, _Failure):
                 raise item.error
             if item is not None:
-                for transition in tracker.observe(item, _utc(clock(), "clock()")):
+                for transition in tracker.observe(item, to_utc(clock(), "clock()")):
                     yield transition
     finally:
         await reader.close()
@@ -293,7 +282,7 @@ async def _receive_until(
     """Return the next item, or None once `deadline` has come (or it is time to re-read the clock)."""
     delay = math.inf
     if deadline is not None:
-        delay = min((deadline - _utc(clock(), "clock()")).total_seconds(), _MAX_SLEEP)
+        delay = min((deadline - to_utc(clock(), "clock()")).total_seconds(), _MAX_SLEEP)
     # Entered and left within this call: no scope is ever open across a yield.
     with anyio.move_on_after(max(delay, 0.0)):
         return await receive.receive()
@@ -310,41 +299,32 @@ class _Reader:
     ) -> None:
         self._events = events
         self._send = send
-        self._scope = anyio.CancelScope()
-        self._done = anyio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask("dispatch-running-reader")
 
     def start(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError(
-                "running() needs a running asyncio event loop (under trio, use Client.running())"
-            ) from None
-        self._task = loop.create_task(self._run(), name="dispatch-running-reader")
+        self._task.start(
+            self._pump,
+            cleanup=self._close_events,
+            needs_loop="running() needs a running asyncio event loop "
+            "(under trio, use Client.running())",
+        )
 
     async def close(self) -> None:
         """Stop reading and wait until `events` is closed, even when being cancelled."""
-        with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-            if self._task is None:
-                await _aclose(self._events)
-                self._send.close()
-                return
-            self._scope.cancel()
-            await self._done.wait()
+        if not self._task.started:
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await self._close_events()
+            return
+        self._task.cancel()
+        await self._task.wait_closed()
 
-    async def _run(self) -> None:
+    async def _close_events(self) -> None:
         try:
-            with self._scope:
-                await self._pump()
+            # Closed by the task that iterated it: an async generator cannot be
+            # closed from another task while it is running.
+            await aclose_quietly(self._events)
         finally:
-            try:
-                # Closed here, in the task that iterated it: an async generator
-                # cannot be closed from another task while it is running.
-                await _aclose(self._events)
-            finally:
-                self._send.close()
-                self._done.set()
+            self._send.close()
 
     async def _pump(self) -> None:
         try:
@@ -361,14 +341,3 @@ class _Reader:
         except anyio.BrokenResourceError:
             return False
         return True
-
-
-async def _aclose(events: AsyncIterator[DispatchEvent]) -> None:
-    aclose = getattr(events, "aclose", None)
-    if aclose is None:
-        return
-    try:
-        await aclose()
-    except Exception:
-        # The consumer is leaving or already has the error that ended the events.
-        _log.warning("closing %r failed", events, exc_info=True)

@@ -1,4 +1,4 @@
-"""Pure parts of streaming: backoff, the watch view's diff and live-event rules, argument checks."""
+"""Pure parts of streaming: backoff, the watch view's reconcile and live-event rules, argument checks."""
 
 from __future__ import annotations
 
@@ -16,13 +16,8 @@ from dispatch_client import (
     Event,
     StreamMicrogridDispatchesResponse,
 )
-from dispatch_client.streaming import (
-    Backoff,
-    DispatchEvent,
-    StreamHub,
-    _apply_live,
-    _diff,
-)
+from dispatch_client.streaming import Backoff, StreamHub
+from dispatch_client.watchview import DispatchEvent, WatchView
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
@@ -86,62 +81,101 @@ class TestBackoff:
             Backoff(**kwargs)  # type: ignore[arg-type]
 
 
-class TestDiff:
+def view_of(*dispatches: Dispatch) -> WatchView:
+    view = WatchView()
+    view.reconcile(dispatches)
+    return view
+
+
+def created(*dispatches: Dispatch) -> list[DispatchEvent]:
+    return [DispatchEvent(Event.CREATED, d) for d in dispatches]
+
+
+class TestReconcile:
     def test_snapshot_into_empty_view_is_all_created_in_list_order(self) -> None:
-        view: dict[int, Dispatch] = {}
-        target = {3: dispatch(3), 1: dispatch(1)}
-        events = _diff(view, target, {})
-        assert [(e.event, e.dispatch) for e in events] == [
-            (Event.CREATED, dispatch(3)),
-            (Event.CREATED, dispatch(1)),
-        ]
-        assert view == target
+        view = WatchView()
+        assert view.reconcile([dispatch(3), dispatch(1)]) == created(dispatch(3), dispatch(1))
+        assert dict(view.dispatches) == {3: dispatch(3), 1: dispatch(1)}
 
     def test_changes_updates_and_deletions(self) -> None:
-        view = {1: dispatch(1), 2: dispatch(2), 3: dispatch(3)}
-        target = {1: dispatch(1), 2: dispatch(2, version=1), 4: dispatch(4)}
+        view = view_of(dispatch(1), dispatch(2), dispatch(3))
         last_seen = dispatch(3, version=7)
-        events = _diff(view, target, {3: last_seen})
+        events = view.reconcile(
+            [dispatch(1), dispatch(2, version=1), dispatch(4)],
+            [DispatchEvent(Event.DELETED, last_seen)],
+        )
         assert [(e.event, e.dispatch) for e in events] == [
             (Event.UPDATED, dispatch(2, version=1)),
             (Event.CREATED, dispatch(4)),
             (Event.DELETED, last_seen),
         ]
-        assert view == target
+        assert dict(view.dispatches) == {
+            1: dispatch(1),
+            2: dispatch(2, version=1),
+            4: dispatch(4),
+        }
 
     def test_deleted_without_a_known_last_state_reports_the_view_s(self) -> None:
-        view = {5: dispatch(5, version=2)}
-        assert _diff(view, {}, {}) == [DispatchEvent(Event.DELETED, dispatch(5, version=2))]
+        view = view_of(dispatch(5, version=2))
+        assert view.reconcile([]) == [DispatchEvent(Event.DELETED, dispatch(5, version=2))]
+
+    def test_buffered_events_override_the_list_unless_it_is_newer(self) -> None:
+        view = WatchView()
+        events = view.reconcile(
+            [dispatch(1, version=3), dispatch(2, version=1), dispatch(3)],
+            [
+                # Older than the list: the list already shows a later change.
+                DispatchEvent(Event.UPDATED, dispatch(1, version=2)),
+                # Newer than the list: made after the list was served.
+                DispatchEvent(Event.UPDATED, dispatch(2, version=4)),
+                DispatchEvent(Event.DELETED, dispatch(3, version=1)),
+                DispatchEvent(Event.CREATED, dispatch(9)),
+            ],
+        )
+        assert events == created(dispatch(1, version=3), dispatch(2, version=4), dispatch(9))
+        assert set(view.dispatches) == {1, 2, 9}
+
+    def test_the_last_buffered_event_of_a_dispatch_wins(self) -> None:
+        view = view_of(dispatch(1))
+        events = view.reconcile(
+            [dispatch(1)],
+            [
+                DispatchEvent(Event.UPDATED, dispatch(1, version=1)),
+                DispatchEvent(Event.DELETED, dispatch(1, version=1)),
+            ],
+        )
+        assert events == [DispatchEvent(Event.DELETED, dispatch(1, version=1))]
+        assert dict(view.dispatches) == {}
 
 
 class TestApplyLive:
     def test_kinds_follow_the_view(self) -> None:
-        view: dict[int, Dispatch] = {}
+        view = WatchView()
         # An UPDATED for an unknown dispatch heals the view as a CREATED.
-        assert _apply_live(view, DispatchEvent(Event.UPDATED, dispatch(1))) == DispatchEvent(
+        assert view.apply(DispatchEvent(Event.UPDATED, dispatch(1))) == DispatchEvent(
             Event.CREATED, dispatch(1)
         )
         # A CREATED for a known dispatch with newer content is an UPDATED to the watcher.
-        assert _apply_live(view, DispatchEvent(Event.CREATED, dispatch(1, 1))) == DispatchEvent(
+        assert view.apply(DispatchEvent(Event.CREATED, dispatch(1, 1))) == DispatchEvent(
             Event.UPDATED, dispatch(1, 1)
         )
-        assert _apply_live(view, DispatchEvent(Event.DELETED, dispatch(1, 1))) == DispatchEvent(
+        assert view.apply(DispatchEvent(Event.DELETED, dispatch(1, 1))) == DispatchEvent(
             Event.DELETED, dispatch(1, 1)
         )
-        assert view == {}
+        assert dict(view.dispatches) == {}
 
     def test_stale_and_duplicate_events_are_dropped(self) -> None:
-        view = {1: dispatch(1, version=5)}
-        assert _apply_live(view, DispatchEvent(Event.UPDATED, dispatch(1, version=5))) is None
-        assert _apply_live(view, DispatchEvent(Event.UPDATED, dispatch(1, version=4))) is None
-        assert _apply_live(view, DispatchEvent(Event.CREATED, dispatch(1, version=0))) is None
-        assert _apply_live(view, DispatchEvent(Event.DELETED, dispatch(9))) is None
-        assert view == {1: dispatch(1, version=5)}
+        view = view_of(dispatch(1, version=5))
+        assert view.apply(DispatchEvent(Event.UPDATED, dispatch(1, version=5))) is None
+        assert view.apply(DispatchEvent(Event.UPDATED, dispatch(1, version=4))) is None
+        assert view.apply(DispatchEvent(Event.CREATED, dispatch(1, version=0))) is None
+        assert view.apply(DispatchEvent(Event.DELETED, dispatch(9))) is None
+        assert dict(view.dispatches) == {1: dispatch(1, version=5)}
 
     def test_same_update_time_with_new_content_is_applied(self) -> None:
-        view = {1: dispatch(1, version=5)}
+        view = view_of(dispatch(1, version=5))
         same_time = dispatch(1, version=5, kind="Y")
-        assert _apply_live(view, DispatchEvent(Event.UPDATED, same_time)) == DispatchEvent(
+        assert view.apply(DispatchEvent(Event.UPDATED, same_time)) == DispatchEvent(
             Event.UPDATED, same_time
         )
 
