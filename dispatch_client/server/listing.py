@@ -23,7 +23,7 @@ from .._proto.frequenz.api.dispatch.v1 import (
     SortOrder,
 )
 from ..validation import check_bool
-from .store import ListQuery, ListResult, target_key, to_micros
+from .records import ListQuery, ListResult, target_key, to_micros
 
 __all__ = ["list_query", "pagination_info"]
 

@@ -66,7 +66,8 @@ from ..recurrence import series_end
 from ..validation import check_dispatch_data
 from .fanout import Fanout, Subscription
 from .listing import list_query, pagination_info
-from .store import DispatchStore, ListQuery, encode_message_field
+from .records import ListQuery, encode_message_field
+from .store import DispatchStore
 from .updates import apply_update, check_mask, round_to_second
 
 __all__ = [

@@ -15,40 +15,40 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
-import betterproto2
 
-from .._proto.frequenz.api.dispatch.v1 import (
-    Dispatch,
-    DispatchData,
-    DispatchMetadata,
-    RecurrenceRuleFrequency,
-    TargetComponents,
-    TargetComponentsCategorySet,
-    TargetComponentsCategoryTypeSet,
-    TargetComponentsIdSet,
+from .._proto.frequenz.api.dispatch.v1 import Dispatch, DispatchData, DispatchMetadata
+from .records import (
+    SORT_COLUMNS,
+    ListQuery,
+    ListResult,
+    encode_message_field,
+    from_micros,
+    is_recurring,
+    target_key,
+    to_micros,
 )
 
+# The records' names are re-exported: callers have imported them from here.
 __all__ = [
+    "SORT_COLUMNS",
     "DispatchStore",
     "ListQuery",
     "ListResult",
     "encode_message_field",
     "from_micros",
+    "is_recurring",
     "target_key",
     "to_micros",
 ]
 
 _T = TypeVar("_T")
 _D = TypeVar("_D")
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _INT64_MAX = 2**63 - 1
 
-# Column names by which a list can be ordered; the service maps SortField to these.
-SORT_COLUMNS = ("create_time", "start_time", "update_time")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dispatches (
@@ -72,118 +72,10 @@ CREATE INDEX IF NOT EXISTS dispatches_by_update ON dispatches (microgrid_id, upd
 _SCHEMA_VERSION = 1
 
 
-def to_micros(value: dt.datetime) -> int:
-    """Convert an aware datetime to integer microseconds since the Unix epoch.
-
-    Args:
-        value: an aware datetime.
-
-    Returns:
-        Microseconds since 1970-01-01T00:00:00Z (negative before it).
-    """
-    return (value - _EPOCH) // dt.timedelta(microseconds=1)
-
-
-def from_micros(value: int) -> dt.datetime:
-    """Convert microseconds since the Unix epoch to an aware UTC datetime.
-
-    Args:
-        value: microseconds since 1970-01-01T00:00:00Z.
-
-    Returns:
-        The instant, with `tzinfo=UTC`.
-    """
-    return _EPOCH + dt.timedelta(microseconds=value)
-
-
 def _signed(value: int) -> int:
     # SQLite integers are signed 64-bit; uint64 microgrid ids above 2**63-1
     # are stored as their two's complement so that equality still works.
     return value - 2**64 if value > _INT64_MAX else value
-
-
-def target_key(target: TargetComponents | None) -> str:
-    """Return a canonical text form of a target, equal for equal targets.
-
-    Order and duplicates inside a set do not matter, so `[1, 2]` and `[2, 1, 1]`
-    have the same key.
-
-    Args:
-        target: the target, or None.
-
-    Returns:
-        e.g. "ids:1,2", "cat:5" or "cattype:5/battery=1" (enum numbers); "" for none.
-    """
-    if target is None:
-        return ""
-    _, value = betterproto2.which_one_of(target, "components")
-    if isinstance(value, TargetComponentsIdSet):
-        return "ids:" + ",".join(str(i) for i in sorted(set(value.ids)))
-    if isinstance(value, TargetComponentsCategorySet):
-        return "cat:" + ",".join(str(c) for c in sorted({int(c) for c in value.categories}))
-    if isinstance(value, TargetComponentsCategoryTypeSet):
-        parts = set()
-        for item in value.categories:
-            kind, subtype = betterproto2.which_one_of(item, "type")
-            suffix = f"/{kind}={int(subtype)}" if kind and subtype is not None else ""
-            parts.add(f"{int(item.category)}{suffix}")
-        return "cattype:" + ",".join(sorted(parts))
-    return ""
-
-
-def is_recurring(data: DispatchData) -> bool:
-    """Tell whether a dispatch repeats.
-
-    Args:
-        data: the dispatch data.
-
-    Returns:
-        True when it has a recurrence rule with a frequency.
-    """
-    return (
-        data.recurrence is not None and data.recurrence.freq != RecurrenceRuleFrequency.UNSPECIFIED
-    )
-
-
-@dataclass(frozen=True)
-class ListQuery:
-    """A validated list request, in storage terms (times in microseconds).
-
-    Every criterion left as None matches everything; set criteria are AND-ed.
-    `id_queries` and `type_queries` (from DispatchFilter.queries) are OR-ed
-    with each other.
-    """
-
-    microgrid_id: int
-    target_keys: Sequence[str] | None = None
-    is_active: bool | None = None
-    is_dry_run: bool | None = None
-    is_recurring: bool | None = None
-    start_from: int | None = None
-    start_to: int | None = None
-    end_from: int | None = None
-    end_to: int | None = None
-    update_from: int | None = None
-    update_to: int | None = None
-    dispatch_ids: Sequence[int] | None = None
-    id_queries: Sequence[int] = ()
-    type_queries: Sequence[str] = ()
-    sort_column: str = "create_time"
-    descending: bool = True
-    after: tuple[int, int] | None = None
-    """Sort key and id of the last row of the previous page."""
-    limit: int = 100
-
-
-@dataclass
-class ListResult(Generic[_D]):
-    """One page of a list, with what the next page needs."""
-
-    dispatches: list[_D]
-    """`Dispatch` messages, or their wire encoding (`list_encoded`)."""
-    total_items: int
-    last_key: tuple[int, int] | None = None
-    """Sort key and id of the last row, set when more rows follow."""
 
 
 class DispatchStore:
@@ -564,24 +456,6 @@ def _encoded_row(row: Sequence[object]) -> bytes:
     )
     # Dispatch: metadata = 1, data = 2; both set, so both written, as betterproto2 does.
     return encode_message_field(1, bytes(metadata)) + encode_message_field(2, blob)
-
-
-def encode_message_field(number: int, encoded: bytes) -> bytes:
-    """Return the wire bytes of a message field `number` holding the message `encoded`.
-
-    Args:
-        number: the field number (>= 1).
-        encoded: the field's message, already encoded.
-
-    Returns:
-        Tag, length and `encoded`, as protobuf writes a length-delimited field.
-    """
-    wire_type_length_delimited = 2
-    return (
-        betterproto2.encode_varint(number << 3 | wire_type_length_delimited)
-        + betterproto2.encode_varint(len(encoded))
-        + encoded
-    )
 
 
 @contextmanager
