@@ -298,6 +298,26 @@ async def test_unknown_id_is_an_api_error(server: RunningServer) -> None:
     one_error_line(await run(server, "get", MG, "x"), 2)
 
 
+TOO_BIG = str(2**64)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["get", MG, TOO_BIG], id="get-id"),
+        pytest.param(["get", MG, f"5-{TOO_BIG}"], id="get-range"),
+        pytest.param(["delete", MG, TOO_BIG], id="delete-id"),
+        pytest.param(["list", TOO_BIG], id="list-microgrid"),
+        pytest.param(["update", MG, TOO_BIG, "--inactive"], id="update-id"),
+        pytest.param(["ical", TOO_BIG, "1"], id="ical-microgrid"),
+        pytest.param(["ical", MG, TOO_BIG], id="ical-id"),
+    ],
+)
+async def test_ids_beyond_uint64_are_usage_errors(server: RunningServer, args: list[str]) -> None:
+    line = one_error_line(await run(server, *args), 2)
+    assert TOO_BIG in line and "2**64-1" in line
+
+
 # --- list ------------------------------------------------------------------------------
 
 

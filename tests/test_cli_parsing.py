@@ -30,6 +30,7 @@ from dispatch_client.cli.parsing import (
     parse_months,
     parse_target,
     parse_time,
+    parse_uint64,
     parse_weekdays,
 )
 
@@ -276,3 +277,15 @@ def test_parse_json_object() -> None:
         parse_json_object("{power: 5}")
     with pytest.raises(ValueError, match="JSON object"):
         parse_json_object("[1, 2]")
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1))
+def test_parse_uint64_accepts_every_wire_id(value: int) -> None:
+    assert parse_uint64(str(value)) == value
+    assert parse_id_ranges([str(value)]) == [value]
+
+
+@given(st.integers(min_value=2**64, max_value=2**80) | st.integers(max_value=-1))
+def test_parse_uint64_refuses_what_the_wire_cannot_carry(value: int) -> None:
+    with pytest.raises(ValueError, match=r"0\.\.2\*\*64-1"):
+        parse_uint64(str(value))

@@ -13,6 +13,7 @@ import asyncclick as click
 from ..client import Client
 from ..errors import DispatchApiError
 from .output import Output
+from .parsing import uint64_param
 
 __all__ = [
     "ApiFailure",
@@ -154,7 +155,7 @@ def command_json_option(func: F) -> F:
 
 
 def microgrid_argument(func: F) -> F:
-    """Add the MICROGRID argument (an int >= 0), passed as `microgrid_id`.
+    """Add the MICROGRID argument (an int in 0..2**64-1), passed as `microgrid_id`.
 
     Args:
         func: the command callback to decorate.
@@ -162,7 +163,7 @@ def microgrid_argument(func: F) -> F:
     Returns:
         `func` with the argument attached.
     """
-    return click.argument("microgrid_id", metavar="MICROGRID", type=click.IntRange(min=0))(func)
+    return click.argument("microgrid_id", metavar="MICROGRID", type=uint64_param())(func)
 
 
 @asynccontextmanager

@@ -26,6 +26,7 @@ from .parsing import (
     parse_weekdays,
     target_param,
     time_param,
+    uint64_param,
 )
 
 __all__ = ["create_command", "update_command"]
@@ -197,7 +198,7 @@ async def create_command(
 
 @click.command("update")
 @microgrid_argument
-@click.argument("dispatch_id", metavar="ID", type=click.IntRange(min=0))
+@click.argument("dispatch_id", metavar="ID", type=uint64_param())
 @click.option("--start", type=time_param(), help=f"New start: {TIME_HELP}.")
 @click.option("--duration", type=duration_param(), help=f"New duration: {DURATION_HELP}.")
 @click.option("--no-duration", is_flag=True, help="Make runs unlimited (clear the duration).")

@@ -28,7 +28,7 @@ from .._proto.frequenz.api.dispatch.v1 import (
     TargetComponents,
 )
 from ..targets import to_target
-from ..validation import MAX_DURATION_SECONDS, to_utc
+from ..validation import MAX_DURATION_SECONDS, check_uint64, to_utc
 
 __all__ = [
     "duration_param",
@@ -343,8 +343,8 @@ def parse_id_ranges(values: Iterable[str]) -> list[int]:
         The ids, first occurrence order, without duplicates.
 
     Raises:
-        ValueError: an item is not an id or range, a range runs backwards or
-            spans more than `MAX_ID_RANGE` ids.
+        ValueError: an item is not an id or range, an id is above 2**64-1, a
+            range runs backwards or spans more than `MAX_ID_RANGE` ids.
     """
     ids: list[int] = []
     for value in values:
@@ -357,6 +357,7 @@ def parse_id_ranges(values: Iterable[str]) -> list[int]:
             high = int(match.group(2) or low)
             if high < low:
                 raise ValueError(f"range {item!r} runs backwards; write {high}-{low}")
+            check_uint64(high, "id")
             if high - low >= MAX_ID_RANGE:
                 raise ValueError(f"range {item!r} spans more than {MAX_ID_RANGE} ids")
             ids.extend(range(low, high + 1))
@@ -444,6 +445,24 @@ def parse_weekdays(values: Iterable[str]) -> list[RecurrenceRuleWeekday]:
                 )
             days.append(matches[0])
     return _unique(days)
+
+
+def parse_uint64(text: str) -> int:
+    """Parse an id as the API takes it: a whole number in 0..2**64-1.
+
+    Args:
+        text: the number as typed.
+
+    Returns:
+        The number.
+
+    Raises:
+        ValueError: not a whole number, or out of range.
+    """
+    stripped = text.strip()
+    if not stripped.isdigit():
+        raise ValueError(f"{text!r} is not a whole number in 0..2**64-1")
+    return check_uint64(int(stripped), "id")
 
 
 def parse_frequency(text: str) -> RecurrenceRuleFrequency:
@@ -548,6 +567,15 @@ def id_range_param() -> click.ParamType[list[int]]:
         A click parameter type converting to a list of ids.
     """
     return _ParserType("id", lambda text: parse_id_ranges([text]))
+
+
+def uint64_param() -> click.ParamType[int]:
+    """Accept one id, a whole number in 0..2**64-1 (see `parse_uint64`).
+
+    Returns:
+        A click parameter type converting to an int.
+    """
+    return _ParserType("integer", parse_uint64)
 
 
 def json_object_param() -> click.ParamType[dict[str, Any]]:

@@ -13,6 +13,7 @@ import asyncclick as click
 from .._proto.frequenz.api.common.v1alpha8.types import Interval
 from ..validation import dispatch_id_of
 from .base import Settings, command_json_option, connect, microgrid_argument
+from .parsing import uint64_param
 from .timeline import Glyphs, Row, render
 
 __all__ = ["ical_command", "timeline_command"]
@@ -109,7 +110,7 @@ def _can_encode(text: str) -> bool:
 
 @click.command("ical")
 @microgrid_argument
-@click.argument("dispatch_id", metavar="ID", type=click.IntRange(min=0))
+@click.argument("dispatch_id", metavar="ID", type=uint64_param())
 @click.option(
     "-o",
     "--output",
