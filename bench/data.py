@@ -16,8 +16,6 @@ from dispatch_client import (
     ElectricalComponentCategory,
     EvChargerType,
     InverterType,
-    ListMicrogridDispatchesResponse,
-    PaginationInfo,
     RecurrenceRule,
     RecurrenceRuleEndCriteria,
     RecurrenceRuleFrequency,
@@ -25,6 +23,10 @@ from dispatch_client import (
 )
 from dispatch_client.targets import target_from_categories, target_from_ids, target_from_types
 from dispatch_client.validation import payload_to_struct
+from dispatch_client.wire import (
+    ListMicrogridDispatchesResponse,
+    PaginationInfo,
+)
 
 TYPES = ("BATTERY_CHARGE", "PV_CURTAIL", "EV_LIMIT", "LOAD_SHIFT", "GRID_SUPPORT")
 

@@ -272,8 +272,8 @@ def run_import(client: str) -> float:
 
 async def populate(db: Path, count: int) -> None:
     """Store `count` varied dispatches in the list microgrid, through the servicer."""
-    from dispatch_client import CreateMicrogridDispatchRequest
     from dispatch_client.server.service import DispatchService
+    from dispatch_client.wire import CreateMicrogridDispatchRequest
 
     from .data import dispatch_data
 

@@ -112,8 +112,8 @@ async def task_list(spec: dict[str, Any]) -> dict[str, Any]:
 def _decoder(client: str) -> Callable[[bytes], list[Any]]:
     if client in ("ours", "ours-pure"):
         # What our client's channel does with a response: its codec's decode.
-        from dispatch_client import ListMicrogridDispatchesResponse
         from dispatch_client._fastdecode import ResponseCodec
+        from dispatch_client.wire import ListMicrogridDispatchesResponse
 
         codec = ResponseCodec() if client == "ours" else ResponseCodec(fast=False)
 

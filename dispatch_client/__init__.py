@@ -2,7 +2,10 @@
 
 The generated betterproto2 messages are the domain model and are re-exported
 here, so `from dispatch_client import Dispatch, RecurrenceRule` is the stable
-import path; `dispatch_client._proto` is an implementation detail.
+import path; `dispatch_client._proto` is an implementation detail. The root
+holds the client, its errors, the domain messages and enums, and helpers; the
+wire Request/Response classes, the stub and the service base are in
+`dispatch_client.wire`.
 """
 
 import importlib
@@ -14,25 +17,11 @@ from ._proto.frequenz.api.common.v1alpha8.microgrid.electrical_components import
     EvChargerType,
     InverterType,
 )
-from ._proto.frequenz.api.common.v1alpha8.pagination import PaginationInfo, PaginationParams
 from ._proto.frequenz.api.common.v1alpha8.streaming import Event
-from ._proto.frequenz.api.common.v1alpha8.types import Interval
 from ._proto.frequenz.api.dispatch.v1 import (
-    CreateMicrogridDispatchRequest,
-    CreateMicrogridDispatchResponse,
-    DeleteMicrogridDispatchRequest,
-    DeleteMicrogridDispatchResponse,
     Dispatch,
     DispatchData,
-    DispatchFilter,
-    DispatchFilterRecurrenceFilter,
     DispatchMetadata,
-    GetMicrogridDispatchRequest,
-    GetMicrogridDispatchResponse,
-    ListMicrogridDispatchesRequest,
-    ListMicrogridDispatchesResponse,
-    MicrogridDispatchServiceBase,
-    MicrogridDispatchServiceStub,
     RecurrenceRule,
     RecurrenceRuleEndCriteria,
     RecurrenceRuleFrequency,
@@ -40,17 +29,11 @@ from ._proto.frequenz.api.dispatch.v1 import (
     SortField,
     SortOptions,
     SortOrder,
-    StreamMicrogridDispatchesRequest,
-    StreamMicrogridDispatchesResponse,
     TargetComponents,
     TargetComponentsCategoryAndType,
     TargetComponentsCategorySet,
     TargetComponentsCategoryTypeSet,
     TargetComponentsIdSet,
-    UpdateMicrogridDispatchRequest,
-    UpdateMicrogridDispatchRequestDispatchUpdate,
-    UpdateMicrogridDispatchRequestDispatchUpdateRecurrenceRuleUpdate,
-    UpdateMicrogridDispatchResponse,
 )
 from .client import Client, SortSpec
 from .connection import ChannelOptions
@@ -58,6 +41,7 @@ from .errors import (
     Aborted,
     AlreadyExists,
     Cancelled,
+    ClientError,
     ClientNotConnected,
     DataLoss,
     DeadlineExceeded,
@@ -88,14 +72,7 @@ from .targets import (
 if TYPE_CHECKING:
     from .recurrence import is_running, next_run, runs, series_end, to_rrule, until
     from .schedule import RunTracker, RunTransition, Transition
-    from .streaming import (
-        Backoff,
-        DispatchEvent,
-        SharedStream,
-        StreamHub,
-        StreamState,
-        StreamStatus,
-    )
+    from .streaming import Backoff, DispatchEvent, SharedStream, StreamState, StreamStatus
 
 # Schedule and stream helpers load on first use (PEP 562): a program that only
 # makes unary calls doesn't pay for dateutil's rrule, anyio or their modules at
@@ -106,14 +83,24 @@ _LAZY = {
     ),
     **dict.fromkeys(("RunTracker", "RunTransition", "Transition"), "schedule"),
     **dict.fromkeys(
-        ("Backoff", "DispatchEvent", "SharedStream", "StreamHub", "StreamState", "StreamStatus"),
+        ("Backoff", "DispatchEvent", "SharedStream", "StreamState", "StreamStatus"),
         "streaming",
     ),
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Import a lazily exported name from its module on first access."""
+    """Import a lazily exported name from its module on first access.
+
+    Args:
+        name: the attribute asked for.
+
+    Returns:
+        The name's value, cached in the module from then on.
+
+    Raises:
+        AttributeError: the package has no such name.
+    """
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -123,7 +110,11 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    """List the lazy names too, so completion and `dir()` see the whole API."""
+    """List the lazy names too, so completion and `dir()` see the whole API.
+
+    Returns:
+        The sorted names of the module, loaded or not.
+    """
     return sorted(set(globals()) | set(_LAZY))
 
 
@@ -142,20 +133,15 @@ __all__ = [
     "Cancelled",
     "ChannelOptions",
     "Client",
+    "ClientError",
     "ClientNotConnected",
     "ComponentType",
-    "CreateMicrogridDispatchRequest",
-    "CreateMicrogridDispatchResponse",
     "DataLoss",
     "DeadlineExceeded",
-    "DeleteMicrogridDispatchRequest",
-    "DeleteMicrogridDispatchResponse",
     "Dispatch",
     "DispatchApiError",
     "DispatchData",
     "DispatchEvent",
-    "DispatchFilter",
-    "DispatchFilterRecurrenceFilter",
     "DispatchMetadata",
     "ElectricalComponentCategory",
     "EndCriteria",
@@ -163,20 +149,11 @@ __all__ = [
     "Event",
     "FailedPrecondition",
     "Frequency",
-    "GetMicrogridDispatchRequest",
-    "GetMicrogridDispatchResponse",
     "Internal",
-    "Interval",
     "InvalidArgument",
     "InverterType",
-    "ListMicrogridDispatchesRequest",
-    "ListMicrogridDispatchesResponse",
-    "MicrogridDispatchServiceBase",
-    "MicrogridDispatchServiceStub",
     "NotFound",
     "OutOfRange",
-    "PaginationInfo",
-    "PaginationParams",
     "PermissionDenied",
     "RecurrenceRule",
     "RecurrenceRuleEndCriteria",
@@ -190,9 +167,6 @@ __all__ = [
     "SortOptions",
     "SortOrder",
     "SortSpec",
-    "StreamHub",
-    "StreamMicrogridDispatchesRequest",
-    "StreamMicrogridDispatchesResponse",
     "StreamOverflow",
     "StreamState",
     "StreamStatus",
@@ -207,10 +181,6 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "UnknownError",
-    "UpdateMicrogridDispatchRequest",
-    "UpdateMicrogridDispatchRequestDispatchUpdate",
-    "UpdateMicrogridDispatchRequestDispatchUpdateRecurrenceRuleUpdate",
-    "UpdateMicrogridDispatchResponse",
     "Weekday",
     "__version__",
     "category_and_type",

@@ -26,7 +26,12 @@ INSTALL_HINT = "pip install 'dispatch_client[trio]'"
 
 
 def in_trio() -> bool:
-    """Whether the calling code runs in trio (not in asyncio, nor in trio-asyncio's asyncio mode)."""
+    """Tell whether the calling code runs in trio.
+
+    Returns:
+        True inside trio (directly or as anyio's backend); False in asyncio,
+        in trio-asyncio's asyncio mode and outside any event loop.
+    """
     if "trio" not in sys.modules:
         return False
     sniffio = sys.modules.get("sniffio")
@@ -40,6 +45,8 @@ def in_trio() -> bool:
 
 
 def _bridge() -> ModuleType:
+    # The bridge's own ImportError (trio missing or too old) says what is
+    # wrong; the install hint is added here, once.
     try:
         from . import _trio
     except ImportError as exc:
@@ -65,11 +72,29 @@ def _decorate(method: Callable[_P, _R], kind: str) -> Callable[_P, _R]:
 def trio_aware(method: Callable[_P, _R]) -> Callable[_P, _R]:
     """Make a `Client` coroutine method, or one returning an async generator, work inside trio.
 
-    The method must take the client as its first argument.
+    The method must take the client as its first argument and must not call
+    another decorated method (call the undecorated internal instead).
+
+    Args:
+        method: the method to wrap.
+
+    Returns:
+        The method, handed to `dispatch_client._trio` when called inside trio.
+
+    Raises:
+        ImportError: (from the returned method) called inside trio without
+            the `trio` extra installed; the message says what to install.
     """
     return _decorate(method, "call" if inspect.iscoroutinefunction(method) else "iterate")
 
 
 def trio_aware_disconnect(method: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Like `trio_aware`, for `Client.disconnect`: afterwards the client's loop thread stops."""
+    """Like `trio_aware`, for `Client.disconnect`: afterwards the client's loop thread stops.
+
+    Args:
+        method: `Client.disconnect`.
+
+    Returns:
+        The wrapped method.
+    """
     return _decorate(method, "disconnect")

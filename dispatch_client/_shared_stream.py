@@ -41,7 +41,6 @@ scheduling, not network latency.
 
 from __future__ import annotations
 
-import copy
 import enum
 import logging
 import math
@@ -56,17 +55,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._proto.frequenz.api.common.v1alpha8.streaming import Event
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
 from ._tasks import OwnedTask, aclose_quietly
-from .connection import absorb_leaked_cancel, translate_error
+from .connection import absorb_leaked_cancel
 from .errors import (
-    Aborted,
     Cancelled,
-    DeadlineExceeded,
     DispatchApiError,
-    Internal,
-    ResourceExhausted,
     StreamOverflow,
     Unavailable,
-    UnknownError,
+    copy_error,
+    map_errors,
 )
 from .watchview import DispatchEvent
 
@@ -84,17 +80,6 @@ __all__ = [
 _log = logging.getLogger("dispatch_client.streaming")
 
 Overflow: TypeAlias = Literal["error", "drop_oldest", "resync"]
-
-# Statuses worth re-opening a stream for; all others are a verdict on the request.
-_RETRYABLE = (
-    Unavailable,
-    DeadlineExceeded,
-    Aborted,
-    Internal,
-    UnknownError,
-    ResourceExhausted,
-    Cancelled,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,26 +162,17 @@ class StreamSettings:
 
     def typed(self, error: BaseException) -> BaseException:
         """Return the client's typed error for a transport failure, or `error` itself."""
-        return translate_error(error, self.server_url) or error
+        try:
+            with map_errors(self.server_url):
+                raise error
+        except Exception as mapped:
+            return mapped
+        return error  # not reached: the block always raises
 
 
 def is_retryable(error: BaseException) -> bool:
     """Tell whether a stream or list failure is worth trying again after a delay."""
-    return isinstance(error, _RETRYABLE)
-
-
-def copy_error(error: BaseException) -> BaseException:
-    """Return a fresh exception per consumer: one instance raised in many tasks tangles tracebacks."""
-    fresh: BaseException
-    if isinstance(error, DispatchApiError):
-        fresh = type(error)(error.message, server_url=error.server_url)
-    else:
-        try:
-            fresh = copy.copy(error)
-        except Exception:
-            return error
-    fresh.__cause__ = error
-    return fresh
+    return isinstance(error, DispatchApiError) and error.retryable
 
 
 class Marker(enum.Enum):

@@ -52,7 +52,6 @@ from typing import Any, Final, Generic, TypeVar
 
 import trio
 
-from ._runtime import INSTALL_HINT
 from .errors import ClientNotConnected
 
 __all__ = ["bridged"]
@@ -72,9 +71,9 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 if _version(trio.__version__) < MIN_TRIO:
+    # `_runtime` adds the install hint when it imports this module.
     raise ImportError(
         f"trio {trio.__version__} is too old (need >= {'.'.join(map(str, MIN_TRIO))})"
-        f": {INSTALL_HINT}"
     )
 
 
@@ -316,7 +315,6 @@ def _settle_from(reply: _Reply[_T], task: asyncio.Task[_T]) -> None:
 
 _loops: weakref.WeakKeyDictionary[object, _LoopThread] = weakref.WeakKeyDictionary()
 _loops_lock = threading.Lock()
-_building = threading.local()
 
 
 def _loop_for(client: object) -> _LoopThread:
@@ -330,11 +328,22 @@ def _loop_for(client: object) -> _LoopThread:
 def bridged(
     kind: str, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """Call a `Client` method inside trio (`kind`: "call", "iterate" or "disconnect")."""
-    if getattr(_building, "active", False):
-        # Called while building another method's generator (running() calls
-        # watch()): that generator runs on the loop, so this one must too.
-        return method(*args, **kwargs)
+    """Call a `Client` method inside trio.
+
+    Public methods call only undecorated internals, so a call never arrives
+    here while another method's generator is being built.
+
+    Args:
+        kind: `"call"` (a coroutine method), `"iterate"` (a method returning
+            an async generator) or `"disconnect"`.
+        method: the undecorated method.
+        args: its positional arguments, the client first.
+        kwargs: its keyword arguments.
+
+    Returns:
+        A coroutine (for `"call"` and `"disconnect"`) or an async generator
+        that runs the method on the client's asyncio loop thread.
+    """
     client = args[0]
     if kind == "call":
         return _call(client, lambda: method(*args, **kwargs))
@@ -342,12 +351,7 @@ def bridged(
         return _disconnect(client, lambda: method(*args, **kwargs))
     # Built here, so that bad arguments raise at the call as under asyncio;
     # its body runs on the loop.
-    _building.active = True
-    try:
-        agen = method(*args, **kwargs)
-    finally:
-        _building.active = False
-    return _iterate(client, agen)
+    return _iterate(client, method(*args, **kwargs))
 
 
 async def _call(client: object, make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:

@@ -1,62 +1,41 @@
-"""`Client`: the facade over the generated grpclib stub.
+"""`Client`: the facade over the Dispatch API's gRPC service.
 
-It adds only what the wire cannot: connection lifecycle, auth metadata,
-checks before sending, the `"NOW"` start time, the update mask, pagination,
-typed errors and shared streams. Every value returned is the generated message.
+It adds only what the wire cannot: connection lifecycle, auth metadata, checks
+before sending, the `"NOW"` start time, the update mask, pagination, typed errors
+and shared streams. Every value returned is the generated message. Each call
+method reads build (`requests`) → call (`connection.unary`, errors mapped by
+`errors.map_errors`) → unwrap.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import datetime as dt
-import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from contextlib import aclosing
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
-from grpclib.const import Cardinality
-
-from . import _defaults
-from ._proto.frequenz.api.common.v1alpha8.pagination import PaginationParams
-from ._proto.frequenz.api.common.v1alpha8.types import Interval
+from . import _defaults, requests
 from ._proto.frequenz.api.dispatch.v1 import (
-    CreateMicrogridDispatchRequest,
-    DeleteMicrogridDispatchRequest,
     Dispatch,
-    DispatchData,
-    DispatchFilter,
-    GetMicrogridDispatchRequest,
-    ListMicrogridDispatchesRequest,
-    MicrogridDispatchServiceStub,
     RecurrenceRule,
-    SortField,
-    SortOptions,
-    SortOrder,
-    StreamMicrogridDispatchesRequest,
     StreamMicrogridDispatchesResponse,
-    UpdateMicrogridDispatchRequest,
 )
 from ._runtime import trio_aware, trio_aware_disconnect
 from .connection import (
     ChannelOptions,
-    ServerTarget,
-    absorb_leaked_cancel,
-    open_channel,
+    Credentials,
+    LoopChannel,
     parse_server_url,
-    translate_error,
+    seconds_or_none,
+    server_stream,
+    unary,
 )
 from .errors import ClientNotConnected, UnknownError
-from .targets import TargetLike, to_target
-from .update import build_update
-from .validation import (
-    check_aware,
-    check_dispatch_data,
-    check_duration,
-    check_start_time,
-    payload_to_struct,
-)
+from .requests import START_TIME_GRACE, SortSpec
+from .targets import TargetLike
+from .validation import check_positive_int
 
 if TYPE_CHECKING:
     from grpclib.client import Channel
@@ -64,129 +43,9 @@ if TYPE_CHECKING:
     from .schedule import RunTransition
     from .streaming import Backoff, DispatchEvent, SharedStream, StreamHub, StreamStatus
 
-__all__ = ["START_TIME_GRACE", "Client", "SortSpec", "build_create_request"]
+__all__ = ["START_TIME_GRACE", "Client", "SortSpec"]
 
-_log = logging.getLogger(__name__)
-_STREAM_PATH = "/frequenz.api.dispatch.v1.MicrogridDispatchService/StreamMicrogridDispatches"
-_T = TypeVar("_T")
-_MAX_UINT64 = 2**64 - 1
-
-START_TIME_GRACE = dt.timedelta(seconds=1)
-"""How far in the past a start time may be and still count as "now".
-
-`datetime.now(UTC)` computed just before a call is a moment old when checked;
-that is not the mistake the past-start check is meant to catch.
-"""
-
-SortSpec = SortOptions | SortField | tuple[SortField, SortOrder]
-"""A sort for `Client.list`: a field (ascending), a (field, order) pair or `SortOptions`."""
-
-
-class _Credentials:
-    """The API key and sign secret, kept out of every repr."""
-
-    __slots__ = ("key", "sign_secret")
-
-    def __init__(self, key: str | None, sign_secret: str | None) -> None:
-        self.key = key
-        self.sign_secret = sign_secret
-
-    def __repr__(self) -> str:
-        return "_Credentials(<hidden>)"
-
-
-def _seconds(value: dt.timedelta | None, name: str) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, dt.timedelta) or value <= dt.timedelta(0):
-        raise ValueError(f"{name} must be a positive timedelta or None, got {value!r}")
-    return value.total_seconds()
-
-
-def _check_uint64(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_UINT64:
-        raise ValueError(f"{name} must be an int in 0..2**64-1, got {value!r}")
-    return value
-
-
-def _sort_options(sort: SortSpec | None) -> SortOptions | None:
-    if sort is None or isinstance(sort, SortOptions):
-        return sort
-    if isinstance(sort, SortField):
-        return SortOptions(sort_field=sort, sort_order=SortOrder.ASCENDING)
-    if isinstance(sort, tuple) and len(sort) == 2:
-        field, order = sort
-        if isinstance(field, SortField) and isinstance(order, SortOrder):
-            return SortOptions(sort_field=field, sort_order=order)
-    raise ValueError(
-        f"sort must be a SortField, (SortField, SortOrder) or SortOptions, got {sort!r}"
-    )
-
-
-def _interval(start: dt.datetime | None, end: dt.datetime | None, name: str) -> Interval | None:
-    if start is None and end is None:
-        return None
-    return Interval(
-        start_time=None if start is None else check_aware(start, f"{name}_from"),
-        end_time=None if end is None else check_aware(end, f"{name}_to"),
-    )
-
-
-def build_create_request(
-    microgrid_id: int,
-    type: str,
-    start_time: dt.datetime | Literal["NOW"],
-    duration: dt.timedelta | None,
-    target: TargetLike,
-    *,
-    active: bool = True,
-    dry_run: bool = False,
-    payload: Mapping[str, Any] | None = None,
-    recurrence: RecurrenceRule | None = None,
-    now: dt.datetime | None = None,
-) -> CreateMicrogridDispatchRequest:
-    """Check the arguments of `Client.create` and build its request; raise `ValueError` if bad."""
-    now = now or dt.datetime.now(dt.UTC)
-    _check_uint64(microgrid_id, "microgrid_id")
-    if not isinstance(type, str) or not type:
-        raise ValueError(f"type must be a non-empty str, got {type!r}")
-    start_immediately = isinstance(start_time, str) and start_time.upper() == "NOW"
-    if isinstance(start_time, str) and not start_immediately:
-        raise ValueError(f'start_time must be an aware datetime or "NOW", got {start_time!r}')
-    start = (
-        None
-        if start_immediately
-        else check_start_time(start_time, now=now, allowance=START_TIME_GRACE)
-    )
-    for name, flag in (("active", active), ("dry_run", dry_run)):
-        if not isinstance(flag, bool):
-            raise ValueError(f"{name} must be a bool, got {flag!r}")
-    if recurrence is not None and not isinstance(recurrence, RecurrenceRule):
-        raise ValueError(
-            f"recurrence must be a RecurrenceRule, got {recurrence.__class__.__name__}"
-        )
-    data = DispatchData(
-        type=type,
-        start_time=start,
-        duration=check_duration(duration),
-        target=to_target(target),
-        is_active=active,
-        is_dry_run=dry_run,
-        payload=payload_to_struct(payload),
-        recurrence=recurrence,
-    )
-    check_dispatch_data(
-        data,
-        now=now,
-        allowance=START_TIME_GRACE,
-        start_immediately=start_immediately,
-        payload_checked=True,  # by payload_to_struct above
-    )
-    return CreateMicrogridDispatchRequest(
-        microgrid_id=microgrid_id,
-        dispatch_data=data,
-        start_immediately=True if start_immediately else None,
-    )
+_Resp = TypeVar("_Resp")
 
 
 class Client:
@@ -199,8 +58,10 @@ class Client:
             ...
     ```
 
-    `auth_key` (alias `key`) may be omitted only for servers that check no
-    keys, such as a local reference server started without any.
+    Every call raises `ValueError` naming the argument before sending when an
+    argument is wrong, `ClientNotConnected` when the client is not connected,
+    and otherwise a `DispatchApiError` subclass for the gRPC status of a
+    failed call (`Unavailable` when the server cannot be reached).
 
     Inside trio (directly or as anyio's backend) the same calls work: the
     client then runs grpclib on an asyncio loop in a thread of its own, which
@@ -224,37 +85,39 @@ class Client:
     ) -> None:
         """Check the URL and options now; the channel opens on first use in a running loop.
 
-        `stream_buffer_size` is each stream consumer's default buffer,
-        `stream_backoff` the reconnect policy of shared streams and
-        `on_stream_status` a hook told of every stream state change.
+        Args:
+            server_url: `grpc://host[:port][?options]` (see `dispatch_client.connection`);
+                TLS and port 443 unless it says otherwise. Never credentials.
+            auth_key: the API key sent with every call; may be omitted only
+                for servers that check no keys (e.g. a local reference server).
+            key: alias of `auth_key`.
+            sign_secret: secret to sign every request with (needs `auth_key`).
+            connect: call `connect()` now.
+            call_timeout: deadline of each unary call (None: no deadline).
+            stream_timeout: how long a stream may stay silent before it is
+                re-opened (None: forever).
+            channel_defaults: channel options the URL's parameters override.
+            stream_buffer_size: events each stream consumer may fall behind
+                by, by default (an int >= 1).
+            stream_backoff: the reconnect policy of shared streams.
+            on_stream_status: called with every stream state change.
+
+        Raises:
+            ValueError: the URL or an option is invalid, or `auth_key` and
+                `key` differ.
         """
         if auth_key is not None and key is not None and auth_key != key:
             raise ValueError("auth_key and key are aliases; pass only one of them")
-        auth_key = auth_key if auth_key is not None else key
-        for name, value in (("auth_key", auth_key), ("sign_secret", sign_secret)):
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ValueError(f"{name} must be a non-empty str")
-        if sign_secret is not None and auth_key is None:
-            raise ValueError("sign_secret needs an auth_key to sign")
-        self._credentials = _Credentials(auth_key, sign_secret)
-        self._call_timeout = _seconds(call_timeout, "call_timeout")
-        self._stream_timeout = _seconds(stream_timeout, "stream_timeout")
+        self._credentials = Credentials(auth_key if auth_key is not None else key, sign_secret)
+        self._call_timeout = seconds_or_none(call_timeout, "call_timeout")
+        self._stream_timeout = seconds_or_none(stream_timeout, "stream_timeout")
         self._channel_defaults = channel_defaults or ChannelOptions()
-        self._target: ServerTarget = parse_server_url(server_url, self._channel_defaults)
+        self._conn = LoopChannel(
+            parse_server_url(server_url, self._channel_defaults), self._credentials
+        )
         self._connected = False
-        self._channel: Channel | None = None
-        self._channel_loop: asyncio.AbstractEventLoop | None = None
-        self._stub: MicrogridDispatchServiceStub | None = None
         self._hub: StreamHub | None = None
-        if isinstance(stream_buffer_size, bool) or not isinstance(stream_buffer_size, int):
-            raise ValueError(
-                f"stream_buffer_size must be a positive int, got {stream_buffer_size!r}"
-            )
-        if stream_buffer_size < 1:
-            raise ValueError(
-                f"stream_buffer_size must be a positive int, got {stream_buffer_size!r}"
-            )
-        self._stream_buffer_size = stream_buffer_size
+        self._stream_buffer_size = check_positive_int(stream_buffer_size, "stream_buffer_size")
         self._stream_backoff = stream_backoff
         self._on_stream_status = on_stream_status
         if connect:
@@ -262,14 +125,14 @@ class Client:
 
     def __repr__(self) -> str:
         state = "connected" if self._connected else "disconnected"
-        return f"Client({self._target.url!r}, {state})"
+        return f"Client({self._conn.target.url!r}, {state})"
 
     # -- connection lifecycle -------------------------------------------------
 
     @property
     def server_url(self) -> str:
         """The server URL (it never carries credentials)."""
-        return self._target.url
+        return self._conn.target.url
 
     @property
     def channel_defaults(self) -> ChannelOptions:
@@ -279,7 +142,7 @@ class Client:
     @property
     def channel_options(self) -> ChannelOptions:
         """The effective channel options: the defaults overridden by the URL."""
-        return self._target.options
+        return self._conn.target.options
 
     @property
     def is_connected(self) -> bool:
@@ -290,84 +153,68 @@ class Client:
         """Connect, or switch to `server_url`; a no-op when already connected there.
 
         The grpclib channel itself opens lazily, on the first call.
+
+        Args:
+            server_url: a new server URL, or None to keep the current one.
+
+        Raises:
+            ValueError: `server_url` is invalid (the client keeps its old URL).
         """
-        if server_url is not None and server_url != self._target.url:
+        if server_url is not None and server_url != self._conn.target.url:
             target = parse_server_url(server_url, self._channel_defaults)
-            if target.url != self._target.url:
-                self._drop_channel()
-                self._target = target
+            if target.url != self._conn.target.url:
+                self._conn.close()
+                self._conn = LoopChannel(target, self._credentials)
         self._connected = True
 
     @trio_aware_disconnect
     async def disconnect(self) -> None:
-        """Close shared streams and the channel; calling it again does nothing."""
+        """Close shared streams and the channel; calling it again does nothing.
+
+        Open `stream()`/`watch()` generators end; calls in flight fail.
+        """
         hub, self._hub = self._hub, None
         self._connected = False
         try:
             if hub is not None:
                 await hub.aclose()
         finally:
-            self._drop_channel()
+            self._conn.close()
 
     async def __aenter__(self) -> Self:
+        """Connect (see `connect()`) and return the client."""
         self.connect()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        """Disconnect (see `disconnect()`)."""
         await self.disconnect()
-
-    def _drop_channel(self) -> None:
-        channel, loop = self._channel, self._channel_loop
-        self._channel = self._channel_loop = self._stub = None
-        # A channel whose loop has closed can no longer be closed from here; its
-        # socket goes with garbage collection (disconnect before the loop ends).
-        if channel is None or loop is None or loop.is_closed():
-            return
-        if loop.is_running() and loop is not asyncio._get_running_loop():
-            # The loop runs in another thread (the trio bridge's): close it there.
-            loop.call_soon_threadsafe(channel.close)
-        else:
-            channel.close()
 
     @property
     def channel(self) -> Channel:
-        """The grpclib channel; raises `ClientNotConnected` when not connected.
+        """The grpclib channel of the running event loop, opened there on first use.
 
-        grpclib binds a channel to one event loop, so it is (re)created inside
-        the running loop: a client built outside any loop, or reused by a later
-        `asyncio.run` after `disconnect()`, gets a channel of the loop it runs in.
+        Raises:
+            ClientNotConnected: the client is not connected.
         """
+        self._check_connected()
+        return self._conn.get()
+
+    def _check_connected(self) -> None:
         if not self._connected:
             raise ClientNotConnected(
                 "the client is not connected; call connect() first", server_url=self.server_url
             )
-        loop = asyncio.get_running_loop()
-        if self._channel is None or self._channel_loop is not loop:
-            self._drop_channel()
-            _log.debug("opening channel to %s", self.server_url)
-            self._channel, self._channel_loop = open_channel(
-                self._target,
-                key=self._credentials.key,
-                sign_secret=self._credentials.sign_secret,
-            )
-        return self._channel
 
-    def _service(self) -> MicrogridDispatchServiceStub:
-        channel = self.channel
-        if self._stub is None or self._stub.channel is not channel:
-            self._stub = MicrogridDispatchServiceStub(channel)
-        return self._stub
+    async def _unary(self, call: requests.Call[Any, _Resp]) -> _Resp:
+        return await unary(
+            self.channel, call, time_limit=self._call_timeout, server_url=self.server_url
+        )
 
-    async def _call(self, call: Callable[[MicrogridDispatchServiceStub], Awaitable[_T]]) -> _T:
-        service = self._service()
-        try:
-            with absorb_leaked_cancel():
-                return await call(service)
-        except Exception as exc:
-            error = translate_error(exc, self.server_url)
-            if error is None or error is exc:
-                raise
-            raise error from exc
+    def _unwrap(self, dispatch: Dispatch | None) -> Dispatch:
+        if dispatch is None:
+            raise UnknownError("the server answered without a dispatch", server_url=self.server_url)
+        return dispatch
 
     # -- unary calls ----------------------------------------------------------
 
@@ -385,13 +232,32 @@ class Client:
         payload: Mapping[str, Any] | None = None,
         recurrence: RecurrenceRule | None = None,
     ) -> Dispatch:
-        """Create a dispatch; `start_time="NOW"` starts it as soon as the server stores it.
+        """Create a dispatch.
 
-        Raises `ValueError` before sending for a naive or past start time, a
-        negative duration, a payload that is not JSON-like (or nested deeper
-        than 5 levels, or over 50 KB) and an invalid recurrence rule.
+        Args:
+            microgrid_id: the microgrid, an int in 0..2**64-1.
+            type: the dispatch type (free text the consumers agree on), non-empty.
+            start_time: an aware datetime not in the past, or `"NOW"` to start
+                as soon as the server stores it (at the server's clock).
+            duration: how long each run lasts (sent in whole seconds), or None
+                for unlimited.
+            target: component ids, categories or types (see `to_target`).
+            active: whether the dispatch is active.
+            dry_run: whether the dispatch is a dry run.
+            payload: a JSON-like dict, at most 5 levels deep and 50 KB encoded.
+            recurrence: the recurrence rule, or None for a single run.
+
+        Returns:
+            The dispatch as stored, with its id and timestamps in `metadata`.
+
+        Raises:
+            ValueError: before sending, for a naive or past start time, a
+                negative duration, a payload that is not JSON-like or too
+                large, an invalid recurrence rule or target.
+            ClientNotConnected: the client is not connected.
+            DispatchApiError: the call failed (a subclass per gRPC status).
         """
-        request = build_create_request(
+        call = requests.create(
             microgrid_id,
             type,
             start_time,
@@ -402,59 +268,74 @@ class Client:
             payload=payload,
             recurrence=recurrence,
         )
-        response = await self._call(
-            lambda s: s.create_microgrid_dispatch(request, timeout=self._call_timeout)
-        )
-        return self._require(response.dispatch)
+        return self._unwrap((await self._unary(call)).dispatch)
 
     @trio_aware
     async def get(self, microgrid_id: int, dispatch_id: int) -> Dispatch:
-        """Fetch one dispatch; raises `NotFound` if it does not exist."""
-        request = GetMicrogridDispatchRequest(
-            microgrid_id=_check_uint64(microgrid_id, "microgrid_id"),
-            dispatch_id=_check_uint64(dispatch_id, "dispatch_id"),
-        )
-        response = await self._call(
-            lambda s: s.get_microgrid_dispatch(request, timeout=self._call_timeout)
-        )
-        return self._require(response.dispatch)
+        """Fetch one dispatch.
+
+        Args:
+            microgrid_id: the microgrid, an int in 0..2**64-1.
+            dispatch_id: the dispatch, an int in 0..2**64-1.
+
+        Returns:
+            The dispatch.
+
+        Raises:
+            ValueError: an id is not an int in range (before sending).
+            NotFound: the dispatch does not exist.
+            ClientNotConnected: the client is not connected.
+            DispatchApiError: the call failed otherwise.
+        """
+        call = requests.get(microgrid_id, dispatch_id)
+        return self._unwrap((await self._unary(call)).dispatch)
 
     @trio_aware
     async def delete(self, microgrid_id: int, dispatch_id: int) -> None:
-        """Delete a dispatch; raises `NotFound` if it does not exist."""
-        request = DeleteMicrogridDispatchRequest(
-            microgrid_id=_check_uint64(microgrid_id, "microgrid_id"),
-            dispatch_id=_check_uint64(dispatch_id, "dispatch_id"),
-        )
-        await self._call(lambda s: s.delete_microgrid_dispatch(request, timeout=self._call_timeout))
+        """Delete a dispatch.
+
+        Args:
+            microgrid_id: the microgrid, an int in 0..2**64-1.
+            dispatch_id: the dispatch, an int in 0..2**64-1.
+
+        Raises:
+            ValueError: an id is not an int in range (before sending).
+            NotFound: the dispatch does not exist.
+            ClientNotConnected: the client is not connected.
+            DispatchApiError: the call failed otherwise.
+        """
+        await self._unary(requests.delete(microgrid_id, dispatch_id))
 
     @trio_aware
     async def update(
         self, microgrid_id: int, dispatch_id: int, new_fields: Mapping[str, Any]
     ) -> Dispatch:
-        """Change the fields named in `new_fields` (see `dispatch_client.update`) and only those."""
-        _check_uint64(microgrid_id, "microgrid_id")
-        _check_uint64(dispatch_id, "dispatch_id")
-        update, mask = build_update(
-            new_fields, now=dt.datetime.now(dt.UTC), allowance=START_TIME_GRACE
-        )
-        request = UpdateMicrogridDispatchRequest(
-            microgrid_id=microgrid_id, dispatch_id=dispatch_id, update_mask=mask, update=update
-        )
-        response = await self._call(
-            lambda s: s.update_microgrid_dispatch(request, timeout=self._call_timeout)
-        )
-        return self._require(response.dispatch)
+        """Change the fields named in `new_fields` and only those.
 
-    def _require(self, dispatch: Dispatch | None) -> Dispatch:
-        if dispatch is None:
-            raise UnknownError("the server answered without a dispatch", server_url=self.server_url)
-        return dispatch
+        Args:
+            microgrid_id: the microgrid, an int in 0..2**64-1.
+            dispatch_id: the dispatch, an int in 0..2**64-1.
+            new_fields: field name → new value; the keys are listed in
+                `dispatch_client.update` (e.g. `{"duration": timedelta(hours=2)}`,
+                `{"recurrence.interval": 2}`, `{"active": False}`).
+
+        Returns:
+            The dispatch as stored after the change.
+
+        Raises:
+            ValueError: before sending, for an unknown or fixed key (`type`,
+                `dry_run`) or a bad value.
+            NotFound: the dispatch does not exist.
+            ClientNotConnected: the client is not connected.
+            DispatchApiError: the call failed otherwise.
+        """
+        call = requests.update(microgrid_id, dispatch_id, new_fields)
+        return self._unwrap((await self._unary(call)).dispatch)
 
     # -- listing --------------------------------------------------------------
 
     @trio_aware
-    async def list(
+    def list(
         self,
         microgrid_id: int,
         *,
@@ -475,34 +356,59 @@ class Client:
     ) -> AsyncGenerator[builtins.list[Dispatch], None]:
         """Yield pages of dispatches, following the server's page tokens to the end.
 
-        Time filters take aware datetimes: `*_from` is inclusive, `*_to`
-        exclusive. `filter_queries` are OR-ed: `"#12"` matches dispatch 12, any
-        other text dispatches whose type contains it. Empty pages are skipped.
+        Filters combine with AND; the arguments are checked on the first iteration.
+
+        Args:
+            microgrid_id: the microgrid, an int in 0..2**64-1.
+            target_components: match dispatches targeting any of these.
+            start_from: aware datetime; start times from it (inclusive).
+            start_to: aware datetime; start times before it (exclusive).
+            end_from: aware datetime; end times from it (inclusive).
+            end_to: aware datetime; end times before it (exclusive).
+            update_from: aware datetime; last updates from it (inclusive).
+            update_to: aware datetime; last updates before it (exclusive).
+            active: only active (True) or inactive (False) ones; None for both.
+            dry_run: only dry runs (True) or real ones (False); None for both.
+            recurring: only recurring (True) or single (False) ones; None for both.
+            dispatch_ids: only these ids.
+            filter_queries: OR-ed texts: `"#12"` matches dispatch 12, any other
+                text dispatches whose type contains it.
+            sort: a field (ascending), a (field, order) pair or `SortOptions`.
+            page_size: dispatches per page (an int >= 1); None for the server's default.
+
+        Yields:
+            Each non-empty page, a list of dispatches in the requested order.
+
+        Raises:
+            ValueError: a filter is of the wrong type or out of range (before sending).
+            ClientNotConnected: the client is not connected.
+            DispatchApiError: a page could not be fetched.
         """
-        request = ListMicrogridDispatchesRequest(
-            microgrid_id=_check_uint64(microgrid_id, "microgrid_id"),
-            filter=self._filter(
-                target_components=target_components,
-                start=(start_from, start_to),
-                end=(end_from, end_to),
-                updated=(update_from, update_to),
-                active=active,
-                dry_run=dry_run,
-                recurring=recurring,
-                dispatch_ids=dispatch_ids,
-                filter_queries=filter_queries,
-            ),
-            sort_options=_sort_options(sort),
+        return self._list(
+            microgrid_id,
+            target_components=target_components,
+            start_from=start_from,
+            start_to=start_to,
+            end_from=end_from,
+            end_to=end_to,
+            update_from=update_from,
+            update_to=update_to,
+            active=active,
+            dry_run=dry_run,
+            recurring=recurring,
+            dispatch_ids=dispatch_ids,
+            filter_queries=filter_queries,
+            sort=sort,
+            page_size=page_size,
         )
-        if page_size is not None:
-            if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
-                raise ValueError(f"page_size must be a positive int, got {page_size!r}")
-            request.pagination_params = PaginationParams(page_size=page_size)
+
+    async def _list(
+        self, microgrid_id: int, **filters: Any
+    ) -> AsyncGenerator[builtins.list[Dispatch], None]:
+        call = requests.list_page(microgrid_id, **filters)
         seen_tokens: set[str] = set()
         while True:
-            response = await self._call(
-                lambda s: s.list_microgrid_dispatches(request, timeout=self._call_timeout)
-            )
+            response = await self._unary(call)
             if response.dispatches:
                 yield list(response.dispatches)
             info = response.pagination_info
@@ -511,47 +417,30 @@ class Client:
             if not token or token in seen_tokens:
                 return
             seen_tokens.add(token)
-            # page_size and page_token are a oneof: later pages carry only the token.
-            request.pagination_params = PaginationParams(page_token=token)
-
-    @staticmethod
-    def _filter(
-        *,
-        target_components: Iterable[TargetLike],
-        start: tuple[dt.datetime | None, dt.datetime | None],
-        end: tuple[dt.datetime | None, dt.datetime | None],
-        updated: tuple[dt.datetime | None, dt.datetime | None],
-        active: bool | None,
-        dry_run: bool | None,
-        recurring: bool | None,
-        dispatch_ids: Iterable[int],
-        filter_queries: Iterable[str],
-    ) -> DispatchFilter:
-        for name, flag in (("active", active), ("dry_run", dry_run), ("recurring", recurring)):
-            if flag is not None and not isinstance(flag, bool):
-                raise ValueError(f"{name} must be a bool or None, got {flag!r}")
-        if isinstance(filter_queries, str):
-            filter_queries = [filter_queries]
-        queries = list(filter_queries)
-        for query in queries:
-            if not isinstance(query, str):
-                raise ValueError(f"filter_queries must be strings, got {query!r}")
-        return DispatchFilter(
-            targets=[to_target(t) for t in target_components],
-            is_active=active,
-            is_dry_run=dry_run,
-            is_recurring=recurring,
-            start_time_interval=_interval(*start, "start"),
-            end_time_interval=_interval(*end, "end"),
-            update_time_interval=_interval(*updated, "update"),
-            dispatch_ids=[_check_uint64(i, "dispatch_ids item") for i in dispatch_ids],
-            queries=queries,
-        )
+            call = requests.next_page(call, token)
 
     @trio_aware
-    async def dispatches(self, microgrid_id: int, **filters: Any) -> AsyncGenerator[Dispatch, None]:
-        """Yield every matching dispatch across all pages; takes `list`'s filters."""
-        async with aclosing(self.list(microgrid_id, **filters)) as pages:
+    def dispatches(self, microgrid_id: int, **filters: Any) -> AsyncGenerator[Dispatch, None]:
+        """Yield every matching dispatch across all pages.
+
+        Args:
+            microgrid_id: the microgrid, an int in 0..2**64-1.
+            **filters: the keyword arguments of `list()`.
+
+        Yields:
+            Each dispatch, page after page.
+
+        Raises:
+            ValueError: a filter is of the wrong type or out of range (before sending).
+            ClientNotConnected: the client is not connected.
+            DispatchApiError: a page could not be fetched.
+        """
+        return self._dispatches(microgrid_id, **filters)
+
+    async def _dispatches(
+        self, microgrid_id: int, **filters: Any
+    ) -> AsyncGenerator[Dispatch, None]:
+        async with aclosing(self._list(microgrid_id, **filters)) as pages:
             async for page in pages:
                 for dispatch in page:
                     yield dispatch
@@ -567,41 +456,25 @@ class Client:
         on the server has registered the subscription, which lets `watch()`
         list without a gap between the snapshot and the live events.
         """
-        request = StreamMicrogridDispatchesRequest(
-            microgrid_id=_check_uint64(microgrid_id, "microgrid_id")
+        responses = server_stream(
+            self.channel,
+            requests.stream(microgrid_id),
+            time_limit=self._stream_timeout,
+            server_url=self.server_url,
         )
-        channel = self.channel
-        try:
-            async with channel.request(
-                _STREAM_PATH,
-                Cardinality.UNARY_STREAM,
-                StreamMicrogridDispatchesRequest,
-                StreamMicrogridDispatchesResponse,
-                timeout=self._stream_timeout,
-            ) as stream:
-                await stream.send_message(request, end=True)
-                await stream.recv_initial_metadata()
-                yield None
-                async for response in stream:
-                    yield response
-        except Exception as exc:
-            error = translate_error(exc, self.server_url)
-            if error is None or error is exc:
-                raise
-            raise error from exc
+        async with aclosing(responses):
+            async for response in responses:
+                yield response
 
     def _stream_hub(self) -> StreamHub:
-        if not self._connected:
-            raise ClientNotConnected(
-                "the client is not connected; call connect() first", server_url=self.server_url
-            )
+        self._check_connected()
         if self._hub is None:
             # Imported here: unary-only users never pay for streaming (and anyio).
             from .streaming import StreamHub
 
             self._hub = StreamHub(
                 open_stream=self._open_stream,
-                list_dispatches=self.dispatches,
+                list_dispatches=self._dispatches,
                 server_url=self.server_url,
                 buffer_size=self._stream_buffer_size,
                 backoff=self._stream_backoff,
@@ -610,14 +483,80 @@ class Client:
         return self._hub
 
     @trio_aware
-    def stream(self, microgrid_id: int, **kwargs: Any) -> AsyncGenerator[DispatchEvent, None]:
-        """Yield `DispatchEvent`s of one microgrid from its shared stream."""
-        return self._stream_hub().subscribe(microgrid_id, **kwargs)
+    def stream(
+        self,
+        microgrid_id: int,
+        *,
+        buffer_size: int | None = None,
+        overflow: Literal["error", "drop_oldest"] = "error",
+    ) -> AsyncGenerator[DispatchEvent, None]:
+        """Yield the live events of one microgrid from its shared stream.
+
+        Events start with the first iteration; reconnects are invisible here.
+        Close the generator with `contextlib.aclosing()` (or let it end).
+
+        Args:
+            microgrid_id: the microgrid, an int in 0..2**64-1.
+            buffer_size: events this consumer may fall behind by (an int >= 1);
+                None for the client's `stream_buffer_size`.
+            overflow: when the buffer is full, `"error"` raises
+                `StreamOverflow` once the buffered events are read;
+                `"drop_oldest"` drops the oldest buffered event.
+
+        Yields:
+            A `DispatchEvent` (kind and dispatch) per change on the server.
+
+        Raises:
+            ValueError: an argument is invalid (at the call).
+            ClientNotConnected: the client is not connected.
+            StreamOverflow: the consumer fell behind with `overflow="error"`.
+            DispatchApiError: the stream failed for good (a status that is
+                not `retryable`, e.g. `Unauthenticated`).
+        """
+        return self._stream_hub().subscribe(
+            microgrid_id, buffer_size=buffer_size, overflow=overflow
+        )
 
     @trio_aware
-    def watch(self, microgrid_id: int, **kwargs: Any) -> AsyncGenerator[DispatchEvent, None]:
-        """Yield a snapshot, then live events that survive reconnects (see `streaming`)."""
-        return self._stream_hub().watch(microgrid_id, **kwargs)
+    def watch(
+        self,
+        microgrid_id: int,
+        *,
+        buffer_size: int | None = None,
+        overflow: Literal["error", "resync"] = "error",
+    ) -> AsyncGenerator[DispatchEvent, None]:
+        """Yield the current dispatches, then live events that survive reconnects.
+
+        After a reconnect (or an overflow with `"resync"`) it re-lists the
+        microgrid and yields what changed meanwhile, so the consumer's view
+        converges (see `dispatch_client.streaming`).
+
+        Args:
+            microgrid_id: the microgrid, an int in 0..2**64-1.
+            buffer_size: events this consumer may fall behind by (an int >= 1);
+                None for the client's `stream_buffer_size`.
+            overflow: when the buffer is full, `"error"` raises
+                `StreamOverflow`; `"resync"` re-lists instead.
+
+        Yields:
+            A CREATED `DispatchEvent` per current dispatch, then one per change.
+
+        Raises:
+            ValueError: an argument is invalid (at the call).
+            ClientNotConnected: the client is not connected.
+            StreamOverflow: the consumer fell behind with `overflow="error"`.
+            DispatchApiError: the stream or a re-list failed for good.
+        """
+        return self._watch(microgrid_id, buffer_size=buffer_size, overflow=overflow)
+
+    def _watch(
+        self,
+        microgrid_id: int,
+        *,
+        buffer_size: int | None,
+        overflow: Literal["error", "resync"],
+    ) -> AsyncGenerator[DispatchEvent, None]:
+        return self._stream_hub().watch(microgrid_id, buffer_size=buffer_size, overflow=overflow)
 
     @trio_aware
     def running(
@@ -628,14 +567,28 @@ class Client:
         Built on `watch()`; see `dispatch_client.schedule` for what is reported.
         A slow consumer makes the watch re-list rather than fail: only the
         current set of dispatches matters for the schedule.
+
+        Args:
+            microgrid_id: the microgrid, an int in 0..2**64-1.
+            type: only dispatches of this type; None for all.
+
+        Yields:
+            STARTED / STOPPED transitions with the dispatch and the aware time `at`.
+
+        Raises:
+            ValueError: an argument is invalid (at the call).
+            ClientNotConnected: the client is not connected.
+            DispatchApiError: the underlying watch failed for good.
         """
         from .schedule import running as run_transitions
 
-        return run_transitions(self.watch(microgrid_id, overflow="resync"), type=type)
+        return run_transitions(
+            self._watch(microgrid_id, buffer_size=None, overflow="resync"), type=type
+        )
 
     @property
     def streams(self) -> Mapping[int, SharedStream]:
-        """The shared per-microgrid streams open right now, by microgrid id."""
+        """The shared per-microgrid streams open right now, by microgrid id (read-only)."""
         if self._hub is None:
             return MappingProxyType({})
         return self._hub.streams

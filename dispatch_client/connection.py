@@ -1,4 +1,4 @@
-"""Server URL → grpclib `Channel`: TLS, keep-alive, auth metadata, transport errors.
+"""Server URL → grpclib `Channel`: TLS, keep-alive, auth metadata.
 
 A server URL looks like
 `grpc://host[:port][?ssl=…&ssl_root_certificates_path=…&ssl_private_key_path=…`
@@ -19,32 +19,42 @@ import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from grpclib.client import Channel
 from grpclib.config import Configuration
+from grpclib.const import Cardinality
 from grpclib.encoding.base import StatusDetailsCodecBase
 from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.events import SendRequest, listen
-from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from . import _defaults
 from ._auth import auth_metadata
 from ._fastdecode import ResponseCodec
-from .errors import DeadlineExceeded, DispatchApiError, Unavailable, error_from_grpc
+from .errors import UnknownError, map_errors
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
-    from typing import Any
+    from collections.abc import AsyncGenerator, Callable, Coroutine
+
+    from .requests import Call
 
 __all__ = [
     "ChannelOptions",
+    "Credentials",
+    "LoopChannel",
     "ServerTarget",
+    "absorb_leaked_cancel",
+    "grpclib_config",
     "open_channel",
     "parse_server_url",
-    "translate_error",
+    "seconds_or_none",
+    "server_stream",
+    "unary",
 ]
+
+_Resp = TypeVar("_Resp")
+_log = logging.getLogger(__name__)
 
 DEFAULT_PORT = _defaults.PORT
 
@@ -60,7 +70,19 @@ _PARAMS = ("ssl", *_SSL_FILE_PARAMS, "keep_alive", "keep_alive_interval_s", "kee
 
 @dataclasses.dataclass(frozen=True)
 class ChannelOptions:
-    """How to open a channel; URL query parameters override these defaults."""
+    """How to open a channel; URL query parameters override these defaults.
+
+    Attributes:
+        port: the port when the URL names none.
+        ssl: whether to use TLS.
+        ssl_root_certificates_path: PEM file of the CAs to trust (None: the system's).
+        ssl_private_key_path: PEM file of the client key for mutual TLS.
+        ssl_certificate_chain_path: PEM file of the client certificate chain for mutual TLS.
+        keep_alive: whether to ping the server while a call is open.
+        keep_alive_interval: time between pings.
+        keep_alive_timeout: how long to wait for a ping's answer before the
+            connection counts as dead.
+    """
 
     port: int = DEFAULT_PORT
     ssl: bool = True
@@ -74,7 +96,15 @@ class ChannelOptions:
 
 @dataclasses.dataclass(frozen=True)
 class ServerTarget:
-    """A parsed server URL: where to connect and with which options."""
+    """A parsed server URL: where to connect and with which options.
+
+    Attributes:
+        url: the URL as given.
+        host: the host name or address.
+        port: the port (the URL's, else the default's).
+        options: the effective channel options.
+        ssl_context: the TLS context, or None without TLS.
+    """
 
     url: str
     """The URL as given; it never holds credentials (those are rejected)."""
@@ -82,6 +112,58 @@ class ServerTarget:
     port: int
     options: ChannelOptions
     ssl_context: ssl.SSLContext | None = dataclasses.field(default=None, compare=False)
+
+
+class Credentials:
+    """The API key and sign secret, kept out of every repr.
+
+    Attributes:
+        key: the API key, or None for servers that check no keys.
+        sign_secret: the request-signing secret, or None to send unsigned calls.
+    """
+
+    __slots__ = ("key", "sign_secret")
+
+    def __init__(self, key: str | None, sign_secret: str | None) -> None:
+        """Check and keep the two secrets.
+
+        Args:
+            key: the API key (`auth_key`), a non-empty str or None.
+            sign_secret: the request-signing secret, a non-empty str or None.
+
+        Raises:
+            ValueError: a secret is empty or not a str, or `sign_secret` has no key.
+        """
+        for name, value in (("auth_key", key), ("sign_secret", sign_secret)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{name} must be a non-empty str")
+        if sign_secret is not None and key is None:
+            raise ValueError("sign_secret needs an auth_key to sign")
+        self.key = key
+        self.sign_secret = sign_secret
+
+    def __repr__(self) -> str:
+        return "Credentials(<hidden>)"
+
+
+def seconds_or_none(value: dt.timedelta | None, name: str) -> float | None:
+    """Return a timeout in seconds, as grpclib takes it.
+
+    Args:
+        value: a positive timedelta, or None for no timeout.
+        name: the argument's name, used in the error message.
+
+    Returns:
+        The seconds, or None.
+
+    Raises:
+        ValueError: `value` is not a positive timedelta or None.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dt.timedelta) or value <= dt.timedelta(0):
+        raise ValueError(f"{name} must be a positive timedelta or None, got {value!r}")
+    return value.total_seconds()
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -113,7 +195,21 @@ def _parse_file(name: str, raw: str) -> Path:
 
 
 def parse_server_url(url: str, defaults: ChannelOptions | None = None) -> ServerTarget:
-    """Parse and check a `grpc://` server URL; raise `ValueError` naming what is wrong."""
+    """Parse and check a `grpc://` server URL.
+
+    Args:
+        url: `grpc://host[:port][?param=value&...]` with the parameters listed
+            in the module docstring; no credentials, path or fragment.
+        defaults: options the URL's parameters override.
+
+    Returns:
+        The target, with its TLS context built (certificate files loaded).
+
+    Raises:
+        ValueError: the URL is malformed, has an unknown or repeated parameter,
+            a bad value, or a certificate file that cannot be loaded; the
+            message names the part (and never echoes credentials).
+    """
     defaults = defaults or ChannelOptions()
     if not isinstance(url, str):
         raise ValueError(f"server URL must be a str, got {type(url).__name__}")
@@ -214,7 +310,14 @@ def _add_certifi(context: ssl.SSLContext) -> None:
 
 
 def grpclib_config(options: ChannelOptions) -> Configuration:
-    """Map the keep-alive options onto grpclib's HTTP/2 ping settings."""
+    """Map the keep-alive options onto grpclib's HTTP/2 ping settings.
+
+    Args:
+        options: the channel options.
+
+    Returns:
+        grpclib's channel configuration (its defaults when keep-alive is off).
+    """
     if not options.keep_alive:
         return Configuration()
     interval = options.keep_alive_interval.total_seconds()
@@ -241,6 +344,17 @@ def open_channel(
     run inside that loop; the loop is returned so callers can notice a change.
     Responses are decoded through upb when the `fast` extra is installed
     (see `dispatch_client._fastdecode`).
+
+    Args:
+        target: the parsed server URL.
+        key: the API key to send as `key` metadata, or None.
+        sign_secret: the secret to sign each request with, or None.
+
+    Returns:
+        The channel and the running loop.
+
+    Raises:
+        RuntimeError: no event loop is running.
     """
     loop = asyncio.get_running_loop()
     channel = Channel(
@@ -255,6 +369,129 @@ def open_channel(
         _REDACTOR.add(key)
         listen(channel, SendRequest, _auth_hook(key, sign_secret))
     return channel, loop
+
+
+class LoopChannel:
+    """The channel to one server, opened lazily in whichever event loop uses it.
+
+    grpclib binds a channel to the event loop it is created in: a client built
+    outside any loop, or reused by a later `asyncio.run`, gets a channel of the
+    loop it runs in, and the channel of the old loop is closed.
+    """
+
+    def __init__(self, target: ServerTarget, credentials: Credentials) -> None:
+        """Remember where to connect; nothing opens yet.
+
+        Args:
+            target: the parsed server URL.
+            credentials: the API key and sign secret sent with every call.
+        """
+        self.target = target
+        self._credentials = credentials
+        self._channel: Channel | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self) -> Channel:
+        """Return the channel of the running loop, opening it on first use there.
+
+        Returns:
+            An open grpclib channel.
+
+        Raises:
+            RuntimeError: no event loop is running.
+        """
+        loop = asyncio.get_running_loop()
+        if self._channel is None or self._loop is not loop:
+            self.close()
+            _log.debug("opening channel to %s", self.target.url)
+            self._channel, self._loop = open_channel(
+                self.target,
+                key=self._credentials.key,
+                sign_secret=self._credentials.sign_secret,
+            )
+        return self._channel
+
+    def close(self) -> None:
+        """Close the channel, from whichever thread calls; a later `get()` opens a new one."""
+        channel, loop = self._channel, self._loop
+        self._channel = self._loop = None
+        # A channel whose loop has closed can no longer be closed from here; its
+        # socket goes with garbage collection (disconnect before the loop ends).
+        if channel is None or loop is None or loop.is_closed():
+            return
+        if loop.is_running() and loop is not asyncio._get_running_loop():
+            # The loop runs in another thread (the trio bridge's): close it there.
+            loop.call_soon_threadsafe(channel.close)
+        else:
+            channel.close()
+
+
+async def unary(
+    channel: Channel, call: Call[Any, _Resp], *, time_limit: float | None, server_url: str
+) -> _Resp:
+    """Send one unary call and return its response.
+
+    Args:
+        channel: the channel to send on.
+        call: the RPC path, request and response type.
+        time_limit: the deadline in seconds, or None for none.
+        server_url: the server URL, put on errors.
+
+    Returns:
+        The response message.
+
+    Raises:
+        DispatchApiError: the typed error of a failed call (see `errors.map_errors`);
+            `UnknownError` if the server answered without a message.
+    """
+    with map_errors(server_url) as record, absorb_leaked_cancel():
+        async with channel.request(
+            call.path,
+            Cardinality.UNARY_UNARY,
+            type(call.request),
+            call.response_type,
+            timeout=time_limit,
+        ) as stream:
+            record.stream = stream
+            await stream.send_message(call.request, end=True)
+            response = await stream.recv_message()
+    if response is None:
+        raise UnknownError("the server answered without a message", server_url=server_url)
+    return response
+
+
+async def server_stream(
+    channel: Channel, call: Call[Any, _Resp], *, time_limit: float | None, server_url: str
+) -> AsyncGenerator[_Resp | None, None]:
+    """Open one server-streaming call and yield what it sends.
+
+    Args:
+        channel: the channel to send on.
+        call: the RPC path, request and response type.
+        time_limit: how long the whole call may last, in seconds, or None.
+        server_url: the server URL, put on errors.
+
+    Yields:
+        None once the server's initial metadata has arrived (the server has
+        accepted the call), then each response message.
+
+    Raises:
+        DispatchApiError: the typed error of a failed call (see `errors.map_errors`).
+    """
+    with map_errors(server_url) as record:
+        async with channel.request(
+            call.path,
+            Cardinality.UNARY_STREAM,
+            type(call.request),
+            call.response_type,
+            timeout=time_limit,
+        ) as stream:
+            record.stream = stream
+            await stream.send_message(call.request, end=True)
+            await stream.recv_initial_metadata()
+            yield None
+            async for response in stream:
+                yield response
 
 
 def _status_details_codec() -> StatusDetailsCodecBase | None:
@@ -312,29 +549,6 @@ def _auth_hook(
     return add_auth_metadata
 
 
-def translate_error(exc: BaseException, server_url: str) -> DispatchApiError | None:
-    """Return the typed error for a failed call, or None if `exc` is not a call failure."""
-    if isinstance(exc, DispatchApiError):
-        return exc
-    if isinstance(exc, GRPCError):
-        return error_from_grpc(exc, server_url=server_url)
-    # grpclib signals its own deadline with a bare TimeoutError; an OS-level
-    # connect timeout carries an errno and is an unreachable server instead.
-    if isinstance(exc, TimeoutError) and exc.errno is None:
-        return DeadlineExceeded(
-            "the call did not finish within its deadline", server_url=server_url
-        )
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        return Unavailable(f"TLS handshake failed: {exc}", server_url=server_url)
-    if isinstance(exc, ConnectionRefusedError):
-        return Unavailable("connection refused", server_url=server_url)
-    if isinstance(exc, OSError | ConnectionError):
-        return Unavailable(f"cannot reach the server: {exc}", server_url=server_url)
-    if isinstance(exc, StreamTerminatedError | ProtocolError):
-        return Unavailable(f"connection to the server broke: {exc}", server_url=server_url)
-    return None
-
-
 @contextmanager
 def absorb_leaked_cancel() -> Iterator[None]:
     """Withdraw the cancel requests grpclib leaves behind when a connection dies.
@@ -346,6 +560,9 @@ def absorb_leaked_cancel() -> Iterator[None]:
     into a silent `CancelledError`. A failure that is not `CancelledError`
     means every request made meanwhile was consumed; a real cancellation of an
     anyio scope is re-delivered by anyio anyway.
+
+    Yields:
+        Nothing; wrap the grpclib call in the block.
     """
     task = asyncio.current_task()
     baseline = task.cancelling() if task is not None else 0

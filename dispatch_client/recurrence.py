@@ -50,7 +50,7 @@ from ._proto.frequenz.api.dispatch.v1 import (
     RecurrenceRule,
     RecurrenceRuleFrequency,
 )
-from .validation import check_aware, check_recurrence
+from .validation import check_recurrence, to_utc
 
 __all__ = ["is_running", "next_run", "runs", "series_end", "to_rrule", "until"]
 
@@ -80,10 +80,6 @@ _LONGEST_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _TICK = timedelta(microseconds=1)
 _MIN_UTC = datetime.min.replace(tzinfo=UTC)
 _MAX_UTC = datetime.max.replace(tzinfo=UTC)
-
-
-def _utc(value: object, name: str) -> datetime:
-    return check_aware(value, name).astimezone(UTC)
 
 
 def _plus(moment: datetime, delta: timedelta) -> datetime:
@@ -130,7 +126,7 @@ class _Rule:
         if rule.end_criteria is not None:
             count = rule.end_criteria.count
             if rule.end_criteria.until_time is not None:
-                until = _utc(rule.end_criteria.until_time, "recurrence.end_criteria.until_time")
+                until = to_utc(rule.end_criteria.until_time, "recurrence.end_criteria.until_time")
         return cls(
             freq=freq,
             interval=rule.interval or 1,
@@ -210,7 +206,7 @@ def to_rrule(rule: RecurrenceRule | None, start: datetime) -> du.rrule | None:
     module add them back). Raises `ValueError` for a naive `start`, a rule the
     service would reject, or a rule dateutil proves can never produce a run.
     """
-    start = _utc(start, "start")
+    start = to_utc(start, "start")
     if rule is None or rule.freq == RecurrenceRuleFrequency.UNSPECIFIED:
         return None
     check_recurrence(rule)
@@ -465,7 +461,7 @@ def _data(dispatch: Dispatch | DispatchData) -> DispatchData:
 def _series(data: DispatchData) -> _Series:
     if data.start_time is None:
         raise ValueError("dispatch has no start_time")
-    start = _utc(data.start_time, "start_time")
+    start = to_utc(data.start_time, "start_time")
     rule = data.recurrence
     if rule is None or rule.freq == RecurrenceRuleFrequency.UNSPECIFIED:
         return _Series(start, None)
@@ -482,7 +478,7 @@ def _duration(data: DispatchData) -> timedelta | None:
 
 def next_run(dispatch: Dispatch | DispatchData, after: datetime) -> datetime | None:
     """Return the start of the first run strictly after `after`, None if there is none."""
-    after = _utc(after, "after")
+    after = to_utc(after, "after")
     data = _data(dispatch)
     series = _series(data)
     if not data.is_active:
@@ -501,7 +497,7 @@ def runs(
     yielded then. Instantaneous runs (duration 0) are yielded when they start
     in the window.
     """
-    window_start, window_end = _utc(start, "start"), _utc(end, "end")
+    window_start, window_end = to_utc(start, "start"), to_utc(end, "end")
     data = _data(dispatch)
     series = _series(data)
     if not data.is_active or window_end <= window_start:
@@ -527,7 +523,7 @@ def _runs(
 
 def is_running(dispatch: Dispatch | DispatchData, at: datetime) -> bool:
     """Return whether some run's ``[start, start + duration)`` contains `at`."""
-    at = _utc(at, "at")
+    at = to_utc(at, "at")
     data = _data(dispatch)
     series = _series(data)
     duration = _duration(data)
@@ -546,7 +542,7 @@ def until(dispatch: Dispatch | DispatchData, at: datetime) -> datetime | None:
     the end of the latest-started run containing `at`; a later run may
     already have started by then.
     """
-    at = _utc(at, "at")
+    at = to_utc(at, "at")
     data = _data(dispatch)
     series = _series(data)
     duration = _duration(data)

@@ -24,6 +24,7 @@ from ._proto.frequenz.api.dispatch.v1 import (
     TargetComponentsCategoryTypeSet,
     TargetComponentsIdSet,
 )
+from .validation import check_uint64
 
 __all__ = [
     "ComponentType",
@@ -46,16 +47,12 @@ TargetLike = (
 )
 """Anything `to_target` accepts."""
 
-_MAX_UINT64 = 2**64 - 1
-
 
 def _check_id(value: object) -> int:
     # Enums are ints too; an id given as a category is a mistake, not an id.
-    if isinstance(value, bool) or not isinstance(value, int) or hasattr(value, "name"):
+    if hasattr(value, "name"):
         raise ValueError(f"component id must be an int, got {value!r}")
-    if not 0 <= value <= _MAX_UINT64:
-        raise ValueError(f"component id {value} is out of range (allowed: 0..2**64-1)")
-    return value
+    return check_uint64(value, "component id")
 
 
 def _category(value: ElectricalComponentCategory | str) -> ElectricalComponentCategory:
@@ -74,7 +71,18 @@ def _category(value: ElectricalComponentCategory | str) -> ElectricalComponentCa
 
 
 def target_from_ids(*ids: int | Iterable[int]) -> TargetComponents:
-    """Target the components with these ids: `target_from_ids(1, 2)` or `([1, 2])`."""
+    """Target the components with these ids: `target_from_ids(1, 2)` or `([1, 2])`.
+
+    Args:
+        *ids: component ids (ints in 0..2**64-1) or iterables of them.
+
+    Returns:
+        A target of the component-ids shape.
+
+    Raises:
+        ValueError: no id is given, or one is not an int in range (an enum
+            member such as a category is refused).
+    """
     flat: list[int] = []
     for item in ids:
         if isinstance(item, int):
@@ -87,7 +95,18 @@ def target_from_ids(*ids: int | Iterable[int]) -> TargetComponents:
 
 
 def target_from_categories(*categories: ElectricalComponentCategory | str) -> TargetComponents:
-    """Target every component of these categories (enum members or names like "BATTERY")."""
+    """Target every component of these categories.
+
+    Args:
+        *categories: `ElectricalComponentCategory` members or their names
+            (`"BATTERY"` or `"ELECTRICAL_COMPONENT_CATEGORY_BATTERY"`, any case).
+
+    Returns:
+        A target of the categories shape.
+
+    Raises:
+        ValueError: no category is given, a name is unknown, or one is UNSPECIFIED.
+    """
     if not categories:
         raise ValueError("target needs at least one component category")
     return TargetComponents(
@@ -100,7 +119,18 @@ def target_from_categories(*categories: ElectricalComponentCategory | str) -> Ta
 def category_and_type(
     kind: ComponentType | ElectricalComponentCategory | TargetComponentsCategoryAndType,
 ) -> TargetComponentsCategoryAndType:
-    """Build one category+type entry; a bare category means "any type of it"."""
+    """Build one category+type entry; a bare category means "any type of it".
+
+    Args:
+        kind: a component type (its category is implied), a category, or a
+            ready entry (returned as is).
+
+    Returns:
+        The entry.
+
+    Raises:
+        ValueError: `kind` is not a type, category or entry, or is UNSPECIFIED.
+    """
     if isinstance(kind, TargetComponentsCategoryAndType):
         return kind
     if isinstance(kind, BatteryType):
@@ -121,7 +151,17 @@ def category_and_type(
 def target_from_types(
     *kinds: ComponentType | ElectricalComponentCategory | TargetComponentsCategoryAndType,
 ) -> TargetComponents:
-    """Target components by category and type, e.g. `target_from_types(BatteryType.LI_ION)`."""
+    """Target components by category and type, e.g. `target_from_types(BatteryType.LI_ION)`.
+
+    Args:
+        *kinds: component types, categories (any type of them) or ready entries.
+
+    Returns:
+        A target of the categories-with-types shape.
+
+    Raises:
+        ValueError: no kind is given, or one is not valid.
+    """
     if not kinds:
         raise ValueError("target needs at least one component type")
     return TargetComponents(
@@ -136,7 +176,18 @@ def to_target(value: TargetLike) -> TargetComponents:
 
     A list of ints targets component ids; a list of categories (or category
     names) targets categories; a list containing any component type targets
-    categories with types. Mixing ids with anything else raises `ValueError`.
+    categories with types.
+
+    Args:
+        value: a `TargetComponents` (returned as is) or a non-empty iterable of
+            ids, or of categories / category names / component types.
+
+    Returns:
+        The target.
+
+    Raises:
+        ValueError: `value` is empty, a str, mixes ids with categories or
+            types, or holds an entry that is neither.
     """
     if isinstance(value, TargetComponents):
         return value

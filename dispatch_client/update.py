@@ -35,6 +35,7 @@ from ._proto.google.protobuf import FieldMask
 from .targets import to_target
 from .validation import (
     check_aware,
+    check_bool,
     check_duration,
     check_recurrence,
     check_start_time,
@@ -108,7 +109,19 @@ def _uint_list(value: object, field: str) -> list[int]:
 def to_end_criteria(
     value: object, field: str = "recurrence.end_criteria"
 ) -> RecurrenceRuleEndCriteria | None:
-    """Accept an `EndCriteria`, a count (int), an aware until-datetime, or None."""
+    """Turn a recurrence end into an `EndCriteria`.
+
+    Args:
+        value: an `EndCriteria` (returned as is), a count of runs (int), an
+            aware until-datetime, or None (no end).
+        field: the name used in error messages.
+
+    Returns:
+        The end criteria, or None.
+
+    Raises:
+        ValueError: `value` is none of the above, or a naive datetime.
+    """
     if value is None or isinstance(value, RecurrenceRuleEndCriteria):
         return value
     if isinstance(value, dt.datetime):
@@ -154,9 +167,7 @@ def _top_level(path: str, value: object, now: dt.datetime, allowance: dt.timedel
     if path == "target":
         return to_target(value)  # type: ignore[arg-type]
     if path == "is_active":
-        if not isinstance(value, bool):
-            raise ValueError(f"is_active must be a bool, got {value!r}")
-        return value
+        return check_bool(value, "is_active")
     return payload_to_struct(value)  # type: ignore[arg-type]
 
 
@@ -166,7 +177,22 @@ def build_update(
     now: dt.datetime | None = None,
     allowance: dt.timedelta = dt.timedelta(0),
 ) -> tuple[DispatchUpdate, FieldMask]:
-    """Check `new_fields` and build the update message and its field mask."""
+    """Check `new_fields` and build the update message and its field mask.
+
+    Args:
+        new_fields: key → new value, with the keys listed in the module docstring.
+        now: the time a new start time is checked against; the current time if None.
+        allowance: how far in the past a new start time may be.
+
+    Returns:
+        The update message and the mask naming exactly the fields it sets
+        (a whole `recurrence` names every recurrence field).
+
+    Raises:
+        ValueError: `new_fields` is empty or not a mapping, a key is unknown,
+            fixed at creation (`type`, `dry_run`) or given twice (also via an
+            alias), or a value is invalid; the message names the key.
+    """
     if not isinstance(new_fields, Mapping):
         raise ValueError(f"new_fields must be a dict, got {type(new_fields).__name__}")
     if not new_fields:

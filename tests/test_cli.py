@@ -22,16 +22,18 @@ from asyncclick.testing import CliRunner, Result
 from dispatch_client import (
     BatteryType,
     Client,
-    DeleteMicrogridDispatchResponse,
     Dispatch,
     ElectricalComponentCategory,
     Event,
     RecurrenceRuleFrequency,
     RecurrenceRuleWeekday,
-    StreamMicrogridDispatchesResponse,
 )
 from dispatch_client.cli import cli
 from dispatch_client.testing import RunningServer, running_server
+from dispatch_client.wire import (
+    DeleteMicrogridDispatchResponse,
+    StreamMicrogridDispatchesResponse,
+)
 
 pytestmark = pytest.mark.anyio
 

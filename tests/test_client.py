@@ -173,7 +173,7 @@ DEEP = {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}
         ({"recurrence": {"freq": "DAILY"}}, "RecurrenceRule"),
         ({"target": []}, "at least one"),
         ({"target": [1, ElectricalComponentCategory.BATTERY]}, "mixes"),
-        ({"active": "yes"}, "active must be a bool"),
+        ({"active": "yes"}, "active must be True or False"),
     ],
 )
 async def test_create_validation_fails_before_sending(

@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import json_values
 
-from dispatch_client import EndCriteria, Frequency, RecurrenceRule, Weekday, validation
+from dispatch_client import EndCriteria, Frequency, RecurrenceRule, Weekday, requests, validation
 from dispatch_client._proto.google.protobuf import ListValue, NullValue, Struct, Value
-from dispatch_client.client import START_TIME_GRACE, build_create_request
+from dispatch_client.requests import START_TIME_GRACE
 from dispatch_client.validation import MAX_PAYLOAD_BYTES, payload_measure, payload_to_struct
 
 NOW = dt.datetime(2030, 6, 1, 12, tzinfo=dt.UTC)
@@ -27,7 +27,7 @@ def build(**overrides: Any) -> Any:
         "target": [1],
     }
     args.update(overrides)
-    return build_create_request(**args, now=NOW)
+    return requests.create(**args, now=NOW).request
 
 
 def nested(depth: int) -> dict[str, Any]:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import ssl
 from pathlib import Path
 
 import pytest
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError, StreamTerminatedError
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,11 +14,8 @@ from dispatch_client import (
     ChannelOptions,
     Client,
     ClientNotConnected,
-    DeadlineExceeded,
-    NotFound,
-    Unavailable,
 )
-from dispatch_client.connection import grpclib_config, parse_server_url, translate_error
+from dispatch_client.connection import grpclib_config, parse_server_url
 
 
 def test_defaults_are_tls_on_port_443() -> None:
@@ -163,18 +157,3 @@ def test_connect_and_channel_outside_a_loop() -> None:
     with pytest.raises(ValueError, match="grpc://"):
         client.connect("http://bad")
     assert client.server_url == "grpc://other:2?ssl=false"
-
-
-def test_translate_error() -> None:
-    url = "grpc://h"
-    assert isinstance(translate_error(GRPCError(Status.NOT_FOUND, "gone"), url), NotFound)
-    deadline = translate_error(TimeoutError("Deadline exceeded"), url)
-    assert isinstance(deadline, DeadlineExceeded)
-    os_timeout = translate_error(TimeoutError(errno.ETIMEDOUT, "timed out"), url)
-    assert isinstance(os_timeout, Unavailable)
-    refused = translate_error(ConnectionRefusedError(errno.ECONNREFUSED, "refused"), url)
-    assert isinstance(refused, Unavailable)
-    assert refused.server_url == url
-    assert isinstance(translate_error(StreamTerminatedError("lost"), url), Unavailable)
-    assert isinstance(translate_error(ssl.SSLError(1, "bad cert"), url), Unavailable)
-    assert translate_error(KeyError("x"), url) is None

@@ -17,23 +17,13 @@ from hypothesis import strategies as st
 from dispatch_client import (
     BatteryType,
     Client,
-    CreateMicrogridDispatchResponse,
-    DeleteMicrogridDispatchResponse,
     Dispatch,
     DispatchData,
-    DispatchFilter,
-    DispatchFilterRecurrenceFilter,
     DispatchMetadata,
     ElectricalComponentCategory,
     EvChargerType,
     Event,
-    GetMicrogridDispatchResponse,
-    Interval,
     InverterType,
-    ListMicrogridDispatchesRequest,
-    ListMicrogridDispatchesResponse,
-    PaginationInfo,
-    PaginationParams,
     RecurrenceRule,
     RecurrenceRuleEndCriteria,
     RecurrenceRuleFrequency,
@@ -41,13 +31,11 @@ from dispatch_client import (
     SortField,
     SortOptions,
     SortOrder,
-    StreamMicrogridDispatchesResponse,
     TargetComponents,
     TargetComponentsCategoryAndType,
     TargetComponentsCategorySet,
     TargetComponentsCategoryTypeSet,
     TargetComponentsIdSet,
-    UpdateMicrogridDispatchResponse,
     _fastdecode,
     target_from_categories,
     target_from_ids,
@@ -57,6 +45,20 @@ from dispatch_client._fastdecode import ENV_VAR, Decoder, ResponseCodec, decoder
 from dispatch_client._proto.google.protobuf import ListValue, NullValue, Struct, Value
 from dispatch_client.testing import RunningServer, running_server
 from dispatch_client.validation import payload_to_struct
+from dispatch_client.wire import (
+    CreateMicrogridDispatchResponse,
+    DeleteMicrogridDispatchResponse,
+    DispatchFilter,
+    DispatchFilterRecurrenceFilter,
+    GetMicrogridDispatchResponse,
+    Interval,
+    ListMicrogridDispatchesRequest,
+    ListMicrogridDispatchesResponse,
+    PaginationInfo,
+    PaginationParams,
+    StreamMicrogridDispatchesResponse,
+    UpdateMicrogridDispatchResponse,
+)
 
 needs_upb = pytest.mark.skipif(
     not _fastdecode.available(), reason="protobuf with the upb backend is not installed"

@@ -17,25 +17,27 @@ from test_server_support import (
 )
 
 from dispatch_client import (
-    CreateMicrogridDispatchRequest,
-    DeleteMicrogridDispatchRequest,
     Dispatch,
     DispatchData,
     ElectricalComponentCategory,
-    GetMicrogridDispatchRequest,
-    MicrogridDispatchServiceStub,
     RecurrenceRule,
     RecurrenceRuleEndCriteria,
     RecurrenceRuleFrequency,
     RecurrenceRuleWeekday,
     TargetComponents,
     TargetComponentsCategorySet,
+)
+from dispatch_client._proto.google.protobuf import FieldMask, Struct, Value
+from dispatch_client.validation import payload_to_struct
+from dispatch_client.wire import (
+    CreateMicrogridDispatchRequest,
+    DeleteMicrogridDispatchRequest,
+    GetMicrogridDispatchRequest,
+    MicrogridDispatchServiceStub,
     UpdateMicrogridDispatchRequest,
     UpdateMicrogridDispatchRequestDispatchUpdate,
     UpdateMicrogridDispatchRequestDispatchUpdateRecurrenceRuleUpdate,
 )
-from dispatch_client._proto.google.protobuf import FieldMask, Struct, Value
-from dispatch_client.validation import payload_to_struct
 
 pytestmark = pytest.mark.anyio
 pytest_plugins = ["test_server_support"]

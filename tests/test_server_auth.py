@@ -12,15 +12,15 @@ from grpclib.exceptions import GRPCError
 from multidict import MultiDict
 from test_server_support import connect, expect_error, make_data
 
-from dispatch_client import (
+from dispatch_client._auth import auth_metadata, signature
+from dispatch_client.server import RequestAuthenticator
+from dispatch_client.testing import running_server
+from dispatch_client.wire import (
     CreateMicrogridDispatchRequest,
     ListMicrogridDispatchesRequest,
     MicrogridDispatchServiceStub,
     StreamMicrogridDispatchesRequest,
 )
-from dispatch_client._auth import auth_metadata, signature
-from dispatch_client.server import RequestAuthenticator
-from dispatch_client.testing import running_server
 
 pytestmark = pytest.mark.anyio
 pytest_plugins = ["test_server_support"]

@@ -18,16 +18,8 @@ from test_server_support import (
 
 from dispatch_client import (
     BatteryType,
-    DeleteMicrogridDispatchRequest,
-    DispatchFilter,
-    DispatchFilterRecurrenceFilter,
     ElectricalComponentCategory,
-    Interval,
     InverterType,
-    ListMicrogridDispatchesRequest,
-    ListMicrogridDispatchesResponse,
-    MicrogridDispatchServiceStub,
-    PaginationParams,
     RecurrenceRule,
     RecurrenceRuleFrequency,
     SortField,
@@ -38,11 +30,21 @@ from dispatch_client import (
     TargetComponentsCategorySet,
     TargetComponentsCategoryTypeSet,
     TargetComponentsIdSet,
-    UpdateMicrogridDispatchRequest,
-    UpdateMicrogridDispatchRequestDispatchUpdate,
 )
 from dispatch_client._proto.google.protobuf import FieldMask
 from dispatch_client.testing import RunningServer
+from dispatch_client.wire import (
+    DeleteMicrogridDispatchRequest,
+    DispatchFilter,
+    DispatchFilterRecurrenceFilter,
+    Interval,
+    ListMicrogridDispatchesRequest,
+    ListMicrogridDispatchesResponse,
+    MicrogridDispatchServiceStub,
+    PaginationParams,
+    UpdateMicrogridDispatchRequest,
+    UpdateMicrogridDispatchRequestDispatchUpdate,
+)
 
 pytestmark = pytest.mark.anyio
 pytest_plugins = ["test_server_support"]

@@ -14,10 +14,7 @@ from dispatch_client import (
     BatteryType,
     Client,
     DispatchData,
-    DispatchFilter,
     ElectricalComponentCategory,
-    ListMicrogridDispatchesRequest,
-    PaginationParams,
     RecurrenceRule,
     RecurrenceRuleEndCriteria,
     RecurrenceRuleFrequency,
@@ -32,6 +29,11 @@ from dispatch_client._proto.google.protobuf import Struct
 from dispatch_client.server.service import DispatchService
 from dispatch_client.testing import running_server
 from dispatch_client.validation import payload_to_struct
+from dispatch_client.wire import (
+    DispatchFilter,
+    ListMicrogridDispatchesRequest,
+    PaginationParams,
+)
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 MG = 2**64 - 1

@@ -29,15 +29,15 @@ from test_server_support import (
     list_all,
 )
 
-from dispatch_client import (
-    DeleteMicrogridDispatchRequest,
-    DispatchData,
-    ListMicrogridDispatchesRequest,
-    MicrogridDispatchServiceStub,
-)
+from dispatch_client import DispatchData
 from dispatch_client.server import DispatchService, DispatchStore, server_ssl_context
 from dispatch_client.server.store import ListQuery, is_recurring, target_key, to_micros
 from dispatch_client.testing import RunningServer, in_memory_channel, running_server
+from dispatch_client.wire import (
+    DeleteMicrogridDispatchRequest,
+    ListMicrogridDispatchesRequest,
+    MicrogridDispatchServiceStub,
+)
 
 pytestmark = pytest.mark.anyio
 pytest_plugins = ["test_server_support"]

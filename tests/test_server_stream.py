@@ -22,19 +22,21 @@ from test_server_support import (
 )
 
 from dispatch_client import (
-    DeleteMicrogridDispatchRequest,
     Dispatch,
     Event,
+)
+from dispatch_client._proto.google.protobuf import FieldMask
+from dispatch_client.server import DispatchService
+from dispatch_client.testing import RunningServer, in_memory_channel, running_server
+from dispatch_client.validation import payload_to_struct
+from dispatch_client.wire import (
+    DeleteMicrogridDispatchRequest,
     MicrogridDispatchServiceStub,
     StreamMicrogridDispatchesRequest,
     StreamMicrogridDispatchesResponse,
     UpdateMicrogridDispatchRequest,
     UpdateMicrogridDispatchRequestDispatchUpdate,
 )
-from dispatch_client._proto.google.protobuf import FieldMask
-from dispatch_client.server import DispatchService
-from dispatch_client.testing import RunningServer, in_memory_channel, running_server
-from dispatch_client.validation import payload_to_struct
 
 pytestmark = pytest.mark.anyio
 pytest_plugins = ["test_server_support"]

@@ -20,16 +20,18 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from dispatch_client import (
-    CreateMicrogridDispatchRequest,
     Dispatch,
     DispatchData,
-    GetMicrogridDispatchRequest,
-    ListMicrogridDispatchesRequest,
-    MicrogridDispatchServiceStub,
     TargetComponents,
     TargetComponentsIdSet,
 )
 from dispatch_client.testing import RunningServer, dispatch_server
+from dispatch_client.wire import (
+    CreateMicrogridDispatchRequest,
+    GetMicrogridDispatchRequest,
+    ListMicrogridDispatchesRequest,
+    MicrogridDispatchServiceStub,
+)
 
 __all__ = [
     "GRPCError",

@@ -30,11 +30,8 @@ from test_streaming_helpers import (
 
 from dispatch_client import (
     InvalidArgument,
-    MicrogridDispatchServiceBase,
     NotFound,
     PermissionDenied,
-    StreamMicrogridDispatchesRequest,
-    StreamMicrogridDispatchesResponse,
     StreamOverflow,
     Unauthenticated,
 )
@@ -42,6 +39,11 @@ from dispatch_client.client import Client
 from dispatch_client.errors import DispatchApiError
 from dispatch_client.streaming import DispatchEvent, StreamState, StreamStatus
 from dispatch_client.testing import RunningServer, running_server
+from dispatch_client.wire import (
+    MicrogridDispatchServiceBase,
+    StreamMicrogridDispatchesRequest,
+    StreamMicrogridDispatchesResponse,
+)
 
 pytest_plugins = ["test_streaming_helpers"]
 pytestmark = [

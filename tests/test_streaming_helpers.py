@@ -17,24 +17,26 @@ import pytest
 from grpclib.const import Cardinality
 
 from dispatch_client import (
-    CreateMicrogridDispatchRequest,
-    DeleteMicrogridDispatchRequest,
     Dispatch,
     DispatchData,
     Event,
-    StreamMicrogridDispatchesRequest,
-    StreamMicrogridDispatchesResponse,
     TargetComponents,
     TargetComponentsIdSet,
-    UpdateMicrogridDispatchRequest,
-    UpdateMicrogridDispatchRequestDispatchUpdate,
 )
 from dispatch_client._proto.google.protobuf import FieldMask
 from dispatch_client.client import Client
-from dispatch_client.connection import translate_error
+from dispatch_client.errors import map_errors
 from dispatch_client.server.service import DispatchService
 from dispatch_client.streaming import Backoff, DispatchEvent, StreamHub
 from dispatch_client.testing import RunningServer, running_server
+from dispatch_client.wire import (
+    CreateMicrogridDispatchRequest,
+    DeleteMicrogridDispatchRequest,
+    StreamMicrogridDispatchesRequest,
+    StreamMicrogridDispatchesResponse,
+    UpdateMicrogridDispatchRequest,
+    UpdateMicrogridDispatchRequestDispatchUpdate,
+)
 
 STREAM_PATH = "/frequenz.api.dispatch.v1.MicrogridDispatchService/StreamMicrogridDispatches"
 FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1)
@@ -183,7 +185,7 @@ def acked_open_stream(
     async def open_stream(
         microgrid_id: int,
     ) -> AsyncGenerator[StreamMicrogridDispatchesResponse | None, None]:
-        try:
+        with map_errors(client.server_url):
             async with client.channel.request(
                 STREAM_PATH,
                 Cardinality.UNARY_STREAM,
@@ -197,11 +199,6 @@ def acked_open_stream(
                 yield None
                 async for response in stream:
                     yield response
-        except Exception as exc:
-            error = translate_error(exc, client.server_url)
-            if error is None or error is exc:
-                raise
-            raise error from exc
 
     return open_stream
 

@@ -14,10 +14,10 @@ from dispatch_client import (
     DispatchData,
     DispatchMetadata,
     Event,
-    StreamMicrogridDispatchesResponse,
 )
 from dispatch_client.streaming import Backoff, StreamHub
 from dispatch_client.watchview import DispatchEvent, WatchView
+from dispatch_client.wire import StreamMicrogridDispatchesResponse
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 

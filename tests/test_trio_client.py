@@ -28,16 +28,12 @@ from dispatch_client import (
     Client,
     ClientNotConnected,
     DeadlineExceeded,
-    DeleteMicrogridDispatchRequest,
     Dispatch,
     DispatchEvent,
     EndCriteria,
     Event,
     Frequency,
-    GetMicrogridDispatchRequest,
-    GetMicrogridDispatchResponse,
     InvalidArgument,
-    MicrogridDispatchServiceBase,
     NotFound,
     RecurrenceRule,
     StreamState,
@@ -45,6 +41,12 @@ from dispatch_client import (
 )
 from dispatch_client._runtime import in_trio
 from dispatch_client.testing import ThreadedServer, threaded_server
+from dispatch_client.wire import (
+    DeleteMicrogridDispatchRequest,
+    GetMicrogridDispatchRequest,
+    GetMicrogridDispatchResponse,
+    MicrogridDispatchServiceBase,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("error")]
 

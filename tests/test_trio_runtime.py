@@ -162,6 +162,25 @@ def test_without_the_extra_the_error_says_what_to_install(
     trio.run(main)
 
 
+def test_too_old_trio_names_the_install_hint_once(
+    server: ThreadedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bridge is imported afresh while trio claims an unsupported version.
+    monkeypatch.delattr(dispatch_client, "_trio", raising=False)
+    monkeypatch.delitem(sys.modules, "dispatch_client._trio", raising=False)
+    monkeypatch.setattr(trio, "__version__", "0.20.0")
+
+    async def main() -> None:
+        client = Client(server.url)
+        with pytest.raises(ImportError) as info:
+            await client.get(MG, 1)
+        message = str(info.value)
+        assert "0.20.0 is too old" in message
+        assert message.count("pip install 'dispatch_client[trio]'") == 1
+
+    trio.run(main)
+
+
 def test_asyncio_programs_import_nothing_of_trio() -> None:
     program = textwrap.dedent(
         """

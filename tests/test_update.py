@@ -13,11 +13,11 @@ from dispatch_client import (
     EndCriteria,
     Frequency,
     RecurrenceRule,
-    UpdateMicrogridDispatchRequestDispatchUpdate,
     Weekday,
     target_from_ids,
 )
 from dispatch_client.update import ALLOWED_KEYS, RECURRENCE_FIELDS, build_update
+from dispatch_client.wire import UpdateMicrogridDispatchRequestDispatchUpdate
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
