@@ -120,7 +120,7 @@ def test_whole_recurrence_rule_replaces_every_field() -> None:
         ({"start_time": dt.datetime(2031, 1, 1)}, "timezone-aware"),
         ({"start_time": NOW - dt.timedelta(minutes=1)}, "in the past"),
         ({"duration": dt.timedelta(seconds=-1)}, "negative"),
-        ({"active": "yes"}, "bool"),
+        ({"active": "yes"}, "is_active must be True or False"),
         ({"payload": {"x": object()}}, "payload"),
         ({"payload": [1]}, "payload must be a dict"),
         ({"target": []}, "at least one"),
