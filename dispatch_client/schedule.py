@@ -154,7 +154,7 @@ class RunTracker:
         if event.event != Event.DELETED and self._wanted(dispatch):
             try:
                 new = _Tracked(dispatch, is_running(dispatch, now))
-            except ValueError as error:
+            except (ValueError, OverflowError) as error:
                 # One malformed dispatch must not end everyone's transitions.
                 _log.warning("ignoring dispatch %d: %s", key, error)
         if new is not None:
@@ -186,7 +186,11 @@ class RunTracker:
         dispatch = entry.dispatch
         # While running: the end of the latest run; another run may have
         # started by then, which the step at that instant finds out.
-        due = until(dispatch, at) if entry.running else next_run(dispatch, at)
+        try:
+            due = until(dispatch, at) if entry.running else next_run(dispatch, at)
+        except (ValueError, OverflowError) as error:
+            _log.warning("dispatch %d: schedule not followed: %s", _dispatch_id(dispatch), error)
+            return
         if due is not None:
             rank = 0 if entry.running else 1
             heapq.heappush(self._due, (due, rank, next(self._order), entry))
@@ -202,7 +206,16 @@ class RunTracker:
     def _step(self, entry: _Tracked, at: datetime, transitions: list[RunTransition]) -> None:
         """Bring `entry` to its state at `at`, an instant its schedule may change."""
         dispatch = entry.dispatch
-        running = is_running(dispatch, at)
+        try:
+            running = is_running(dispatch, at)
+        except (ValueError, OverflowError) as error:
+            # As in `observe`: one dispatch that cannot be evaluated stops
+            # being tracked; the others go on.
+            _log.warning("ignoring dispatch %d: %s", _dispatch_id(dispatch), error)
+            del self._tracked[_dispatch_id(dispatch)]
+            if entry.running:
+                transitions.append(RunTransition(dispatch, Transition.STOPPED, at))
+            return
         if running != entry.running:
             kind = Transition.STARTED if running else Transition.STOPPED
             transitions.append(RunTransition(dispatch, kind, at))
