@@ -11,7 +11,8 @@ classes' own field metadata, and only bytes that pass reach the parser:
   within the message, no groups, field numbers 1..2**29-1;
 - every known field has its declared wire type (or packed, for repeated
   scalars), integers fit their type (a uint32 below 2**32, an int32 or enum
-  sign-extended from 32 bits), strings are UTF-8;
+  sign-extended from 32 bits), strings are UTF-8, and at most one member of
+  each oneof is set;
 - Timestamps lie within 0001-01-01T00:00:00Z..9999-12-31T23:59:59.999999999Z
   with nanos in 0..999999999;
 - messages nest at most `MAX_MESSAGE_DEPTH` deep.
@@ -123,6 +124,7 @@ def _walk(cls: type[betterproto2.Message], data: memoryview, path: str, depth: i
     if depth > MAX_MESSAGE_DEPTH:
         raise _Malformed(f"{here}: messages nested more than {MAX_MESSAGE_DEPTH} deep")
     meta: Any = cast(Any, cls)._betterproto
+    oneof_members: dict[str, str] = {}
     pos = 0
     while pos < len(data):
         key, pos = _varint(data, pos, here)
@@ -151,6 +153,15 @@ def _walk(cls: type[betterproto2.Message], data: memoryview, path: str, depth: i
         if name is None:
             continue
         fmeta = meta.meta_by_field_name[name]
+        if fmeta.group is not None:
+            # Protobuf lets the last member win; betterproto2 keeps them all,
+            # which its own which_one_of() then refuses. Refuse it here, by name.
+            other = oneof_members.setdefault(fmeta.group, name)
+            if other != name:
+                raise _Malformed(
+                    f"{here}: both {other} and {name} are set, but they are one of"
+                    f" '{fmeta.group}' (set at most one)"
+                )
         proto_type = fmeta.proto_type
         expected = _WIRE_TYPES.get(proto_type)
         if wire == _LENGTH and expected != _LENGTH and fmeta.repeated:

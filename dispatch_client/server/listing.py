@@ -22,7 +22,7 @@ from .._proto.frequenz.api.dispatch.v1 import (
     SortField,
     SortOrder,
 )
-from ..validation import check_bool
+from ..validation import check_bool, check_dispatch_filter
 from .records import ListQuery, ListResult, target_key, to_micros
 
 __all__ = ["list_query", "pagination_info"]
@@ -54,7 +54,8 @@ def list_query(
 
     Raises:
         ValueError: an unknown sort field or order, a page token this server
-            did not issue, or one issued for other sort options.
+            did not issue, or one issued for other sort options, a filter list
+            longer than `validation.MAX_FILTER_ITEMS`.
     """
     sort_column, descending = _sort(message)
     after: tuple[int, int] | None = None
@@ -123,6 +124,7 @@ def _interval(interval: Interval | None) -> tuple[int | None, int | None]:
 def _filter_criteria(filter_: DispatchFilter | None) -> dict[str, Any]:
     if filter_ is None:
         return {}
+    check_dispatch_filter(filter_)
     criteria: dict[str, Any] = {
         "is_active": filter_.is_active,
         "is_dry_run": filter_.is_dry_run,

@@ -28,13 +28,20 @@ the server, `python -m dispatch_client.server --help`):
 - Streams: events of one microgrid go to every subscriber in commit order.
   Each subscriber has a buffer of `stream_buffer_size` events; one that falls
   further behind is cut off with RESOURCE_EXHAUSTED after the buffered events.
+  A client leaving a stream is logged at DEBUG (grpclib says INFO).
+- Bad input: every request is decoded inside the handler from its raw bytes
+  (`dispatch_client.server.decoding`), so malformed bytes, out-of-range
+  values, unknown enum values and too deep nesting get INVALID_ARGUMENT naming
+  the field, like every rule of `dispatch_client.validation` (limits: filter
+  lists of at most 1000 items, times within 0001-01-01..9999-12-31, payloads
+  of at most 5 levels and 50 KiB). No request gets UNKNOWN or INTERNAL.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 import anyio
@@ -43,6 +50,7 @@ import grpclib.server
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from .._logsafe import protect_logs
 from .._proto.frequenz.api.common.v1alpha8.streaming import Event
 from .._proto.frequenz.api.dispatch.v1 import (
     CreateMicrogridDispatchRequest,
@@ -64,6 +72,7 @@ from .._proto.frequenz.api.dispatch.v1 import (
 )
 from ..recurrence import series_end
 from ..validation import check_dispatch_data
+from .decoding import decode_request
 from .fanout import Fanout, Subscription
 from .listing import list_query, pagination_info
 from .records import ListQuery, encode_message_field
@@ -148,6 +157,8 @@ class DispatchService(MicrogridDispatchServiceBase):
         self.start_time_allowance = start_time_allowance
         self._clock = clock
         self._fanout = Fanout(stream_buffer_size)
+        protect_logs()
+        _quiet_cancellations()
         # Held from the start of a write until its event is published, so
         # events leave in commit order.
         self._write_lock = anyio.Lock()
@@ -405,35 +416,48 @@ class DispatchService(MicrogridDispatchServiceBase):
     # Plumbing -------------------------------------------------------------------
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        """Route the stream and list RPCs to handlers of their own.
+        """Route every RPC through a handler that decodes the request itself.
 
-        The stream's sends initial metadata only once the subscription is
-        registered, so a client that has received it knows every later change
-        reaches it. The list's sends `encoded_list()`.
+        grpclib would decode a request before the handler runs, where a
+        failure can only become UNKNOWN; here the raw bytes are decoded by
+        `decode_request` inside the handler, so they get INVALID_ARGUMENT.
+        The stream's handler sends initial metadata only once the
+        subscription is registered, so a client that has received it knows
+        every later change reaches it. The list's sends `encoded_list()`.
         """
+        unary: dict[str, Callable[[Any], Awaitable[Any]]] = {
+            "CreateMicrogridDispatch": self.create_microgrid_dispatch,
+            "GetMicrogridDispatch": self.get_microgrid_dispatch,
+            "DeleteMicrogridDispatch": self.delete_microgrid_dispatch,
+            "UpdateMicrogridDispatch": self.update_microgrid_dispatch,
+        }
         mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
         for path, handler in mapping.items():
-            if path.endswith("/StreamMicrogridDispatches"):
-                mapping[path] = grpclib.const.Handler(
-                    self._serve_stream,
-                    handler.cardinality,
-                    handler.request_type,
-                    handler.reply_type,
-                )
-            elif path.endswith("/ListMicrogridDispatches"):
-                mapping[path] = grpclib.const.Handler(
-                    self._serve_list, handler.cardinality, handler.request_type, _Encoded
-                )
+            name = path.rsplit("/", 1)[-1]
+            reply_type = handler.reply_type
+            serve: Callable[[grpclib.server.Stream[Any, Any], Any], Awaitable[None]]
+            if name == "StreamMicrogridDispatches":
+                serve = self._serve_stream
+            elif name == "ListMicrogridDispatches":
+                serve, reply_type = self._serve_list, _Encoded
+            else:
+                serve = _unary(unary[name])
+            mapping[path] = grpclib.const.Handler(
+                _decoding(serve, handler.request_type),
+                handler.cardinality,
+                _RawRequest,
+                reply_type,
+            )
         return mapping
 
-    async def _serve_list(self, stream: grpclib.server.Stream[Any, Any]) -> None:
-        request = await stream.recv_message()
-        assert isinstance(request, ListMicrogridDispatchesRequest)
+    async def _serve_list(
+        self, stream: grpclib.server.Stream[Any, Any], request: ListMicrogridDispatchesRequest
+    ) -> None:
         await stream.send_message(_Encoded(await self.encoded_list(request)))
 
-    async def _serve_stream(self, stream: grpclib.server.Stream[Any, Any]) -> None:
-        request = await stream.recv_message()
-        assert isinstance(request, StreamMicrogridDispatchesRequest)
+    async def _serve_stream(
+        self, stream: grpclib.server.Stream[Any, Any], request: StreamMicrogridDispatchesRequest
+    ) -> None:
         subscription = self._fanout.subscribe(request.microgrid_id)
         try:
             await stream.send_initial_metadata()
@@ -485,6 +509,80 @@ class DispatchService(MicrogridDispatchServiceBase):
             )
         except ValueError as error:
             _invalid(str(error))
+
+
+class _RawRequest:
+    """A request's bytes as received: the codec hands them over undecoded."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @classmethod
+    def FromString(cls, data: bytes) -> _RawRequest:
+        """Wrap the bytes; the protobuf method grpclib's codec calls to decode."""
+        return cls(data)
+
+
+def _decoding(
+    serve: Callable[[grpclib.server.Stream[Any, Any], Any], Awaitable[None]],
+    request_type: type[Any],
+) -> Callable[[grpclib.server.Stream[Any, Any]], Awaitable[None]]:
+    """Wrap a handler taking `(stream, request)`: receive, decode and check the request first.
+
+    This is the handlers' error boundary: a request that cannot be decoded,
+    and any `ValueError`/`OverflowError` a handler lets escape (a check
+    forgotten, never expected), answer INVALID_ARGUMENT instead of grpclib's
+    UNKNOWN "Internal Server Error".
+    """
+
+    async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
+        try:
+            raw = await stream.recv_message()
+        except NotImplementedError:  # grpclib's answer to a compressed message
+            raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported") from None
+        if raw is None:
+            _invalid(f"the call carries no {request_type.__name__}")
+        try:
+            request = decode_request(request_type, raw.data)
+        except ValueError as error:
+            _invalid(str(error))
+        try:
+            await serve(stream, request)
+        except (ValueError, OverflowError) as error:
+            _log.warning("%s answered INVALID_ARGUMENT late", request_type.__name__, exc_info=True)
+            _invalid(str(error))
+
+    return handle
+
+
+def _unary(
+    method: Callable[[Any], Awaitable[Any]],
+) -> Callable[[grpclib.server.Stream[Any, Any], Any], Awaitable[None]]:
+    async def serve(stream: grpclib.server.Stream[Any, Any], request: Any) -> None:
+        await stream.send_message(await method(request))
+
+    return serve
+
+
+class _DemoteCancellations(logging.Filter):
+    """grpclib logs every cancelled call (a client leaving a stream) at INFO: make it DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Request was cancelled: %s" and record.levelno == logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_DEMOTER = _DemoteCancellations()
+
+
+def _quiet_cancellations() -> None:
+    grpclib_server_log = logging.getLogger("grpclib.server")
+    if _DEMOTER not in grpclib_server_log.filters:
+        grpclib_server_log.addFilter(_DEMOTER)
 
 
 class _Encoded:

@@ -505,8 +505,16 @@ def _where(query: ListQuery) -> tuple[str, list[object]]:
         ids = [i for i in query.dispatch_ids if i <= _INT64_MAX]
         add(f"id IN ({_marks(ids)})", *ids)
     if query.id_queries or query.type_queries:
-        alternatives = ["id = ?"] * len(query.id_queries)
-        alternatives += ["instr(type, ?) > 0"] * len(query.type_queries)
+        # Flat forms, not one OR per query: SQLite refuses expressions nested
+        # 1000 deep, which a long OR chain is.
+        alternatives = []
+        if query.id_queries:
+            alternatives.append(f"id IN ({_marks(query.id_queries)})")
+        if query.type_queries:
+            rows = ", ".join(["(?)"] * len(query.type_queries))
+            alternatives.append(
+                f"EXISTS (SELECT 1 FROM (VALUES {rows}) WHERE instr(type, column1) > 0)"
+            )
         add("(" + " OR ".join(alternatives) + ")", *query.id_queries, *query.type_queries)
     return " AND ".join(clauses), params
 

@@ -97,7 +97,8 @@ def apply_update(
 
     Raises:
         ValueError: a new value breaks a rule of `dispatch_client.validation`
-            (start in the past, negative duration, payload or recurrence limits).
+            (start in the past, negative duration, payload or recurrence limits,
+            a recurrence `until_time` before the start).
     """
     data = DispatchData.parse(bytes(current))  # a deep copy
     for path in paths:
@@ -125,7 +126,7 @@ def apply_update(
             setattr(rule, name, getattr(new_values, name))
             data.recurrence = rule
     if data.recurrence is not None:
-        check_recurrence(data.recurrence)
+        check_recurrence(data.recurrence, start=data.start_time)
     return data
 
 
