@@ -189,7 +189,7 @@ class RunTracker:
         try:
             due = until(dispatch, at) if entry.running else next_run(dispatch, at)
         except (ValueError, OverflowError) as error:
-            _log.warning("dispatch %d: schedule not followed: %s", _dispatch_id(dispatch), error)
+            _log.warning("dispatch %d: schedule not followed: %s", dispatch_id_of(dispatch), error)
             return
         if due is not None:
             rank = 0 if entry.running else 1
@@ -211,8 +211,8 @@ class RunTracker:
         except (ValueError, OverflowError) as error:
             # As in `observe`: one dispatch that cannot be evaluated stops
             # being tracked; the others go on.
-            _log.warning("ignoring dispatch %d: %s", _dispatch_id(dispatch), error)
-            del self._tracked[_dispatch_id(dispatch)]
+            _log.warning("ignoring dispatch %d: %s", dispatch_id_of(dispatch), error)
+            del self._tracked[dispatch_id_of(dispatch)]
             if entry.running:
                 transitions.append(RunTransition(dispatch, Transition.STOPPED, at))
             return

@@ -7,6 +7,7 @@ every row it stored decodes. The inputs the issue reported are named cases.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -313,8 +314,7 @@ async def test_fuzz_every_rpc(
     assert len(rows) > 1
     for dispatch_id, blob in rows:
         data = decode_request(DispatchData, blob)
-        try:
+        # A rule the helpers refuse by name is fine; anything else is a crash.
+        with contextlib.suppress(ValueError):
             series_end(data)
-        except ValueError:
-            pass  # a rule the helpers refuse by name: fine, it must not crash
         assert data.type, dispatch_id
