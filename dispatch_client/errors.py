@@ -29,6 +29,7 @@ from ._auth import KEY_HEADER, NONCE_HEADER, SIG_HEADER, TS_HEADER
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "CallRecord",
     "Cancelled",
     "ClientError",
     "ClientNotConnected",
