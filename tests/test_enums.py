@@ -22,22 +22,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatch_client import (
-    CreateMicrogridDispatchRequest,
     Dispatch,
     DispatchData,
     DispatchMetadata,
     Event,
-    ListMicrogridDispatchesRequest,
     RecurrenceRule,
     RecurrenceRuleFrequency,
     RecurrenceRuleWeekday,
-    StreamMicrogridDispatchesResponse,
-    UpdateMicrogridDispatchRequest,
 )
 from dispatch_client.recurrence import is_running, next_run, runs, series_end, until
 from dispatch_client.schedule import RunTracker, Transition
 from dispatch_client.streaming import DispatchEvent
 from dispatch_client.validation import check_enum, check_message, enum_label, known_member
+from dispatch_client.wire import (
+    CreateMicrogridDispatchRequest,
+    ListMicrogridDispatchesRequest,
+    StreamMicrogridDispatchesResponse,
+    UpdateMicrogridDispatchRequest,
+)
 
 REQUESTS = (
     CreateMicrogridDispatchRequest,

@@ -25,23 +25,12 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from dispatch_client import (
     BatteryType,
     Client,
-    CreateMicrogridDispatchRequest,
-    DeleteMicrogridDispatchRequest,
     DispatchData,
-    DispatchFilter,
     ElectricalComponentCategory,
-    GetMicrogridDispatchRequest,
-    Interval,
-    ListMicrogridDispatchesRequest,
-    PaginationParams,
     RecurrenceRule,
     RecurrenceRuleEndCriteria,
     RecurrenceRuleFrequency,
     SortOptions,
-    StreamMicrogridDispatchesRequest,
-    UpdateMicrogridDispatchRequest,
-    UpdateMicrogridDispatchRequestDispatchUpdate,
-    UpdateMicrogridDispatchRequestDispatchUpdateRecurrenceRuleUpdate,
 )
 from dispatch_client._proto.google.protobuf import FieldMask, Struct, Timestamp
 from dispatch_client.recurrence import series_end
@@ -49,6 +38,19 @@ from dispatch_client.server.decoding import decode_request
 from dispatch_client.targets import to_target
 from dispatch_client.testing import RunningServer, running_server
 from dispatch_client.validation import MAX_FILTER_ITEMS
+from dispatch_client.wire import (
+    CreateMicrogridDispatchRequest,
+    DeleteMicrogridDispatchRequest,
+    DispatchFilter,
+    GetMicrogridDispatchRequest,
+    Interval,
+    ListMicrogridDispatchesRequest,
+    PaginationParams,
+    StreamMicrogridDispatchesRequest,
+    UpdateMicrogridDispatchRequest,
+    UpdateMicrogridDispatchRequestDispatchUpdate,
+    UpdateMicrogridDispatchRequestDispatchUpdateRecurrenceRuleUpdate,
+)
 
 pytestmark = pytest.mark.anyio
 
