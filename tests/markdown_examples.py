@@ -1,0 +1,47 @@
+"""Run the ```python programs of Markdown files (README, docs/) against a reference server.
+
+A block fenced as exactly ```python is a whole program: it reads the server URL
+from `DISPATCH_API_URL` and must exit 0. Fragments are fenced differently
+(```py, or ```python notest in the README) and are not run. This module holds
+no tests; test_readme.py and test_docs.py use it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAM = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+# Generous: a program may wait for real schedules (a few seconds) on a busy machine.
+PROGRAM_TIMEOUT = 60.0
+
+
+def programs(path: Path) -> list[str]:
+    """Return the runnable ```python blocks of a Markdown file, in order."""
+    return PROGRAM.findall(path.read_text())
+
+
+def run_program(code: str, url: str, tmp_path: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """Run one program in a fresh interpreter with `DISPATCH_API_URL=url`."""
+    script = tmp_path / f"{name}.py"
+    script.write_text(code)
+    env = dict(os.environ, DISPATCH_API_URL=url)
+    env.pop("DISPATCH_API_KEY", None)
+    return subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PROGRAM_TIMEOUT,
+        check=False,
+        cwd=tmp_path,
+    )
+
+
+def describe(result: subprocess.CompletedProcess[str]) -> str:
+    """The output of a failed program, for the assertion message."""
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
