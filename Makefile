@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev,cli,ical
 
-.PHONY: install test lint protos demo bench clean
+.PHONY: install test lint protos demo docs bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,17 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
+# The documentation site (mkdocs-material + mkdocstrings) into site/; --strict
+# turns every warning (broken link, unresolved cross-reference) into a failure.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS),docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 # Benchmarks against the official client (own venv: bench/.venv); BENCH_ARGS=--quick for a smoke run.
 bench:
 	PYTHON=$(PYTHON) bench/bench.sh $(BENCH_ARGS)
@@ -34,4 +45,4 @@ protos: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/gen_protos.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist site
