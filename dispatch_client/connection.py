@@ -303,7 +303,7 @@ def _add_certifi(context: ssl.SSLContext) -> None:
     # Some Pythons (e.g. python.org macOS builds) ship without system roots;
     # use certifi's bundle as well when it happens to be installed.
     try:
-        import certifi  # type: ignore[import-not-found]
+        import certifi  # type: ignore[import-not-found, unused-ignore]  # typed when installed
     except ImportError:
         return
     context.load_verify_locations(certifi.where())

@@ -1,8 +1,10 @@
 """Run the ```python programs of Markdown files (README, docs/) against a reference server.
 
 A block fenced as exactly ```python is a whole program: it reads the server URL
-from `DISPATCH_API_URL` and must exit 0. Fragments are fenced differently
-(```py, or ```python notest in the README) and are not run. This module holds
+from `DISPATCH_API_URL` and must exit 0. A ```bash block is a shell script run
+the same way (with `set -eo pipefail`, this interpreter's bin directory first
+on PATH). Fragments are fenced differently (```py, ```sh, or ```python notest
+in the README) and are not run. This module holds
 no tests; test_readme.py and test_docs.py use it.
 """
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+SCRIPT = re.compile(r"^```bash\n(.*?)^```", re.DOTALL | re.MULTILINE)
 # Generous: a program may wait for real schedules (a few seconds) on a busy machine.
 PROGRAM_TIMEOUT = 60.0
 
@@ -23,6 +26,27 @@ PROGRAM_TIMEOUT = 60.0
 def programs(path: Path) -> list[str]:
     """Return the runnable ```python blocks of a Markdown file, in order."""
     return PROGRAM.findall(path.read_text())
+
+
+def scripts(path: Path) -> list[str]:
+    """Return the runnable ```bash blocks of a Markdown file, in order."""
+    return SCRIPT.findall(path.read_text())
+
+
+def run_script(code: str, url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run one shell script with `DISPATCH_API_URL=url` and this venv's tools first on PATH."""
+    env = dict(os.environ, DISPATCH_API_URL=url, COLUMNS="100")
+    env.pop("DISPATCH_API_KEY", None)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return subprocess.run(
+        ["bash", "-c", "set -eo pipefail\n" + code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PROGRAM_TIMEOUT,
+        check=False,
+        cwd=tmp_path,
+    )
 
 
 def run_program(code: str, url: str, tmp_path: Path, name: str) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,8 @@
 `make docs` builds the site with `mkdocs build --strict` (broken links and
 cross-references fail it); these tests cover what a build does not check: that
 every whole program on a page runs against a real reference server, and that
-every page is reachable from the navigation.
+every page is reachable from the navigation. ```bash blocks (the CLI guide's
+script) run too.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from markdown_examples import ROOT, describe, programs, run_program, run_script, scripts
 
 from dispatch_client.testing import ThreadedServer, threaded_server
-from markdown_examples import ROOT, describe, programs, run_program
 
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
@@ -39,7 +40,23 @@ def test_docs_example_runs(page: str, index: int, server: ThreadedServer, tmp_pa
     assert result.returncode == 0, f"{page} example {index}: {describe(result)}"
 
 
+SCRIPTS = [
+    (page.relative_to(DOCS).as_posix(), index)
+    for page in PAGES
+    for index in range(len(scripts(page)))
+]
+
+
+@pytest.mark.parametrize(("page", "index"), SCRIPTS, ids=[f"{p}:{i}" for p, i in SCRIPTS])
+def test_docs_shell_script_runs(
+    page: str, index: int, server: ThreadedServer, tmp_path: Path
+) -> None:
+    result = run_script(scripts(DOCS / page)[index], server.url, tmp_path)
+    assert result.returncode == 0, f"{page} script {index}: {describe(result)}"
+
+
 def test_the_guides_have_examples() -> None:
+    assert scripts(DOCS / "guides/cli.md"), "the CLI guide has no runnable script"
     for page in ("getting-started.md", "guides/streams.md", "guides/schedules.md"):
         assert programs(DOCS / page), f"{page} has no runnable example"
 

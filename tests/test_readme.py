@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from markdown_examples import ROOT, describe, programs, run_program
 
 from dispatch_client.testing import ThreadedServer, threaded_server
-from markdown_examples import ROOT, describe, programs, run_program
 
 README = ROOT / "README.md"
 

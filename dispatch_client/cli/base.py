@@ -36,6 +36,8 @@ class Settings:
     key: str | None = field(repr=False)  # never shown, not even in a debug repr
     sign_secret: str | None = field(repr=False)
     json_mode: bool = False
+    client: Client | None = field(default=None, repr=False)
+    """A client to use instead of opening one per command (`repl` shares one per session)."""
 
     def output(self) -> Output:
         """Return the printer for this invocation.
@@ -174,13 +176,16 @@ async def connect(settings: Settings) -> AsyncIterator[Client]:
         settings: the global options (URL, key, sign secret).
 
     Yields:
-        The connected `Client`.
+        The connected `Client` (`settings.client` itself when set, left open).
 
     Raises:
         click.UsageError: no URL was given (exit 2).
         click.BadParameter: the URL or sign secret is malformed (exit 2; the
             message names the option, never its secret value).
     """
+    if settings.client is not None:
+        yield settings.client  # the caller's to close
+        return
     if not settings.url:
         raise click.UsageError("no server URL: pass --url or set DISPATCH_API_URL")
     try:

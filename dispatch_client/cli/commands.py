@@ -2,7 +2,7 @@
 
 The commands live in modules by role: `query` (list, get, delete), `edit`
 (create, update), `follow` (stream, watch), `views` (timeline, ical) and
-`serve`; `base` holds what they share.
+`serve`, and `repl` runs them interactively; `base` holds what they share.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .base import OneLineErrors, Settings
 from .edit import create_command, update_command
 from .follow import stream_command, watch_command
 from .query import delete_command, get_command, list_command
+from .repl import repl_command
 from .serve import serve_command
 from .views import ical_command, timeline_command
 
@@ -33,7 +34,10 @@ __all__ = ["cli"]
 )
 @click.option(
     "--key",
-    envvar="DISPATCH_API_KEY",
+    "--auth-key",
+    "key",
+    # The second pair is the official client's CLI's naming.
+    envvar=["DISPATCH_API_KEY", "DISPATCH_API_AUTH_KEY"],
     show_envvar=True,
     metavar="KEY",
     help="API key (sent with every call, never printed).",
@@ -81,5 +85,6 @@ for _command in (
     timeline_command,
     ical_command,
     serve_command,
+    repl_command,
 ):
     cli.add_command(_command)
