@@ -16,6 +16,7 @@ from ._proto.frequenz.api.common.v1alpha8.microgrid.electrical_components import
 )
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, RecurrenceRuleFrequency, TargetComponents
 from .recurrence import _FREQUENCIES, _Rule, _series
+from .validation import enum_label
 
 __all__ = ["to_ical"]
 
@@ -31,6 +32,18 @@ def to_ical(dispatch: Dispatch) -> bytes:
     the RRULE, SUMMARY = the dispatch type and a DESCRIPTION with target and
     payload. An inactive dispatch is exported with STATUS:CANCELLED. Times are
     UTC with whole seconds (iCalendar has no sub-second resolution).
+
+    Args:
+        dispatch: the dispatch, with metadata and data.
+
+    Returns:
+        The calendar, CRLF line endings, as bytes.
+
+    Raises:
+        ImportError: the `icalendar` package is not installed.
+        ValueError: the dispatch lacks metadata or data, or its schedule
+            cannot be evaluated (e.g. a frequency this schema does not know,
+            sent by a newer server; the message names it).
     """
     try:
         import icalendar
@@ -146,14 +159,11 @@ def _describe_target(target: TargetComponents | None) -> str:
         described = []
         for item in target.component_categories_types.categories:
             _, kind = betterproto2.which_one_of(item, "type")
-            suffix = f" ({kind.name})" if kind is not None else ""
+            suffix = f" ({enum_label(type(kind), kind)})" if kind is not None else ""
             described.append(_category(item.category) + suffix)
         return "categories " + ", ".join(described)
     return "none"
 
 
 def _category(category: int) -> str:
-    try:
-        return ElectricalComponentCategory(category).name or str(category)
-    except ValueError:
-        return str(category)
+    return enum_label(ElectricalComponentCategory, category)

@@ -10,9 +10,11 @@ from typing import Any, TypeVar
 import anyio
 import asyncclick as click
 
+from .._proto.frequenz.api.common.v1alpha8.streaming import Event
 from .._proto.frequenz.api.dispatch.v1 import StreamMicrogridDispatchesResponse
 from ..errors import DispatchApiError
-from ..server.config import cancel_on_signal
+from ..server.config import StopSignal, cancel_on_signal
+from ..validation import enum_label
 from .base import Settings, command_json_option, connect, microgrid_argument
 from .parsing import duration_param
 
@@ -48,6 +50,7 @@ async def _follow(
     seen = 0
     failure: DispatchApiError | None = None
     announced = False
+    stop = StopSignal()
 
     def announce() -> None:
         # Once, on stderr: when the stream is open, or with the first event at the latest.
@@ -65,7 +68,7 @@ async def _follow(
 
     async with connect(settings) as client, anyio.create_task_group() as tasks:
         tasks.start_soon(announce_when_open)
-        tasks.start_soon(cancel_on_signal, tasks.cancel_scope)
+        tasks.start_soon(cancel_on_signal, tasks.cancel_scope, stop)
         with anyio.move_on_after(time_limit.total_seconds() if time_limit is not None else None):
             events = client.watch(microgrid_id) if watch else client.stream(microgrid_id)
             # Caught here, not outside: leaving the task group would wrap it in
@@ -78,7 +81,7 @@ async def _follow(
                         document = StreamMicrogridDispatchesResponse(
                             dispatch=event.dispatch, event=event.event
                         ).to_dict()
-                        out.event(event.event.name, event.dispatch, document)
+                        out.event(enum_label(Event, event.event), event.dispatch, document)
                         seen += 1
                         if max_events is not None and seen >= max_events:
                             break
@@ -87,6 +90,8 @@ async def _follow(
         tasks.cancel_scope.cancel()
     if failure is not None:
         raise failure
+    if stop.exit_status:
+        raise click.exceptions.Exit(stop.exit_status)  # 130 after Ctrl-C
 
 
 @click.command("stream")

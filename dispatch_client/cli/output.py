@@ -20,13 +20,17 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .._proto.frequenz.api.common.v1alpha8.microgrid.electrical_components import (
+    ElectricalComponentCategory,
+)
 from .._proto.frequenz.api.dispatch.v1 import (
     Dispatch,
     RecurrenceRule,
     RecurrenceRuleFrequency,
+    RecurrenceRuleWeekday,
     TargetComponents,
 )
-from ..validation import dispatch_id_of, to_utc
+from ..validation import dispatch_id_of, enum_label, known_member, to_utc
 from .parsing import format_duration
 from .timeline import Glyphs
 
@@ -74,18 +78,26 @@ def describe_target(target: TargetComponents | None) -> str:
 
     Returns:
         e.g. "1,2", "BATTERY,INVERTER" or "BATTERY:LI_ION"; "-" for none.
+        Values this schema does not know (from a newer server) show raw,
+        e.g. "99 (unknown)".
     """
     if target is None:
         return "-"
     if target.component_ids is not None:
         return ",".join(str(i) for i in target.component_ids.ids)
     if target.component_categories is not None:
-        return ",".join(c.name for c in target.component_categories.categories)
+        return ",".join(
+            enum_label(ElectricalComponentCategory, c)
+            for c in target.component_categories.categories
+        )
     if target.component_categories_types is not None:
         parts = []
         for entry in target.component_categories_types.categories:
             _, kind = betterproto2.which_one_of(entry, "type")
-            parts.append(entry.category.name + (f":{kind.name}" if kind is not None else ""))
+            category = enum_label(ElectricalComponentCategory, entry.category)
+            parts.append(
+                category + (f":{enum_label(type(kind), kind)}" if kind is not None else "")
+            )
         return ",".join(parts)
     return "-"
 
@@ -99,16 +111,24 @@ def describe_recurrence(rule: RecurrenceRule | None, *, short: bool = False) -> 
             by-rules only as "+rules".
 
     Returns:
-        The summary; "once" for no rule or one without a frequency.
+        The summary; "once" for no rule or one without a frequency. Values
+        this schema does not know (from a newer server) show raw, e.g.
+        "frequency 9 (unknown)".
     """
     if rule is None or not rule.freq:
         return "once"
-    name, unit = _FREQ_UNIT.get(RecurrenceRuleFrequency(rule.freq), ("?", "?"))
+    freq = known_member(RecurrenceRuleFrequency, rule.freq)
+    if freq is None:
+        name, unit = f"frequency {enum_label(RecurrenceRuleFrequency, rule.freq)}", "?"
+    else:
+        name, unit = _FREQ_UNIT[freq]
     if rule.interval > 1:
         name = f"every {rule.interval}{'' if short else ' '}{unit}"
+        if freq is None:
+            name += f" ({enum_label(RecurrenceRuleFrequency, rule.freq)} frequency)"
     words = [name]
     if rule.byweekdays:
-        words.append(("" if short else "on ") + ",".join(d.name[:2] for d in rule.byweekdays))
+        words.append(("" if short else "on ") + ",".join(map(_weekday, rule.byweekdays)))
     others = [
         ("days", rule.bymonthdays),
         ("months", rule.bymonths),
@@ -126,6 +146,13 @@ def describe_recurrence(rule: RecurrenceRule | None, *, short: bool = False) -> 
         elif which == "until_time":
             words.append(f"until {format_time(value)[: 10 if short else None]}")
     return ", ".join(words)
+
+
+def _weekday(day: int) -> str:
+    member = known_member(RecurrenceRuleWeekday, day)
+    if member is None or not member.value:
+        return f"weekday {enum_label(RecurrenceRuleWeekday, day)}"
+    return member.name[:2]
 
 
 def _short_time(value: dt.datetime | None, fmt: str) -> str:

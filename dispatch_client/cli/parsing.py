@@ -148,7 +148,78 @@ def _parse_phrase(text: str, now: dt.datetime) -> dt.datetime | None:
     if abs(now - real_now) > dt.timedelta(seconds=5):
         settings["RELATIVE_BASE"] = now.astimezone(dt.UTC).replace(tzinfo=None)
     result = dateparser.parse(text, languages=["en"], settings=settings)
-    return result if isinstance(result, dt.datetime) else None
+    if not isinstance(result, dt.datetime):
+        return None
+    _check_understood(text, result)
+    return result
+
+
+# A time of day as written: 8:00, 08:00:30, 9.30, 9am, 9:30 p.m., 25h. Only
+# counted as one with minutes, am/pm or "h"; "10" in "in 10 min" is no time.
+_CLOCK = re.compile(
+    r"(?<![\w:.+-])(?P<h>\d{1,2})(?:[:.](?P<m>\d{2}))?(?::(?P<s>\d{2}))?"
+    r"(?:\s*(?P<suffix>[ap]\.?m\.?|h))?(?![\w:])",
+    re.IGNORECASE,
+)
+# 0830 / 2500: a bare 3-4 digit number next to a day word reads as a time too.
+_BARE_CLOCK = re.compile(r"(?<![\w:.+-])(?P<h>\d{1,2})(?P<m>\d{2})(?![\w:.])")
+_MONTH_WORD = re.compile(
+    r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\b", re.IGNORECASE
+)
+_SIGNED = re.compile(r"(?<![\w:.])[+-]\d")
+
+
+def _check_understood(text: str, result: dt.datetime) -> None:
+    """Refuse a phrase dateparser did not understand exactly.
+
+    dateparser drops what it cannot read and answers anyway: "tomorrow 25:00"
+    is tomorrow at the current time, "tomorrow 8:00 PST" is 08:00 UTC. So
+    every time of day written must be valid and be the result's time of day
+    in the zone the phrase names (UTC when none), and a zone needs a time.
+
+    Raises:
+        ValueError: naming the part of the phrase that was not understood.
+    """
+    from dateparser.timezone_parser import pop_tz_offset_from_string
+
+    rest, zone = pop_tz_offset_from_string(text)
+    clocks = [(m.group(0), m.groupdict()) for m in _CLOCK.finditer(rest) if _is_clock(m)]
+    if not _MONTH_WORD.search(rest):
+        clocks += [
+            (m.group(0), {**m.groupdict(), "s": None, "suffix": None})
+            for m in _BARE_CLOCK.finditer(rest)
+        ]
+    signed = _SIGNED.search(rest)
+    if signed is not None:
+        token = rest[signed.start() :].split()[0]
+        raise ValueError(f"could not understand {token!r} in {text!r}; use {TIME_HELP}")
+    if zone is not None and not clocks:
+        raise ValueError(f"{text!r} names a time zone but no time of day; use {TIME_HELP}")
+    local = result.astimezone(zone) if zone is not None else result.astimezone(dt.UTC)
+    for token, parts in clocks:
+        wanted = _time_of_day(token.strip(), parts)
+        if wanted is None:
+            raise ValueError(f"{token.strip()!r} in {text!r} is not a time of day (00:00..23:59)")
+        if (local.hour, local.minute, local.second) != wanted:
+            raise ValueError(
+                f"could not understand {token.strip()!r} in {text!r} exactly; use {TIME_HELP}"
+            )
+
+
+def _is_clock(match: re.Match[str]) -> bool:
+    return match.group("m") is not None or match.group("suffix") is not None
+
+
+def _time_of_day(token: str, parts: dict[str, str | None]) -> tuple[int, int, int] | None:
+    hour, minute, second = (int(parts[k] or 0) for k in ("h", "m", "s"))
+    suffix = (parts.get("suffix") or "").replace(".", "").lower()
+    if suffix in ("am", "pm"):
+        if not 1 <= hour <= 12:
+            return None
+        hour = hour % 12 + (12 if suffix == "pm" else 0)
+    if hour > 23 or minute > 59 or second > 59:
+        return None
+    return hour, minute, second
 
 
 # --- duration -------------------------------------------------------------

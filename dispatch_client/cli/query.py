@@ -16,6 +16,7 @@ from .._proto.frequenz.api.dispatch.v1 import (
     TargetComponents,
 )
 from ..errors import NotFound
+from ..validation import dispatch_id_of
 from .base import (
     ApiFailure,
     Settings,
@@ -153,7 +154,18 @@ async def list_command(
 def _is_running(dispatch: Dispatch, at: dt.datetime) -> bool:
     from ..recurrence import is_running
 
-    return bool(dispatch.data is not None and dispatch.data.is_active and is_running(dispatch, at))
+    if dispatch.data is None or not dispatch.data.is_active:
+        return False
+    try:
+        return is_running(dispatch, at)
+    except ValueError as error:
+        # Values from a newer server this client cannot evaluate: say so, go on.
+        _warn(dispatch, "cannot tell whether it is running", error)
+        return False
+
+
+def _warn(dispatch: Dispatch, what: str, error: ValueError) -> None:
+    click.echo(f"Warning: dispatch {dispatch_id_of(dispatch)}: {what}: {error}", err=True)
 
 
 # --- get / delete ---------------------------------------------------------
@@ -165,16 +177,34 @@ def _is_running(dispatch: Dispatch, at: dt.datetime) -> bool:
 @command_json_option
 @click.pass_obj
 async def get_command(settings: Settings, microgrid_id: int, ids: tuple[list[int], ...]) -> None:
-    """Show dispatches by id (ranges like 5-9 allowed)."""
+    """Show dispatches by id (ranges like 5-9 allowed).
+
+    Every id is tried; ids that do not exist are reported one per line on
+    stderr and make the exit code 1.
+    """
     from ..recurrence import next_run
 
     out = settings.output()
     now = dt.datetime.now(dt.UTC)
+    failed = False
     async with connect(settings) as client:
         for dispatch_id in itertools.chain.from_iterable(ids):
-            dispatch = await client.get(microgrid_id, dispatch_id)
-            upcoming = next_run(dispatch, now) if not out.json_mode else None
+            try:
+                dispatch = await client.get(microgrid_id, dispatch_id)
+            except NotFound as error:
+                # Keep going, as delete does: in a range some ids may not exist.
+                failed = True
+                click.echo(f"Error: {ApiFailure(error).format_message()}", err=True)
+                continue
+            upcoming = None
+            if not out.json_mode:
+                try:
+                    upcoming = next_run(dispatch, now)
+                except ValueError as error:
+                    _warn(dispatch, "cannot compute its next run", error)
             out.dispatch_detail(dispatch, next_run=upcoming)
+    if failed:
+        raise click.exceptions.Exit(1)
 
 
 @click.command("delete")

@@ -90,8 +90,10 @@ async def serve_command(settings: Settings, /, **values: Any) -> None:
             out.line(f"Serving the Dispatch API on {server.url} (db {config.db}); Ctrl-C to stop")
 
     try:
-        await run_until_stopped(config, on_ready=ready)
+        status = await run_until_stopped(config, on_ready=ready)
     except OSError as error:  # port taken, unreadable certificate, bad db path
         raise click.ClickException(
             f"cannot serve on {config.host}:{config.port}: {error}"
         ) from None
+    if status:
+        raise click.exceptions.Exit(status)  # 130 after Ctrl-C, like the other commands

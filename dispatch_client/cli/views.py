@@ -55,6 +55,7 @@ async def timeline_command(
     start = dt.datetime.now(dt.UTC).replace(microsecond=0)
     end = start + dt.timedelta(hours=hours)
     rows: list[Row] = []
+    unreadable: list[str] = []
     idle = 0
     async with connect(settings) as client:
         with out.progress("Collecting dispatches…"):
@@ -70,7 +71,15 @@ async def timeline_command(
             continue
         # An inactive dispatch has no runs; with --all, show what it would run.
         schedule = data if data.is_active else dataclasses.replace(data, is_active=True)
-        window_runs = list(itertools.islice(runs(schedule, start, end), _MAX_RUNS_PER_ROW))
+        try:
+            window_runs = list(itertools.islice(runs(schedule, start, end), _MAX_RUNS_PER_ROW))
+        except ValueError as error:
+            # e.g. a frequency from a newer server: this row cannot be drawn, the others can.
+            if out.json_mode:
+                out.json_line({"dispatch": dispatch.to_dict(), "error": str(error)})
+            else:
+                unreadable.append(f"#{dispatch_id_of(dispatch)}: {error}")
+            continue
         if out.json_mode:
             out.json_line(
                 {
@@ -98,6 +107,8 @@ async def timeline_command(
         out.line(
             f"({idle} dispatch{'es' if idle > 1 else ''} without runs in this window not shown)"
         )
+    for note in unreadable:
+        click.echo(f"Warning: dispatch {note}; not drawn", err=True)
 
 
 def _can_encode(text: str) -> bool:
@@ -129,7 +140,10 @@ async def ical_command(
     out = settings.output()
     async with connect(settings) as client:
         dispatch = await client.get(microgrid_id, dispatch_id)
-    calendar = to_ical(dispatch)
+    try:
+        calendar = to_ical(dispatch)
+    except ValueError as error:
+        raise click.ClickException(f"dispatch {dispatch_id} cannot be exported: {error}") from None
     if output_file is not None:
         output_file.write(calendar)
     elif out.json_mode:

@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments without the program name; None reads `sys.argv`.
 
     Returns:
-        The exit status: 0 after a clean stop, 1 when the server cannot start.
+        The exit status: 0 after a clean stop (SIGTERM), 130 after Ctrl-C
+        (SIGINT), 1 when the server cannot start.
 
     Raises:
         SystemExit: with status 2 for bad arguments.
@@ -67,11 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     configure_logging(config)
     try:
-        anyio.run(run_until_stopped, config)
+        return anyio.run(run_until_stopped, config)
     except OSError as error:  # port taken, unreadable certificate, bad db path
         print(f"error: cannot serve on {config.host}:{config.port}: {error}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -225,14 +225,22 @@ def configure_logging(config: ServerConfig) -> None:
     logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT)
 
 
+INTERRUPTED = 128 + signal.SIGINT
+"""Exit status after Ctrl-C (SIGINT): 130, the shell's convention. SIGTERM stops with 0."""
+
+
 async def run_until_stopped(
     config: ServerConfig, on_ready: Callable[[DispatchServer], object] | None = None
-) -> None:
+) -> int:
     """Serve until SIGINT or SIGTERM (or cancellation), then stop cleanly and return.
 
     Args:
         config: what to serve and how.
         on_ready: called with the running server once it listens.
+
+    Returns:
+        The exit status: `INTERRUPTED` (130) after SIGINT, 0 after SIGTERM
+        or cancellation.
 
     Raises:
         OSError: the server cannot start (port taken, unreadable TLS file or
@@ -241,8 +249,9 @@ async def run_until_stopped(
     """
     ssl = config.ssl_context()
     failure: OSError | None = None
+    stop = StopSignal()
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(cancel_on_signal, tasks.cancel_scope)
+        tasks.start_soon(cancel_on_signal, tasks.cancel_scope, stop)
         # Caught here and raised after the group: leaving the group would wrap
         # it in an ExceptionGroup, and callers report the plain error.
         try:
@@ -261,21 +270,38 @@ async def run_until_stopped(
         tasks.cancel_scope.cancel()
     if failure is not None:
         raise failure
+    return stop.exit_status
 
 
-async def cancel_on_signal(scope: anyio.CancelScope) -> None:
-    """Cancel `scope` on the first SIGINT or SIGTERM: the normal end of a long-running command.
+class StopSignal:
+    """Which signal ended a long-running command (`received`), for its exit status."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    @property
+    def exit_status(self) -> int:
+        """`INTERRUPTED` (130) after SIGINT; 0 after SIGTERM (a requested stop) or none."""
+        return INTERRUPTED if self.received == signal.SIGINT else 0
+
+
+async def cancel_on_signal(scope: anyio.CancelScope, stop: StopSignal | None = None) -> None:
+    """Cancel `scope` on the first SIGINT or SIGTERM: the end of a long-running command.
 
     Logs which signal arrived at INFO. Returns at once where signals cannot be
     received (Windows: Ctrl-C arrives as KeyboardInterrupt instead).
 
     Args:
         scope: the cancel scope to cancel, usually the caller's task group's.
+        stop: told which signal arrived, so the caller can exit with 130
+            after SIGINT.
     """
     try:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 _log.info("%s received, stopping", signal.Signals(signum).name)
+                if stop is not None:
+                    stop.received = signum
                 scope.cancel()
                 return
     except NotImplementedError:
