@@ -8,7 +8,9 @@ method then reads build → call → unwrap.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
@@ -38,14 +40,18 @@ from ._proto.frequenz.api.dispatch.v1 import (
 from .targets import TargetLike, to_target
 from .update import build_update
 from .validation import (
+    MAX_FILTER_ITEMS,
     check_aware,
     check_bool,
     check_dispatch_data,
+    check_dispatch_filter,
     check_duration,
     check_positive_int,
+    check_sort_options,
     check_start_time,
     check_uint64,
     payload_to_struct,
+    shown,
 )
 
 __all__ = [
@@ -62,6 +68,7 @@ __all__ = [
 ]
 
 _SERVICE = "/frequenz.api.dispatch.v1.MicrogridDispatchService/"
+_MAX_UINT32 = 2**32 - 1
 
 START_TIME_GRACE = dt.timedelta(seconds=1)
 """How far in the past a start time may be and still count as "now".
@@ -131,10 +138,10 @@ def create(
     now = now or dt.datetime.now(dt.UTC)
     check_uint64(microgrid_id, "microgrid_id")
     if not isinstance(type, str) or not type:
-        raise ValueError(f"type must be a non-empty str, got {type!r}")
+        raise ValueError(f"type must be a non-empty str, got {shown(type)}")
     start_immediately = isinstance(start_time, str) and start_time.upper() == "NOW"
     if isinstance(start_time, str) and not start_immediately:
-        raise ValueError(f'start_time must be an aware datetime or "NOW", got {start_time!r}')
+        raise ValueError(f'start_time must be an aware datetime or "NOW", got {shown(start_time)}')
     start = (
         None
         if start_immediately
@@ -150,7 +157,7 @@ def create(
         type=type,
         start_time=start,
         duration=check_duration(duration),
-        target=to_target(target),
+        target=to_target(target, "target"),
         is_active=active,
         is_dry_run=dry_run,
         payload=payload_to_struct(payload),
@@ -290,7 +297,9 @@ def list_page(
         The `ListMicrogridDispatches` call for the first page.
 
     Raises:
-        ValueError: a filter is of the wrong type or out of range.
+        ValueError: a filter is of the wrong type or out of range, a filter list
+            holds more than `validation.MAX_FILTER_ITEMS` (1000) items, or a target
+            or the sort holds an enum value the schema does not define.
     """
     request = ListMicrogridDispatchesRequest(
         microgrid_id=check_uint64(microgrid_id, "microgrid_id"),
@@ -307,7 +316,13 @@ def list_page(
     )
     if page_size is not None:
         check_positive_int(page_size, "page_size")
+        if page_size > _MAX_UINT32:
+            raise ValueError(f"page_size must be at most {_MAX_UINT32}, got {page_size}")
         request.pagination_params = PaginationParams(page_size=page_size)
+    assert request.filter is not None
+    check_dispatch_filter(request.filter, "filter")
+    if request.sort_options is not None:
+        check_sort_options(request.sort_options, "sort")
     return Call(_SERVICE + "ListMicrogridDispatches", request, ListMicrogridDispatchesResponse)
 
 
@@ -354,6 +369,21 @@ def stream(
     return Call(_SERVICE + "StreamMicrogridDispatches", request, StreamMicrogridDispatchesResponse)
 
 
+def _items(values: object, name: str) -> builtins.list[Any]:
+    """The items of a filter list, at most `MAX_FILTER_ITEMS` + 1 of them read.
+
+    Reading stops past the limit, so an endless iterator is refused too.
+    """
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ValueError(f"{name} must be a list, got {type(values).__name__}")
+    items = builtins.list(itertools.islice(values, MAX_FILTER_ITEMS + 1))
+    if len(items) > MAX_FILTER_ITEMS:
+        raise ValueError(
+            f"{name} has more than {MAX_FILTER_ITEMS} items (allowed: at most {MAX_FILTER_ITEMS})"
+        )
+    return items
+
+
 def _sort_options(sort: SortSpec | None) -> SortOptions | None:
     if sort is None or isinstance(sort, SortOptions):
         return sort
@@ -364,7 +394,7 @@ def _sort_options(sort: SortSpec | None) -> SortOptions | None:
         if isinstance(field, SortField) and isinstance(order, SortOrder):
             return SortOptions(sort_field=field, sort_order=order)
     raise ValueError(
-        f"sort must be a SortField, (SortField, SortOrder) or SortOptions, got {sort!r}"
+        f"sort must be a SortField, (SortField, SortOrder) or SortOptions, got {shown(sort)}"
     )
 
 
@@ -390,21 +420,23 @@ def _filter(
     for name, flag in flags.items():
         # None means "either"; an int would be a guess at what was meant.
         if flag is not None and not isinstance(flag, bool):
-            raise ValueError(f"{name} must be a bool or None, got {flag!r}")
+            raise ValueError(f"{name} must be a bool or None, got {shown(flag)}")
     if isinstance(filter_queries, str):
         filter_queries = [filter_queries]
-    queries = list(filter_queries)
+    queries = _items(filter_queries, "filter_queries")
     for query in queries:
         if not isinstance(query, str):
-            raise ValueError(f"filter_queries must be strings, got {query!r}")
+            raise ValueError(f"filter_queries must be strings, got {shown(query)}")
+    targets = _items(target_components, "target_components")
+    ids = _items(dispatch_ids, "dispatch_ids")
     return DispatchFilter(
-        targets=[to_target(t) for t in target_components],
+        targets=[to_target(t, f"target_components[{i}]") for i, t in enumerate(targets)],
         is_active=flags["active"],
         is_dry_run=flags["dry_run"],
         is_recurring=flags["recurring"],
         start_time_interval=_interval(*start, "start"),
         end_time_interval=_interval(*end, "end"),
         update_time_interval=_interval(*updated, "update"),
-        dispatch_ids=[check_uint64(i, "dispatch_ids item") for i in dispatch_ids],
+        dispatch_ids=[check_uint64(i, "dispatch_ids item") for i in ids],
         queries=queries,
     )

@@ -24,7 +24,7 @@ from ._proto.frequenz.api.dispatch.v1 import (
     TargetComponentsCategoryTypeSet,
     TargetComponentsIdSet,
 )
-from .validation import check_uint64
+from .validation import check_message, check_uint64, shown
 
 __all__ = [
     "ComponentType",
@@ -51,7 +51,7 @@ TargetLike = (
 def _check_id(value: object) -> int:
     # Enums are ints too; an id given as a category is a mistake, not an id.
     if hasattr(value, "name"):
-        raise ValueError(f"component id must be an int, got {value!r}")
+        raise ValueError(f"component id must be an int, got {shown(value)}")
     return check_uint64(value, "component id")
 
 
@@ -62,9 +62,11 @@ def _category(value: ElectricalComponentCategory | str) -> ElectricalComponentCa
             value = ElectricalComponentCategory[name]
         except KeyError:
             allowed = ", ".join(c.name for c in ElectricalComponentCategory if c)
-            raise ValueError(f"unknown component category {name!r} (allowed: {allowed})") from None
+            raise ValueError(
+                f"unknown component category {shown(name)} (allowed: {allowed})"
+            ) from None
     if not isinstance(value, ElectricalComponentCategory):
-        raise ValueError(f"expected an ElectricalComponentCategory, got {value!r}")
+        raise ValueError(f"expected an ElectricalComponentCategory, got {shown(value)}")
     if value == ElectricalComponentCategory.UNSPECIFIED:
         raise ValueError("component category must not be UNSPECIFIED")
     return value
@@ -171,24 +173,38 @@ def target_from_types(
     )
 
 
-def to_target(value: TargetLike) -> TargetComponents:
+def to_target(value: TargetLike, field: str = "target") -> TargetComponents:
     """Turn ids, categories, types or a ready `TargetComponents` into a `TargetComponents`.
 
     A list of ints targets component ids; a list of categories (or category
     names) targets categories; a list containing any component type targets
-    categories with types.
+    categories with types. Every enum value must be one the schema defines
+    (a `TargetComponents` given as is is checked too).
 
     Args:
         value: a `TargetComponents` (returned as is) or a non-empty iterable of
             ids, or of categories / category names / component types.
+        field: the argument's name, which every error message starts with.
 
     Returns:
         The target.
 
     Raises:
         ValueError: `value` is empty, a str, mixes ids with categories or
-            types, or holds an entry that is neither.
+            types, or holds an entry that is neither, or an unknown enum value.
     """
+    try:
+        target = _to_target(value)
+        check_message(target, field)
+    except ValueError as error:
+        message = str(error)
+        if message.startswith(field):
+            raise
+        raise ValueError(f"{field}: {message}") from None
+    return target
+
+
+def _to_target(value: TargetLike) -> TargetComponents:
     if isinstance(value, TargetComponents):
         return value
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
@@ -218,4 +234,6 @@ def _kind(item: object) -> str:
         return "category"
     if isinstance(item, int) and not isinstance(item, bool) and not hasattr(item, "name"):
         return "id"
-    raise ValueError(f"target entry {item!r} is not a component id, category or component type")
+    raise ValueError(
+        f"target entry {shown(item)} is not a component id, category or component type"
+    )

@@ -40,6 +40,7 @@ from .validation import (
     check_recurrence,
     check_start_time,
     payload_to_struct,
+    shown,
 )
 
 __all__ = ["ALLOWED_KEYS", "RECURRENCE_FIELDS", "build_update", "to_end_criteria"]
@@ -92,7 +93,7 @@ def _to_enum(cls: type[_E], value: object, field: str, prefix: str) -> _E:
         member = None
     if member is None:
         allowed = ", ".join(m.name for m in cls if m.value)
-        raise ValueError(f"{field} {value!r} is not valid (allowed: {allowed})")
+        raise ValueError(f"{field} {shown(value)} is not valid (allowed: {allowed})")
     return member
 
 
@@ -102,7 +103,7 @@ def _uint_list(value: object, field: str) -> list[int]:
     items = list(value)
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int):
-            raise ValueError(f"{field} must be a list of ints, got an item {item!r}")
+            raise ValueError(f"{field} must be a list of ints, got an item {shown(item)}")
     return items
 
 
@@ -129,7 +130,7 @@ def to_end_criteria(
     if isinstance(value, int) and not isinstance(value, bool):
         return RecurrenceRuleEndCriteria(count=value)
     raise ValueError(
-        f"{field} must be an EndCriteria, a count, an aware datetime or None, got {value!r}"
+        f"{field} must be an EndCriteria, a count, an aware datetime or None, got {shown(value)}"
     )
 
 
@@ -139,7 +140,7 @@ def _recurrence_value(name: str, value: object) -> Any:
         return _to_enum(RecurrenceRuleFrequency, value, field, "FREQUENCY_")
     if name == "interval":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{field} must be an int, got {value!r}")
+            raise ValueError(f"{field} must be an int, got {shown(value)}")
         return value
     if name == "end_criteria":
         return to_end_criteria(value, field)
@@ -209,7 +210,7 @@ def build_update(
 
     for key, value in new_fields.items():
         if not isinstance(key, str):
-            raise ValueError(f"new_fields key {key!r} is not a str (allowed: {_allowed()})")
+            raise ValueError(f"new_fields key {shown(key)} is not a str (allowed: {_allowed()})")
         if key in _FIXED:
             raise ValueError(_FIXED[key])
         path = _ALIASES.get(key, key)
@@ -234,6 +235,14 @@ def build_update(
             RecurrenceRule(**{k: v for k, v in recurrence.items() if v is not None}),
             "recurrence",
         )
+        end = recurrence.get("end_criteria")
+        until_time = end.until_time if isinstance(end, RecurrenceRuleEndCriteria) else None
+        start = top.get("start_time")
+        if until_time is not None and start is not None and until_time < start:
+            raise ValueError(
+                f"recurrence.end_criteria.until_time {until_time.isoformat()} is before"
+                f" start_time {start.isoformat()}: the recurrence could never run"
+            )
         update.recurrence = RecurrenceRuleUpdate(**recurrence)
     return update, FieldMask(paths=paths)
 

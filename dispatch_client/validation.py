@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import math
+import reprlib
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar, cast
 
@@ -83,10 +84,36 @@ __all__ = [
     "known_member",
     "payload_measure",
     "payload_to_struct",
+    "shown",
     "to_utc",
 ]
 
 _E = TypeVar("_E", bound=enum.IntEnum)
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 3
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlong = 40
+
+
+def shown(value: object) -> str:
+    """Return a short repr of a value for an error message: bounded, and never raising.
+
+    A payload nested thousands deep or a list of a million ids must not turn
+    an error message into a RecursionError or a megabyte of text.
+
+    Args:
+        value: whatever the caller passed.
+
+    Returns:
+        e.g. `'abc'`, `[1, 2, 3, 4, 5, 6, ...]`, `{'k': {'k': {...}}}`, `a Struct`.
+    """
+    if isinstance(value, betterproto2.Message):
+        return f"a {type(value).__name__}"
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # a broken or endlessly recursive __repr__
+        return f"a {type(value).__name__}"
 
 
 def check_aware(value: object, field: str) -> dt.datetime:
@@ -151,7 +178,7 @@ def check_uint64(value: object, field: str) -> int:
         ValueError: `value` is not an int (bool is refused) or is out of range.
     """
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UINT64:
-        raise ValueError(f"{field} must be an int in 0..2**64-1, got {value!r}")
+        raise ValueError(f"{field} must be an int in 0..2**64-1, got {shown(value)}")
     return value
 
 
@@ -169,7 +196,7 @@ def check_positive_int(value: object, field: str) -> int:
         ValueError: `value` is not an int (bool is refused) or is below 1.
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{field} must be a positive int, got {value!r}")
+        raise ValueError(f"{field} must be a positive int, got {shown(value)}")
     return value
 
 
@@ -187,7 +214,7 @@ def check_bool(value: object, field: str) -> bool:
         ValueError: `value` is not a bool.
     """
     if not isinstance(value, bool):
-        raise ValueError(f"{field} must be True or False, got {value!r}")
+        raise ValueError(f"{field} must be True or False, got {shown(value)}")
     return value
 
 
@@ -239,9 +266,9 @@ def check_duration(seconds: object, field: str = "duration") -> int | None:
     if isinstance(seconds, dt.timedelta):
         seconds = seconds.total_seconds()
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise ValueError(f"{field} must be a timedelta, seconds or None, got {seconds!r}")
+        raise ValueError(f"{field} must be a timedelta, seconds or None, got {shown(seconds)}")
     if isinstance(seconds, float) and math.isnan(seconds):
-        raise ValueError(f"{field} must be a number of seconds, got {seconds!r}")
+        raise ValueError(f"{field} must be a number of seconds, got {shown(seconds)}")
     if seconds < 0:
         raise ValueError(f"{field} must not be negative, got {seconds} s")
     if seconds > MAX_DURATION_SECONDS + 0.5:  # also catches inf before round() overflows
@@ -260,7 +287,7 @@ def _range_check(
     allowed = f"{low}..{high}" + (" except 0" if no_zero else "")
     for value in values:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{field} value {value!r} is not an int (allowed: {allowed})")
+            raise ValueError(f"{field} value {shown(value)} is not an int (allowed: {allowed})")
         if not low <= value <= high or (no_zero and value == 0):
             raise ValueError(f"{field} value {value} is out of range (allowed: {allowed})")
 
@@ -303,7 +330,7 @@ def enum_label(enum_type: type[_E], value: object) -> str:
     if member is not None:
         return member.name
     raw = int(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    return f"{raw!r} (unknown)"
+    return f"{shown(raw)} (unknown)"
 
 
 def check_enum(
@@ -327,9 +354,9 @@ def check_enum(
     member = known_member(enum_type, value)
     if member is None or (member.value == 0 and not allow_unspecified):
         allowed = ", ".join(m.name for m in enum_type if allow_unspecified or m.value)
-        shown = int(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        raw = int(value) if isinstance(value, int) and not isinstance(value, bool) else value
         raise ValueError(
-            f"{field} {shown!r} is not a known {enum_type.__name__} (allowed: {allowed})"
+            f"{field} {shown(raw)} is not a known {enum_type.__name__} (allowed: {allowed})"
         )
     return member
 
@@ -423,13 +450,13 @@ def check_message(message: betterproto2.Message, field: str, *, skip: Iterable[s
                     raise ValueError(f"{where} must be a dict, got {type(value).__name__}")
                 for key, item in value.items():
                     if not isinstance(key, str):
-                        raise ValueError(f"{where} has a key {key!r} that is not a str")
+                        raise ValueError(f"{where} has a key {shown(key)} that is not a str")
                     if not isinstance(item, value_cls):
                         raise ValueError(
-                            f"{where}[{key!r}] must be a {value_cls.__name__},"
+                            f"{where}[{shown(key)}] must be a {value_cls.__name__},"
                             f" got {type(item).__name__}"
                         )
-                    stack.append((item, f"{where}[{key!r}]"))
+                    stack.append((item, f"{where}[{shown(key)}]"))
                 continue
             if fmeta.repeated:
                 if not isinstance(value, list | tuple):
@@ -464,7 +491,7 @@ def check_recurrence(
     freq = check_enum(RecurrenceRuleFrequency, rule.freq, f"{field}.freq")
     interval = rule.interval
     if isinstance(interval, bool) or not isinstance(interval, int):
-        raise ValueError(f"{field}.interval must be an int, got {interval!r}")
+        raise ValueError(f"{field}.interval must be an int, got {shown(interval)}")
     if interval and not 1 <= interval <= MAX_RECURRENCE_INTERVAL:
         raise ValueError(
             f"{field}.interval {interval} is out of range "
@@ -654,9 +681,9 @@ def _to_value(obj: Any, path: str, level: int) -> Value:
         try:
             number = float(obj)
         except OverflowError:
-            raise ValueError(f"{path} is {obj!r}, too large for a JSON number") from None
+            raise ValueError(f"{path} is {shown(obj)}, too large for a JSON number") from None
         if not math.isfinite(number):
-            raise ValueError(f"{path} is {obj!r}; JSON numbers must be finite")
+            raise ValueError(f"{path} is {shown(obj)}; JSON numbers must be finite")
         return Value(number_value=number)
     if isinstance(obj, str):
         _check_text(obj, path)
@@ -690,10 +717,10 @@ def _to_struct(obj: Mapping[Any, Any], path: str, level: int) -> Struct:
     for key, value in obj.items():
         if not isinstance(key, str):
             raise ValueError(
-                f"{path} has a key {key!r} of type {type(key).__name__}; keys must be str"
+                f"{path} has a key {shown(key)} of type {type(key).__name__}; keys must be str"
             )
         _check_text(key, f"{path} key")
-        fields[key] = _to_value(value, f"{path}[{key!r}]", level)
+        fields[key] = _to_value(value, f"{path}[{shown(key)}]", level)
     return Struct(fields=fields)
 
 

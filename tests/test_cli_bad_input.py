@@ -122,7 +122,7 @@ def test_a_time_of_day_is_understood_exactly_or_refused(
     ],
 )
 def test_phrases_dateparser_would_silently_change_are_refused(phrase: str) -> None:
-    with pytest.raises(ValueError, match="not a time of day|could not understand|time zone"):
+    with pytest.raises(ValueError, match=r"not a time of day|could not understand|time zone"):
         parse_time(phrase, now=NOW)
 
 
@@ -159,7 +159,7 @@ async def test_get_shows_what_exists_and_reports_the_rest(server: RunningServer)
     for kind in ("A", "B"):
         clean(await run(server, "create", MG, kind, "1", "in 1 hour", "10m"), 0)
     result = await run(server, "get", MG, "1", "3108-3110", "2")
-    output = clean(result, 1)
+    clean(result, 1)
     assert "A" in result.stdout and "B" in result.stdout
     for missing in ("3108", "3109", "3110"):
         assert f"dispatch {missing} not found" in result.stderr
