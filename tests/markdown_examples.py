@@ -6,6 +6,10 @@ the same way (with `set -eo pipefail`, this interpreter's bin directory first
 on PATH). Fragments are fenced differently (```py, ```sh, or ```python notest
 in the README) and are not run. This module holds
 no tests; test_readme.py and test_docs.py use it.
+
+The programs of a file set run concurrently against one server (they spend
+most of their time starting Python or waiting for schedules), so each must
+use microgrid ids of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,3 +76,20 @@ def run_program(code: str, url: str, tmp_path: Path, name: str) -> subprocess.Co
 def describe(result: subprocess.CompletedProcess[str]) -> str:
     """The output of a failed program, for the assertion message."""
     return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+# Enough to overlap interpreter start-ups and schedule waits on a 2-core machine.
+CONCURRENCY = 4
+
+
+def run_all(
+    jobs: Sequence[tuple[str, Callable[[Path], subprocess.CompletedProcess[str]]]],
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run `jobs` (name, run(workdir)) concurrently, each in a fresh directory; results by name."""
+    with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(CONCURRENCY) as pool:
+        futures = {}
+        for number, (name, job) in enumerate(jobs):
+            workdir = Path(scratch) / str(number)
+            workdir.mkdir()
+            futures[name] = pool.submit(job, workdir)
+        return {name: future.result() for name, future in futures.items()}

@@ -9,14 +9,24 @@ script) run too.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from markdown_examples import ROOT, describe, programs, run_program, run_script, scripts
+from markdown_examples import (
+    ROOT,
+    describe,
+    programs,
+    run_all,
+    run_program,
+    run_script,
+    scripts,
+)
 
-from dispatch_client.testing import ThreadedServer, threaded_server
+from dispatch_client.testing import threaded_server
 
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
@@ -27,19 +37,6 @@ EXAMPLES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ThreadedServer]:
-    with threaded_server() as running:
-        yield running
-
-
-@pytest.mark.parametrize(("page", "index"), EXAMPLES, ids=[f"{p}:{i}" for p, i in EXAMPLES])
-def test_docs_example_runs(page: str, index: int, server: ThreadedServer, tmp_path: Path) -> None:
-    code = programs(DOCS / page)[index]
-    result = run_program(code, server.url, tmp_path, f"example_{index}")
-    assert result.returncode == 0, f"{page} example {index}: {describe(result)}"
-
-
 SCRIPTS = [
     (page.relative_to(DOCS).as_posix(), index)
     for page in PAGES
@@ -47,11 +44,48 @@ SCRIPTS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def results() -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
+    """Every program and script of the site, run concurrently against one server."""
+    with threaded_server() as server:
+        jobs: list[tuple[str, Callable[[Path], subprocess.CompletedProcess[str]]]] = []
+        for page, index in EXAMPLES:
+            code = programs(DOCS / page)[index]
+            jobs.append(
+                (
+                    f"{page}:{index}",
+                    functools.partial(run_example, code, server.url, name=f"example_{index}"),
+                )
+            )
+        for page, index in SCRIPTS:
+            code = scripts(DOCS / page)[index]
+            jobs.append((f"{page}:script{index}", functools.partial(run_shell, code, server.url)))
+        yield run_all(jobs)
+
+
+def run_example(
+    code: str, url: str, workdir: Path, *, name: str
+) -> subprocess.CompletedProcess[str]:
+    return run_program(code, url, workdir, name)
+
+
+def run_shell(code: str, url: str, workdir: Path) -> subprocess.CompletedProcess[str]:
+    return run_script(code, url, workdir)
+
+
+@pytest.mark.parametrize(("page", "index"), EXAMPLES, ids=[f"{p}:{i}" for p, i in EXAMPLES])
+def test_docs_example_runs(
+    page: str, index: int, results: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    result = results[f"{page}:{index}"]
+    assert result.returncode == 0, f"{page} example {index}: {describe(result)}"
+
+
 @pytest.mark.parametrize(("page", "index"), SCRIPTS, ids=[f"{p}:{i}" for p, i in SCRIPTS])
 def test_docs_shell_script_runs(
-    page: str, index: int, server: ThreadedServer, tmp_path: Path
+    page: str, index: int, results: dict[str, subprocess.CompletedProcess[str]]
 ) -> None:
-    result = run_script(scripts(DOCS / page)[index], server.url, tmp_path)
+    result = results[f"{page}:script{index}"]
     assert result.returncode == 0, f"{page} script {index}: {describe(result)}"
 
 

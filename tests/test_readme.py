@@ -1,18 +1,21 @@
 """The README's Python examples run against the reference server, so they never rot.
 
 Each runs twice against the same server, as a reader trying them again would:
-an example that only passes on an empty microgrid fails the second run.
+an example that only passes on an empty microgrid fails the second run. The
+examples run concurrently within a round (each uses its own microgrid ids).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from markdown_examples import ROOT, describe, programs, run_program
+from markdown_examples import ROOT, describe, programs, run_all, run_program
 
-from dispatch_client.testing import ThreadedServer, threaded_server
+from dispatch_client.testing import threaded_server
 
 README = ROOT / "README.md"
 
@@ -42,16 +45,33 @@ def test_readme_shows_the_whole_client_signature() -> None:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ThreadedServer]:
-    with threaded_server() as running:
-        yield running
+def results() -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
+    """Every example run twice (all first runs, then all second runs) against one server."""
+    codes = programs(README)
+    with threaded_server() as server:
+        found: dict[str, subprocess.CompletedProcess[str]] = {}
+        for attempt in ("first", "second"):
+            jobs: list[tuple[str, Callable[[Path], subprocess.CompletedProcess[str]]]] = [
+                (
+                    f"{index}:{attempt}",
+                    functools.partial(run_example, code, server.url, name=f"example_{index}"),
+                )
+                for index, code in enumerate(codes)
+            ]
+            found.update(run_all(jobs))
+        yield found
+
+
+def run_example(
+    code: str, url: str, workdir: Path, *, name: str
+) -> subprocess.CompletedProcess[str]:
+    return run_program(code, url, workdir, name)
 
 
 @pytest.mark.parametrize("index", range(len(programs(README))))
 def test_readme_example_runs_twice_on_the_same_server(
-    index: int, server: ThreadedServer, tmp_path: Path
+    index: int, results: dict[str, subprocess.CompletedProcess[str]]
 ) -> None:
-    code = programs(README)[index]
     for attempt in ("first", "second"):
-        result = run_program(code, server.url, tmp_path, f"example_{index}")
+        result = results[f"{index}:{attempt}"]
         assert result.returncode == 0, f"README example {index}, {attempt} run: {describe(result)}"
