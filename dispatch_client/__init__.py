@@ -9,6 +9,7 @@ wire Request/Response classes, the stub and the service base are in
 """
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ._proto.frequenz.api.common.v1alpha8.microgrid.electrical_components import (
@@ -68,6 +69,10 @@ from .targets import (
     target_from_types,
     to_target,
 )
+
+# A library sets no handlers of its own: without this, an app that configured
+# no logging would get our WARNING lines on stderr through logging's last resort.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from .recurrence import is_running, next_run, runs, series_end, to_rrule, until

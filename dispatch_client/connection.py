@@ -32,6 +32,7 @@ from grpclib.events import SendRequest, listen
 from . import _defaults
 from ._auth import auth_metadata
 from ._fastdecode import ResponseCodec
+from ._logsafe import protect_logs
 from .errors import UnknownError, map_errors
 
 if TYPE_CHECKING:
@@ -365,8 +366,8 @@ def open_channel(
         codec=ResponseCodec(),
         status_details_codec=_status_details_codec(),
     )
+    protect_logs((key, sign_secret))
     if key is not None:
-        _REDACTOR.add(key)
         listen(channel, SendRequest, _auth_hook(key, sign_secret))
     return channel, loop
 
@@ -502,41 +503,6 @@ def _status_details_codec() -> StatusDetailsCodecBase | None:
     except ImportError:
         found = False
     return ProtoStatusDetailsCodec() if found else None
-
-
-class _RedactSecrets(logging.Filter):
-    """Blanks API keys out of HTTP/2 header-compression debug logs.
-
-    hpack logs every header it encodes or decodes, metadata values included,
-    at DEBUG level; an app that turns on debug logging must not leak its key
-    that way. Filters run only for records that are emitted, so this costs
-    nothing while DEBUG is off.
-    """
-
-    _LOGGERS = ("hpack.hpack", "hpack.table")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._forms: set[str] = set()
-
-    def add(self, secret: str) -> None:
-        if not self._forms:
-            for name in self._LOGGERS:
-                logging.getLogger(name).addFilter(self)
-        # hpack logs bytes, whose repr escapes non-ASCII characters.
-        self._forms |= {secret, repr(secret.encode())[2:-1]}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = message
-        for form in self._forms:
-            redacted = redacted.replace(form, "<redacted>")
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        return True
-
-
-_REDACTOR = _RedactSecrets()
 
 
 def _auth_hook(

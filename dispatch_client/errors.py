@@ -359,7 +359,7 @@ def _typed(exc: BaseException, server_url: str | None, call: CallRecord) -> Disp
             "the call did not finish within its deadline", server_url=server_url
         )
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        return Unavailable(f"TLS handshake failed: {exc}", server_url=server_url)
+        return Unavailable(_tls_failure(exc), server_url=server_url)
     if isinstance(exc, ConnectionRefusedError):
         return Unavailable("connection refused", server_url=server_url)
     if isinstance(exc, OSError):  # ConnectionError included
@@ -367,6 +367,20 @@ def _typed(exc: BaseException, server_url: str | None, call: CallRecord) -> Disp
     if isinstance(exc, StreamTerminatedError | ProtocolError):
         return Unavailable(f"connection to the server broke: {exc}", server_url=server_url)
     return None
+
+
+# OpenSSL's reasons when the peer's first bytes are no TLS record at all:
+# the client spoke TLS to a server that does not.
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"})
+
+
+def _tls_failure(exc: ssl.SSLError | ssl.CertificateError) -> str:
+    if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None) in _NOT_TLS:
+        return (
+            f"TLS handshake failed: the server does not speak TLS ({exc.reason});"
+            " for a plaintext server (e.g. a local reference server) add ?ssl=false to the URL"
+        )
+    return f"TLS handshake failed: {exc}"
 
 
 @contextmanager

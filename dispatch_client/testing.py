@@ -6,9 +6,10 @@
         async with Client(server.url, auth_key="any") as client:
             ...
 
-With pytest, load this module as a plugin (`pytest_plugins =
-["dispatch_client.testing"]` in your `conftest.py`) and request the
-`dispatch_server` fixture in anyio tests. `in_memory_channel()` skips the
+With pytest, the `dispatch_server` fixture is there in anyio tests as soon as
+the package is installed: its `pytest11` entry point registers this module
+as a plugin (do not also list it in `pytest_plugins`, pytest refuses to
+register a plugin twice). `in_memory_channel()` skips the
 sockets altogether and yields a grpclib `Channel` wired to a server in
 memory.
 
