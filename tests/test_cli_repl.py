@@ -253,8 +253,8 @@ def test_repl_in_a_real_terminal(tmp_path: Path) -> None:
         try:
             child.expect("Connected to ")
             child.expect("dispatch>")
-            child.send("cre\t")  # Tab completes the command
-            child.expect("create")
+            child.send("cre\t")  # Tab completes the command ...
+            child.expect("ate")  # ... (the screen may be redrawn in pieces)
             child.send(f" {MG} CHARGE 1,2 now 1h\r")
             child.expect("Type.*CHARGE")
             child.expect("dispatch>")
