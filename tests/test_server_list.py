@@ -97,9 +97,9 @@ class Fixture:
 
 
 @pytest.fixture
-async def world(dispatch_server: RunningServer) -> Any:
+async def world(store_server: RunningServer) -> Any:
     """Six dispatches on microgrid 1 (created in this order) and one on microgrid 2."""
-    async with connect(dispatch_server) as stub:
+    async with connect(store_server) as stub:
         specs: dict[str, dict[str, Any]] = {
             # start BASE+0, ends +10 min, ids target
             "a": {
@@ -157,7 +157,7 @@ async def world(dispatch_server: RunningServer) -> Any:
         other = await create(stub, 2, type="BATTERY_CHARGE", start_time=BASE)
         assert other.metadata is not None
         d["other"] = other.metadata.dispatch_id
-        yield Fixture(stub, dispatch_server, d)
+        yield Fixture(stub, store_server, d)
 
 
 # Sorting --------------------------------------------------------------------------

@@ -66,18 +66,18 @@ async def test_file_database_survives_a_restart(tmp_path: Path) -> None:
         assert newer.metadata is not None and newer.metadata.dispatch_id > last.metadata.dispatch_id
 
 
-async def test_stop_and_start_keep_port_and_data(dispatch_server: RunningServer) -> None:
-    url, port = dispatch_server.url, dispatch_server.port
+async def test_stop_and_start_keep_port_and_data(store_server: RunningServer) -> None:
+    url, port = store_server.url, store_server.port
     assert url == f"grpc://127.0.0.1:{port}?ssl=false"
-    async with connect(dispatch_server) as stub:
+    async with connect(store_server) as stub:
         created = await create(stub)
-        await dispatch_server.stop()
-        assert not dispatch_server.is_running
-        await dispatch_server.stop()  # idempotent
+        await store_server.stop()
+        assert not store_server.is_running
+        await store_server.stop()  # idempotent
         with pytest.raises((GRPCError, OSError, StreamTerminatedError)):
             await list_all(stub)
-        await dispatch_server.start()
-        assert (dispatch_server.url, dispatch_server.port) == (url, port)
+        await store_server.start()
+        assert (store_server.url, store_server.port) == (url, port)
         assert created.metadata is not None
         # The same channel reconnects by itself.
         assert bytes(await get(stub, 1, created.metadata.dispatch_id)) == bytes(created)

@@ -25,7 +25,7 @@ from dispatch_client import (
     TargetComponents,
     TargetComponentsIdSet,
 )
-from dispatch_client.testing import RunningServer, dispatch_server
+from dispatch_client.testing import RunningServer, dispatch_server, running_server
 from dispatch_client.wire import (
     CreateMicrogridDispatchRequest,
     GetMicrogridDispatchRequest,
@@ -44,8 +44,12 @@ __all__ = [
     "get",
     "list_all",
     "make_data",
+    "server_db",
+    "store_server",
     "stub",
 ]
+
+STORES = ["sqlite", "postgresql"]
 
 
 def future(seconds: float = 600) -> dt.datetime:
@@ -75,9 +79,25 @@ async def connect(
         channel.close()
 
 
+@pytest.fixture(params=STORES)
+def server_db(request: pytest.FixtureRequest) -> str:
+    """The `--db` of each store: SQLite in memory, and an emptied PostgreSQL database."""
+    if request.param == "sqlite":
+        return ":memory:"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture
-async def stub(dispatch_server: RunningServer) -> AsyncIterator[MicrogridDispatchServiceStub]:
-    async with connect(dispatch_server) as s:
+async def store_server(server_db: str) -> AsyncIterator[RunningServer]:
+    """A fresh reference server on each store: the server tests run once per store."""
+    async with running_server(db=server_db) as server:
+        yield server
+
+
+@pytest.fixture
+async def stub(store_server: RunningServer) -> AsyncIterator[MicrogridDispatchServiceStub]:
+    async with connect(store_server) as s:
         yield s
 
 

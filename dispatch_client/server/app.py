@@ -14,6 +14,7 @@ import grpclib.server
 
 from .auth import RequestAuthenticator
 from .service import DEFAULT_STREAM_BUFFER_SIZE, DispatchService
+from .stores import describe_db
 
 __all__ = ["DispatchServer", "serve", "server_ssl_context"]
 
@@ -116,7 +117,8 @@ class DispatchServer:
         self.host = host
         self.port = port
         self.ssl = ssl
-        self.authenticator = RequestAuthenticator(keys, sign_secret)
+        # Used nonces live in the store, so replicas sharing it refuse each other's replays.
+        self.authenticator = RequestAuthenticator(keys, sign_secret, nonces=service.store)
         self._server: _Server | None = None
 
     def __repr__(self) -> str:
@@ -210,7 +212,7 @@ async def serve(
     Args:
         host: address to listen on.
         port: TCP port; 0 picks a free one.
-        db: SQLite file that keeps dispatches, or ":memory:".
+        db: SQLite file that keeps dispatches, ":memory:", or a `postgresql://` URL.
         keys: accepted API keys; None (or none given) means keys are not checked.
         sign_secret: require requests signed with this secret; None for no signatures.
         ssl: TLS context (see `server_ssl_context`); None serves plain HTTP/2.
@@ -231,7 +233,7 @@ async def serve(
         async with server:
             _log.info(
                 "Dispatch server listening (db %s, %s); connect with %s",
-                db,
+                describe_db(db),
                 server.authenticator.describe(),
                 server.url,
             )

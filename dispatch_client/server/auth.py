@@ -11,7 +11,7 @@ import heapq
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import grpclib.events
 import grpclib.server
@@ -38,12 +38,22 @@ DEFAULT_MAX_NONCES = 100_000
 """Upper bound on remembered nonces; past it, signed calls are refused for a while."""
 
 
+class NonceStore(Protocol):
+    """Remembers used nonces where every server replica sees them (the dispatch store)."""
+
+    async def use_nonce(self, nonce: str, expires_at: int, *, now: int) -> bool:
+        """Record `nonce` until `expires_at` (unix s); False when it is recorded and live."""
+
+
 class RequestAuthenticator:
     """Accepts or rejects calls by their authentication metadata.
 
     A nonce only has to be remembered until its `ts` leaves the window (a
     replay after that fails the clock check), which bounds memory together
-    with `max_nonces`.
+    with `max_nonces`. With `nonces` (the dispatch store), used nonces are
+    kept there instead, so that replicas sharing the store refuse each
+    other's replays; `max_nonces` then does not apply (the store forgets
+    expired nonces).
 
     Args:
         keys: the accepted API keys, or None to accept any (and no) key.
@@ -54,6 +64,7 @@ class RequestAuthenticator:
         max_nonces: the most nonces remembered; past it, signed calls get
             RESOURCE_EXHAUSTED until old ones expire.
         clock: the server's clock, in Unix seconds.
+        nonces: where used nonces are kept; None keeps them in this object's memory.
     """
 
     def __init__(
@@ -64,6 +75,7 @@ class RequestAuthenticator:
         clock_window_s: int = DEFAULT_CLOCK_WINDOW_S,
         max_nonces: int = DEFAULT_MAX_NONCES,
         clock: Callable[[], float] = time.time,
+        nonces: NonceStore | None = None,
     ) -> None:
         self._keys = None if keys is None else frozenset(keys)
         self._secret = sign_secret or None
@@ -72,6 +84,7 @@ class RequestAuthenticator:
         self._clock = clock
         self._nonce_expiry: list[tuple[int, str]] = []
         self._nonces: set[str] = set()
+        self._nonce_store = nonces
 
     def __repr__(self) -> str:
         return f"RequestAuthenticator({self.describe()})"
@@ -107,13 +120,34 @@ class RequestAuthenticator:
     async def _on_request(self, event: grpclib.events.RecvRequest) -> None:
         method = method_name(event.method_name)
         try:
-            self.check(event.metadata, method)
+            await self.authenticate(event.metadata, method)
         except GRPCError as error:
             _log.info("rejected %s from %s: %s", method, event.peer.addr(), error.message)
             raise
 
+    async def authenticate(self, metadata: Any, method: str) -> None:
+        """Check that `metadata` authenticates a call to `method`, nonce store included.
+
+        Args:
+            metadata: the call's metadata mapping (grpclib's MultiDict).
+            method: the RPC's short name, e.g. "ListMicrogridDispatches" (it is signed).
+
+        Raises:
+            GRPCError: as `check`; UNAVAILABLE when the nonce store cannot be reached.
+        """
+        pending = self._verify(metadata, method)
+        if pending is None:
+            return
+        nonce, expires_at, now = pending
+        if self._nonce_store is None:
+            self._remember(nonce, expires_at, now)
+        elif not await self._nonce_store.use_nonce(nonce, expires_at, now=int(now)):
+            raise _replay()
+
     def check(self, metadata: Any, method: str) -> None:
         """Check that `metadata` authenticates a call to `method`.
+
+        With a nonce store, replays are checked by `authenticate` only.
 
         Args:
             metadata: the call's metadata mapping (grpclib's MultiDict).
@@ -125,6 +159,12 @@ class RequestAuthenticator:
                 RESOURCE_EXHAUSTED when too many signed calls arrive within the
                 clock window. Messages never hold a key, secret or signature.
         """
+        pending = self._verify(metadata, method)
+        if pending is not None and self._nonce_store is None:
+            self._remember(*pending)
+
+    def _verify(self, metadata: Any, method: str) -> tuple[str, int, float] | None:
+        """Check all but replay; return (nonce, expiry, now) of a signed call to remember."""
         key = _single(metadata, KEY_HEADER)
         if self._keys is not None:
             if key is None:
@@ -132,9 +172,10 @@ class RequestAuthenticator:
             if key not in self._keys:
                 raise _unauthenticated("API key not accepted")
         if self._secret is not None:
-            self._check_signature(metadata, key or "", method)
+            return self._check_signature(metadata, key or "", method)
+        return None
 
-    def _check_signature(self, metadata: Any, key: str, method: str) -> None:
+    def _check_signature(self, metadata: Any, key: str, method: str) -> tuple[str, int, float]:
         assert self._secret is not None
         values = {name: _single(metadata, name) for name in (TS_HEADER, NONCE_HEADER, SIG_HEADER)}
         missing = [name for name, value in values.items() if not value]
@@ -159,15 +200,18 @@ class RequestAuthenticator:
         if not signatures_match(signature(self._secret, key, ts, nonce, method), sig):
             raise _unauthenticated("request signature does not match")
         # Only a correctly signed call may take up nonce memory.
+        return nonce, ts_value + self._window, now
+
+    def _remember(self, nonce: str, expires_at: int, now: float) -> None:
         self._forget_expired_nonces(now)
         if nonce in self._nonces:
-            raise _unauthenticated(f"metadata '{NONCE_HEADER}' was already used (replay)")
+            raise _replay()
         if len(self._nonces) >= self._max_nonces:
             raise GRPCError(
                 Status.RESOURCE_EXHAUSTED, "too many signed calls in the clock window; retry later"
             )
         self._nonces.add(nonce)
-        heapq.heappush(self._nonce_expiry, (ts_value + self._window, nonce))
+        heapq.heappush(self._nonce_expiry, (expires_at, nonce))
 
     def _forget_expired_nonces(self, now: float) -> None:
         while self._nonce_expiry and self._nonce_expiry[0][0] < now:
@@ -181,6 +225,10 @@ def _single(metadata: Any, name: str) -> str | None:
         return value
     # Binary metadata never carries these values; treat it as absent.
     return None
+
+
+def _replay() -> GRPCError:
+    return _unauthenticated(f"metadata '{NONCE_HEADER}' was already used (replay)")
 
 
 def _unauthenticated(message: str) -> GRPCError:

@@ -47,7 +47,8 @@ class ServerConfig:
     Attributes:
         host: address to listen on.
         port: TCP port, 0..65535; 0 picks a free one.
-        db: SQLite file that keeps dispatches, or ":memory:".
+        db: SQLite file that keeps dispatches, ":memory:", or a `postgresql://` URL
+            (its password never in the repr).
         keys: accepted API keys; empty means keys are not checked. Never in the repr.
         sign_secret: secret that signed requests must be made with, or None. Never in the repr.
         tls_cert: TLS certificate chain file (PEM), or None for plain HTTP/2.
@@ -58,7 +59,7 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 50051
-    db: str = ":memory:"
+    db: str = field(default=":memory:", repr=False)
     keys: tuple[str, ...] = field(default=(), repr=False)
     sign_secret: str | None = field(default=None, repr=False)
     tls_cert: str | None = None
@@ -163,8 +164,10 @@ SERVER_OPTIONS: tuple[ServerOption, ...] = (
     ServerOption(
         "--db",
         "db",
-        "SQLite file that keeps dispatches across restarts (':memory:' keeps none).",
-        metavar="FILE",
+        "SQLite file that keeps dispatches across restarts (':memory:' keeps none), or a"
+        " postgresql://user:password@host:port/database URL that several servers (replicas)"
+        " share; needs the postgresql extra.",
+        metavar="FILE|URL",
     ),
     ServerOption(
         "--key",

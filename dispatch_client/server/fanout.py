@@ -28,7 +28,8 @@ class Subscription:
     overflowed: bool = False
     """Set when the buffer filled up and the subscriber was cut off."""
     shut_down: bool = False
-    """Set when the fan-out was closed (server stopping)."""
+    """Set when the fan-out was closed (server stopping, or the store's change feed lost)."""
+    shut_down_reason: str = "server is shutting down"
 
 
 class Fanout:
@@ -98,11 +99,12 @@ class Fanout:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._drop(subscription)
 
-    def close(self) -> None:
-        """End every subscription (the server is going away)."""
+    def close(self, reason: str = "server is shutting down") -> None:
+        """End every subscription (the server is going away, or events were lost): UNAVAILABLE."""
         for subscribers in list(self._subscribers.values()):
             for subscription in list(subscribers):
                 subscription.shut_down = True
+                subscription.shut_down_reason = reason
                 self._drop(subscription)
 
     def _drop(self, subscription: Subscription) -> None:

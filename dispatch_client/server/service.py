@@ -76,7 +76,7 @@ from .decoding import decode_request
 from .fanout import Fanout, Subscription
 from .listing import list_query, pagination_info
 from .records import ListQuery, encode_message_field
-from .store import DispatchStore
+from .stores import FanoutEvents, Replacement, Store, store_for
 from .updates import apply_update, check_mask, round_to_second
 
 __all__ = [
@@ -122,14 +122,16 @@ class DispatchService(MicrogridDispatchServiceBase):
     """The servicer: pass it to a grpclib `Server` (or use `DispatchServer`).
 
     Open it before serving (`await service.open()` or `async with service`):
-    that opens the store.
+    that opens the store. `store` defaults to `store_for(db)`: SQLite (a
+    file or ":memory:"), or PostgreSQL for a `postgresql://` URL.
 
     Observability for tests: `open_stream_count()`, `opened_stream_count()`,
     `await wait_for_streams(...)`.
 
     Args:
-        store: where dispatches live; None makes a `DispatchStore(db)`.
-        db: SQLite file for the default store, or ":memory:".
+        store: where dispatches live (a `Store`); None makes `store_for(db)`.
+        db: for the default store: an SQLite file, ":memory:", or a
+            `postgresql://` URL (several servers may share one PostgreSQL database).
         stream_buffer_size: events buffered per stream before a slow subscriber is cut off.
         default_page_size: dispatches per list page when the request gives no size.
         max_page_size: the most dispatches per page; larger requested sizes are clamped.
@@ -142,7 +144,7 @@ class DispatchService(MicrogridDispatchServiceBase):
 
     def __init__(
         self,
-        store: DispatchStore | None = None,
+        store: Store | None = None,
         *,
         db: str = ":memory:",
         stream_buffer_size: int = DEFAULT_STREAM_BUFFER_SIZE,
@@ -151,7 +153,7 @@ class DispatchService(MicrogridDispatchServiceBase):
         start_time_allowance: dt.timedelta = START_TIME_ALLOWANCE,
         clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
-        self.store = store if store is not None else DispatchStore(db)
+        self.store = store if store is not None else store_for(db)
         self.default_page_size = default_page_size
         self.max_page_size = max_page_size
         self.start_time_allowance = start_time_allowance
@@ -159,6 +161,9 @@ class DispatchService(MicrogridDispatchServiceBase):
         self._fanout = Fanout(stream_buffer_size)
         protect_logs()
         _quiet_cancellations()
+        self.store_events = FanoutEvents(self._fanout)
+        """The store's events and health (`store_events.watch_health(...)`)."""
+        self.store.attach(self.store_events)
         # Held from the start of a write until its event is published, so
         # events leave in commit order.
         self._write_lock = anyio.Lock()
@@ -324,10 +329,7 @@ class DispatchService(MicrogridDispatchServiceBase):
         update = message.update or UpdateMicrogridDispatchRequestDispatchUpdate()
         mid, did = message.microgrid_id, message.dispatch_id
 
-        async def write() -> Dispatch | None:
-            current = await self.store.get(mid, did)
-            if current is None:
-                return None
+        async def change(current: Dispatch) -> Replacement:
             assert current.data is not None
             now = self._clock()
             try:
@@ -336,7 +338,10 @@ class DispatchService(MicrogridDispatchServiceBase):
                 )
             except ValueError as error:
                 _invalid(str(error))
-            return await self.store.replace(mid, did, data, now=now, end_time=await _end_time(data))
+            return Replacement(data, now, await _end_time(data))
+
+        async def write() -> Dispatch | None:
+            return await self.store.update(mid, did, change)
 
         dispatch = await self._write(mid, Event.UPDATED, write)
         if dispatch is None:
@@ -479,7 +484,7 @@ class DispatchService(MicrogridDispatchServiceBase):
                 " re-open it and re-list to catch up",
             )
         if subscription.shut_down:
-            raise GRPCError(Status.UNAVAILABLE, "server is shutting down")
+            raise GRPCError(Status.UNAVAILABLE, subscription.shut_down_reason)
 
     async def _write(
         self,
@@ -491,6 +496,10 @@ class DispatchService(MicrogridDispatchServiceBase):
         # leave it committed but unpublished.
         dispatch: Dispatch | None = None
         with anyio.CancelScope(shield=True):
+            if self.store.publishes_events:
+                # The store publishes what it commits, in commit order.
+                result: Dispatch | None = await write()
+                return result
             async with self._write_lock:
                 dispatch = await write()
                 if dispatch is not None:

@@ -14,13 +14,12 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.to_thread
 
-from .._proto.frequenz.api.dispatch.v1 import Dispatch, DispatchData, DispatchMetadata
+from .._proto.frequenz.api.dispatch.v1 import Dispatch, DispatchData
 from .records import (
     SORT_COLUMNS,
     ListQuery,
@@ -31,6 +30,20 @@ from .records import (
     target_key,
     to_micros,
 )
+from .sql import (
+    FIELDS,
+    SQLITE,
+    columns,
+    dispatch_of,
+    encoded_row,
+    from_row,
+    list_statements,
+    page_result,
+    signed,
+)
+
+if TYPE_CHECKING:
+    from .stores import Change, StoreEvents
 
 # The records' names are re-exported: callers have imported them from here.
 __all__ = [
@@ -68,14 +81,15 @@ CREATE TABLE IF NOT EXISTS dispatches (
 CREATE INDEX IF NOT EXISTS dispatches_by_create ON dispatches (microgrid_id, create_time, id);
 CREATE INDEX IF NOT EXISTS dispatches_by_start ON dispatches (microgrid_id, start_time, id);
 CREATE INDEX IF NOT EXISTS dispatches_by_update ON dispatches (microgrid_id, update_time, id);
+CREATE TABLE IF NOT EXISTS used_nonces (
+    nonce       TEXT    PRIMARY KEY,
+    expires_at  INTEGER NOT NULL
+);
 """
 _SCHEMA_VERSION = 1
-
-
-def _signed(value: int) -> int:
-    # SQLite integers are signed 64-bit; uint64 microgrid ids above 2**63-1
-    # are stored as their two's complement so that equality still works.
-    return value - 2**64 if value > _INT64_MAX else value
+# used_nonces came after version 1 without a version bump: it is only added
+# (IF NOT EXISTS), and a server that does not know it ignores it.
+_NONCE_PRUNE_INTERVAL_S = 10
 
 
 class DispatchStore:
@@ -95,6 +109,8 @@ class DispatchStore:
         # single worker busy, the lock guards against any other caller.
         self._limiter = anyio.CapacityLimiter(1)
         self._lock = threading.Lock()
+        self._next_nonce_prune = 0
+        self._events: StoreEvents | None = None
 
     async def __aenter__(self) -> DispatchStore:
         await self.open()
@@ -108,15 +124,37 @@ class DispatchStore:
         """Whether the database connection is open."""
         return self._conn is not None
 
+    @property
+    def publishes_events(self) -> bool:
+        """False: the service publishes each change itself, after writing it."""
+        return False
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the database is open (a local file or memory is always reachable)."""
+        return self.is_open
+
+    def attach(self, events: StoreEvents) -> None:
+        """Report health changes (open/close) to `events`; events are the service's job here.
+
+        Args:
+            events: told `health_changed(True)` on open and `(False)` on close.
+        """
+        self._events = events
+
     async def open(self) -> None:
         """Open (and if needed create) the database; no-op when already open."""
         if self._conn is None:
             self._conn = await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
+            if self._events is not None:
+                self._events.health_changed(True)
 
     async def close(self) -> None:
         """Close the database; idempotent."""
         conn, self._conn = self._conn, None
         if conn is not None:
+            if self._events is not None:
+                self._events.health_changed(False)
             await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
 
     def _connect(self) -> sqlite3.Connection:
@@ -179,7 +217,7 @@ class DispatchStore:
             RuntimeError: the store is not open.
         """
         now_us = to_micros(now)
-        row = _columns(data, end_time)
+        row = columns(data, end_time)
 
         def write(conn: sqlite3.Connection) -> int:
             with _transaction(conn):
@@ -188,7 +226,7 @@ class DispatchStore:
                     " create_time, update_time, is_active, is_dry_run, is_recurring,"
                     " target_key, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        _signed(microgrid_id),
+                        signed(microgrid_id),
                         row.type,
                         row.start,
                         row.end,
@@ -205,7 +243,7 @@ class DispatchStore:
                 return cursor.lastrowid
 
         dispatch_id = await self._run(write)
-        return _dispatch(dispatch_id, data, now_us, now_us, row.end)
+        return dispatch_of(dispatch_id, data, now_us, now_us, row.end)
 
     async def replace(
         self,
@@ -234,7 +272,7 @@ class DispatchStore:
         if dispatch_id > _INT64_MAX:
             return None
         now_us = to_micros(now)
-        row = _columns(data, end_time)
+        row = columns(data, end_time)
 
         def write(conn: sqlite3.Connection) -> int | None:
             with _transaction(conn):
@@ -254,7 +292,7 @@ class DispatchStore:
                         row.target,
                         row.blob,
                         dispatch_id,
-                        _signed(microgrid_id),
+                        signed(microgrid_id),
                     ),
                 ).fetchone()
                 return None if found is None else int(found[0])
@@ -262,7 +300,21 @@ class DispatchStore:
         create_us = await self._run(write)
         if create_us is None:
             return None
-        return _dispatch(dispatch_id, data, create_us, now_us, row.end)
+        return dispatch_of(dispatch_id, data, create_us, now_us, row.end)
+
+    async def update(self, microgrid_id: int, dispatch_id: int, change: Change) -> Dispatch | None:
+        """Replace a dispatch's data with `await change(current)`; None when it does not exist.
+
+        Read and write are two steps: callers in one process serialize updates
+        (the service's write lock), which one SQLite connection needs anyway.
+        """
+        current = await self.get(microgrid_id, dispatch_id)
+        if current is None:
+            return None
+        new = await change(current)
+        return await self.replace(
+            microgrid_id, dispatch_id, new.data, now=new.now, end_time=new.end_time
+        )
 
     async def delete(self, microgrid_id: int, dispatch_id: int) -> Dispatch | None:
         """Remove a dispatch.
@@ -283,10 +335,10 @@ class DispatchStore:
         def write(conn: sqlite3.Connection) -> Dispatch | None:
             with _transaction(conn):
                 found = conn.execute(
-                    f"DELETE FROM dispatches WHERE id = ? AND microgrid_id = ? RETURNING {_FIELDS}",
-                    (dispatch_id, _signed(microgrid_id)),
+                    f"DELETE FROM dispatches WHERE id = ? AND microgrid_id = ? RETURNING {FIELDS}",
+                    (dispatch_id, signed(microgrid_id)),
                 ).fetchone()
-                return None if found is None else _from_row(found)
+                return None if found is None else from_row(found)
 
         return await self._run(write)
 
@@ -310,10 +362,10 @@ class DispatchStore:
 
         def read(conn: sqlite3.Connection) -> Dispatch | None:
             found = conn.execute(
-                f"SELECT {_FIELDS} FROM dispatches WHERE id = ? AND microgrid_id = ?",
-                (dispatch_id, _signed(microgrid_id)),
+                f"SELECT {FIELDS} FROM dispatches WHERE id = ? AND microgrid_id = ?",
+                (dispatch_id, signed(microgrid_id)),
             ).fetchone()
-            return None if found is None else _from_row(found)
+            return None if found is None else from_row(found)
 
         return await self._run(read)
 
@@ -331,7 +383,7 @@ class DispatchStore:
             RuntimeError: the store is not open.
             ValueError: `query.sort_column` is not a sortable column.
         """
-        return await self._list(query, _from_row)
+        return await self._list(query, from_row)
 
     async def list_encoded(self, query: ListQuery) -> ListResult[bytes]:
         """Return the page `list` returns with each dispatch as `Dispatch` wire bytes.
@@ -349,113 +401,40 @@ class DispatchStore:
             RuntimeError: the store is not open.
             ValueError: `query.sort_column` is not a sortable column.
         """
-        return await self._list(query, _encoded_row)
+        return await self._list(query, encoded_row)
 
     async def _list(
         self, query: ListQuery, convert: Callable[[Sequence[object]], _D]
     ) -> ListResult[_D]:
-        if query.sort_column not in SORT_COLUMNS:
-            raise ValueError(f"cannot sort by {query.sort_column!r}")
-        where, params = _where(query)
-        column = query.sort_column
-        direction = "DESC" if query.descending else "ASC"
-        page_where, page_params = where, list(params)
-        if query.after is not None:
-            op = "<" if query.descending else ">"
-            page_where += f" AND ({column} {op} ? OR ({column} = ? AND id {op} ?))"
-            key, last_id = query.after
-            page_params += [key, key, last_id]
+        statements = list_statements(query, SQLITE)
 
         def read(conn: sqlite3.Connection) -> ListResult[_D]:
-            total = conn.execute(f"SELECT COUNT(*) FROM dispatches WHERE {where}", params)
-            total_items = int(total.fetchone()[0])
-            rows = conn.execute(
-                f"SELECT {_FIELDS}, {column} FROM dispatches WHERE {page_where}"
-                f" ORDER BY {column} {direction}, id {direction} LIMIT ?",
-                [*page_params, query.limit + 1],
-            ).fetchall()
-            more = len(rows) > query.limit
-            rows = rows[: query.limit]
-            keys = [(int(row[-1]), int(row[0])) for row in rows]
-            return ListResult(
-                dispatches=[convert(row[:-1]) for row in rows],
-                total_items=total_items,
-                last_key=keys[-1] if more and keys else None,
-            )
+            total = conn.execute(statements.count_sql, statements.count_params)
+            rows = conn.execute(statements.page_sql, statements.page_params).fetchall()
+            return page_result(query, int(total.fetchone()[0]), rows, convert)
 
         return await self._run(read)
 
+    # Replay protection ----------------------------------------------------------
 
-_FIELDS = "id, create_time, update_time, end_time, data"
+    async def use_nonce(self, nonce: str, expires_at: int, *, now: int) -> bool:
+        """Record a request nonce; False when it is already recorded and not yet expired."""
 
+        def write(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                if now >= self._next_nonce_prune:
+                    conn.execute("DELETE FROM used_nonces WHERE expires_at < ?", (now,))
+                    self._next_nonce_prune = now + _NONCE_PRUNE_INTERVAL_S
+                # An expired entry may still be there: it is taken over, not a replay.
+                found = conn.execute(
+                    "INSERT INTO used_nonces (nonce, expires_at) VALUES (?, ?)"
+                    " ON CONFLICT (nonce) DO UPDATE SET expires_at = excluded.expires_at"
+                    " WHERE used_nonces.expires_at < ? RETURNING 1",
+                    (nonce, expires_at, now),
+                ).fetchone()
+                return found is not None
 
-@dataclass(frozen=True)
-class _Columns:
-    type: str
-    start: int
-    end: int | None
-    active: int
-    dry_run: int
-    recurring: int
-    target: str
-    blob: bytes
-
-
-def _columns(data: DispatchData, end_time: dt.datetime | None) -> _Columns:
-    assert data.start_time is not None, "start_time is checked before storing"
-    return _Columns(
-        type=data.type,
-        start=to_micros(data.start_time),
-        end=None if end_time is None else to_micros(end_time),
-        active=int(data.is_active),
-        dry_run=int(data.is_dry_run),
-        recurring=int(is_recurring(data)),
-        target=target_key(data.target),
-        blob=bytes(data),
-    )
-
-
-def _dispatch(
-    dispatch_id: int, data: DispatchData, create_us: int, update_us: int, end_us: int | None
-) -> Dispatch:
-    return Dispatch(metadata=_metadata(dispatch_id, create_us, update_us, end_us), data=data)
-
-
-def _metadata(
-    dispatch_id: int, create_us: int, update_us: int, end_us: int | None
-) -> DispatchMetadata:
-    return DispatchMetadata(
-        dispatch_id=dispatch_id,
-        create_time=from_micros(create_us),
-        update_time=from_micros(update_us),
-        end_time=None if end_us is None else from_micros(end_us),
-    )
-
-
-def _from_row(row: Sequence[object]) -> Dispatch:
-    dispatch_id, create_us, update_us, end_us, blob = row
-    assert isinstance(blob, bytes)
-    return _dispatch(
-        int(dispatch_id),  # type: ignore[call-overload]
-        DispatchData.parse(blob),
-        int(create_us),  # type: ignore[call-overload]
-        int(update_us),  # type: ignore[call-overload]
-        None if end_us is None else int(end_us),  # type: ignore[call-overload]
-    )
-
-
-def _encoded_row(row: Sequence[object]) -> bytes:
-    """`bytes(_from_row(row))`, with the stored `DispatchData` bytes spliced in unparsed."""
-    dispatch_id, create_us, update_us, end_us, blob = row
-    assert isinstance(blob, bytes)
-    metadata = _metadata(
-        int(dispatch_id),  # type: ignore[call-overload]
-        int(create_us),  # type: ignore[call-overload]
-        int(update_us),  # type: ignore[call-overload]
-        None if end_us is None else int(end_us),  # type: ignore[call-overload]
-    )
-    # Dispatch: metadata = 1, data = 2; both set, so both written, as betterproto2 does.
-    return encode_message_field(1, bytes(metadata)) + encode_message_field(2, blob)
+        return await self._run(write)
 
 
 @contextmanager
@@ -469,56 +448,3 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def _where(query: ListQuery) -> tuple[str, list[object]]:
-    clauses = ["microgrid_id = ?"]
-    params: list[object] = [_signed(query.microgrid_id)]
-
-    def add(clause: str, *values: object) -> None:
-        clauses.append(clause)
-        params.extend(values)
-
-    if query.target_keys is not None:
-        add(f"target_key IN ({_marks(query.target_keys)})", *query.target_keys)
-    for column, value in (
-        ("is_active", query.is_active),
-        ("is_dry_run", query.is_dry_run),
-        ("is_recurring", query.is_recurring),
-    ):
-        if value is not None:
-            add(f"{column} = ?", int(value))
-    if query.start_from is not None:
-        add("start_time >= ?", query.start_from)
-    if query.start_to is not None:
-        add("start_time < ?", query.start_to)
-    # A NULL end_time means the series never ends: later than any bound.
-    if query.end_from is not None:
-        add("(end_time IS NULL OR end_time >= ?)", query.end_from)
-    if query.end_to is not None:
-        add("(end_time IS NOT NULL AND end_time < ?)", query.end_to)
-    if query.update_from is not None:
-        add("update_time >= ?", query.update_from)
-    if query.update_to is not None:
-        add("update_time < ?", query.update_to)
-    if query.dispatch_ids is not None:
-        ids = [i for i in query.dispatch_ids if i <= _INT64_MAX]
-        add(f"id IN ({_marks(ids)})", *ids)
-    if query.id_queries or query.type_queries:
-        # Flat forms, not one OR per query: SQLite refuses expressions nested
-        # 1000 deep, which a long OR chain is.
-        alternatives = []
-        if query.id_queries:
-            alternatives.append(f"id IN ({_marks(query.id_queries)})")
-        if query.type_queries:
-            rows = ", ".join(["(?)"] * len(query.type_queries))
-            alternatives.append(
-                f"EXISTS (SELECT 1 FROM (VALUES {rows}) WHERE instr(type, column1) > 0)"
-            )
-        add("(" + " OR ".join(alternatives) + ")", *query.id_queries, *query.type_queries)
-    return " AND ".join(clauses), params
-
-
-def _marks(values: Sequence[object]) -> str:
-    # "IN ()" is valid SQLite and matches nothing, which is what an empty set means.
-    return ", ".join("?" * len(values))

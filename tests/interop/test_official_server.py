@@ -1,9 +1,15 @@
-"""Our client against a server built from the official grpcio stubs.
+"""Our client against a server built from the official grpcio stubs, and the same
+checks against the reference server on PostgreSQL with two replicas.
 
 The servicer below is written here, on `frequenz-api-dispatch`'s generated
 grpcio code (a test-only dependency), and keeps dispatches in a dict. If our
 betterproto2 messages, paths or metadata differed from the official wire
 format in any way, these calls would fail to decode or route.
+
+The checks hold as well against two reference servers sharing one PostgreSQL
+database, with the client moving to the other replica before every call (as
+behind a load balancer): ids, pages, page tokens and signatures work across
+replicas.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import grpc
@@ -27,9 +34,11 @@ from dispatch_client import (
     Frequency,
     NotFound,
     RecurrenceRule,
+    SortField,
     Unauthenticated,
     target_from_types,
 )
+from dispatch_client.testing import running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -97,22 +106,46 @@ class OfficialServicer(dispatch_pb2_grpc.MicrogridDispatchServiceServicer):  # t
         )
 
 
-@pytest.fixture
-async def official_url() -> AsyncIterator[str]:
-    server = grpc.aio.server()
-    dispatch_pb2_grpc.add_MicrogridDispatchServiceServicer_to_server(OfficialServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"grpc://127.0.0.1:{port}?ssl=false"
-    finally:
-        await server.stop(grace=None)
+@pytest.fixture(params=["official", "postgresql-2-replicas"])
+async def server_urls(request: pytest.FixtureRequest) -> AsyncIterator[list[str]]:
+    """URLs of the servers behind one address: the official servicer, or two replicas."""
+    if request.param == "official":
+        server = grpc.aio.server()
+        dispatch_pb2_grpc.add_MicrogridDispatchServiceServicer_to_server(OfficialServicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            yield [f"grpc://127.0.0.1:{port}?ssl=false"]
+        finally:
+            await server.stop(grace=None)
+        return
+    db = request.getfixturevalue("postgres_url")
+    async with AsyncExitStack() as stack:
+        replicas = [
+            await stack.enter_async_context(running_server(db=db, keys=[KEY], sign_secret=SECRET))
+            for _ in range(2)
+        ]
+        yield [replica.url for replica in replicas]
 
 
-async def test_create_get_list_against_the_official_stubs(official_url: str) -> None:
+def _balancer(client: Client, urls: list[str]) -> Callable[[], None]:
+    """Move `client` to the next server before each call (round robin)."""
+    turn = 0
+
+    def next_server() -> None:
+        nonlocal turn
+        client.connect(urls[turn % len(urls)])
+        turn += 1
+
+    return next_server
+
+
+async def test_create_get_list_against_the_official_stubs(server_urls: list[str]) -> None:
     start = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1)
     rule = RecurrenceRule(freq=Frequency.DAILY, interval=2, byhours=[6, 18])
-    async with Client(official_url, auth_key=KEY, sign_secret=SECRET) as client:
+    async with Client(server_urls[0], auth_key=KEY, sign_secret=SECRET) as client:
+        next_server = _balancer(client, server_urls)
+        next_server()
         created = await client.create(
             7,
             "CHARGE",
@@ -130,28 +163,42 @@ async def test_create_get_list_against_the_official_stubs(official_url: str) -> 
         assert created.data.payload is not None
         assert created.data.payload.to_dict() == {"power_w": -5000, "tags": ["a", True, None]}
 
+        next_server()
         fetched = await client.get(7, created.metadata.dispatch_id)
         assert fetched == created
 
+        next_server()
         now_dispatch = await client.create(7, "CURTAIL", "NOW", None, [1, 2])
         assert now_dispatch.data is not None
         assert now_dispatch.data.start_time is not None
         assert now_dispatch.data.duration is None
         for _ in range(3):
+            next_server()
             await client.create(7, "FILLER", "NOW", dt.timedelta(seconds=1), [3])
+        next_server()
         await client.create(8, "OTHER", "NOW", None, [3])
 
-        pages = [page async for page in client.list(7)]
+        # Two per page and oldest first: the official servicer's defaults, asked for
+        # explicitly of the reference server (its own are 100, newest first).
+        pages = []
+        async for page in client.list(7, page_size=2, sort=SortField.CREATE_TIME):
+            pages.append(page)
+            next_server()  # the next page's token goes to the other replica
         assert [len(page) for page in pages] == [2, 2, 1]
-        everything = [d async for d in client.dispatches(7, page_size=10)]
+        everything = [
+            d async for d in client.dispatches(7, page_size=10, sort=SortField.CREATE_TIME)
+        ]
         assert [d.metadata.dispatch_id for d in everything if d.metadata] == [1, 2, 3, 4, 5]
+        assert [d for page in pages for d in page] == everything
         assert everything[0] == created
+        next_server()
         only = [d async for d in client.dispatches(7, dispatch_ids=[2])]
         assert only == [now_dispatch]
 
-        with pytest.raises(NotFound, match="no dispatch 99"):
+        next_server()
+        with pytest.raises(NotFound, match=r"\b99\b"):
             await client.get(7, 99)
 
-    async with Client(official_url, auth_key=KEY, sign_secret="wrong") as client:
+    async with Client(server_urls[-1], auth_key=KEY, sign_secret="wrong") as client:
         with pytest.raises(Unauthenticated):
             await client.get(7, 1)

@@ -1,0 +1,593 @@
+"""PostgreSQL storage of the reference server, shared by several server replicas.
+
+Same rows, SQL and semantics as the SQLite store (`store.py`: the list SQL is
+built by the same code), plus what several processes on one database need:
+
+- Every write is one transaction that also inserts a row into
+  `dispatch_events` (the change's kind and the dispatch as it was committed)
+  and sends that row's `seq` with `NOTIFY dispatch_events`. Each replica
+  LISTENs on one connection of its own and reads each notified row back by its
+  seq, then hands it to its stream subscribers. PostgreSQL delivers the
+  notifications of committed transactions in commit order, so every replica
+  sees the events of a dispatch in commit order; a write returns once its own
+  event has been handed to this replica's subscribers.
+- Updates lock the row (`SELECT ... FOR UPDATE`), so concurrent updates of one
+  dispatch through different replicas never lose one another.
+- Used request nonces live in `used_nonces`, so a signed request replayed to
+  another replica is refused too.
+- When the LISTEN connection breaks (the database went away), events may have
+  been missed: the open streams are ended (UNAVAILABLE, clients re-open and
+  re-list) and the store reports itself unhealthy until it listens again.
+  Calls that cannot reach the database fail with UNAVAILABLE.
+
+Driver: psycopg 3 (with psycopg_pool), not asyncpg. The schema migrations run
+through yoyo, which drives psycopg 3 (synchronously, once, at open), so one
+driver serves both; psycopg's async connections give LISTEN/NOTIFY as an
+async iterator (`notifies()`); it ships type hints (mypy --strict checks our
+calls; asyncpg has none); and its `binary` wheel bundles libpq. asyncpg is
+faster per query, but a request's time here is dominated by grpclib and
+message handling, not by the driver.
+
+Migrations: yoyo-migrations, plain SQL files in `migrations/postgresql/`
+(each with a rollback file), applied at open under yoyo's lock, so replicas
+that start together apply them once. Alembic would bring SQLAlchemy for
+nothing: there are no ORM models to diff against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import psycopg
+import psycopg_pool
+
+from .._proto.frequenz.api.common.v1alpha8.streaming import Event
+from .._proto.frequenz.api.dispatch.v1 import (
+    Dispatch,
+    DispatchData,
+    StreamMicrogridDispatchesResponse,
+)
+from .records import SORT_COLUMNS, ListQuery, ListResult, to_micros
+from .sql import (
+    FIELDS,
+    SqlDialect,
+    columns,
+    dispatch_of,
+    encoded_row,
+    from_row,
+    list_statements,
+    page_result,
+    signed,
+)
+from .stores import Change, StoreEvents, StoreUnavailableError, describe_db
+
+__all__ = ["CHANNEL", "POSTGRESQL", "PgDispatchStore", "migrate"]
+
+_log = logging.getLogger(__name__)
+_D = TypeVar("_D")
+_INT64_MAX = 2**63 - 1
+
+CHANNEL = "dispatch_events"
+"""The NOTIFY channel; payload: the `dispatch_events.seq` of a committed change."""
+
+_MIGRATION_TABLE = "_yoyo_migration"
+_DELIVERY_TIMEOUT_S = 2.0
+"""How long a write waits for its own event to reach this replica's subscribers."""
+_EVENT_RETENTION = dt.timedelta(minutes=10)
+"""Event rows only need to outlive their notification; older ones are deleted."""
+_JANITOR_INTERVAL_S = 30.0
+_RECONNECT_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+def _pg_in(column: str, values: Sequence[object]) -> tuple[str, list[object]]:
+    # An empty array matches nothing, as an empty set should.
+    return f"{column} = ANY(%s)", [list(values)]
+
+
+def _pg_contains_any(texts: Sequence[str]) -> tuple[str, list[object]]:
+    # `type` is bytea (text cannot hold NUL); position() on bytea is a byte
+    # substring test, the same as SQLite's instr() on the UTF-8 text.
+    return (
+        "EXISTS (SELECT 1 FROM unnest(%s::bytea[]) AS q(text) WHERE position(q.text IN type) > 0)",
+        [[text.encode() for text in texts]],
+    )
+
+
+POSTGRESQL = SqlDialect(
+    mark="%s",
+    in_list=_pg_in,
+    contains_any=_pg_contains_any,
+)
+
+
+def _migrations_folder() -> Any:
+    return resources.files("dispatch_client.server").joinpath("migrations", "postgresql")
+
+
+def known_migrations() -> list[str]:
+    """Ids of the migrations this version ships (yoyo's ids: file names without `.sql`)."""
+    return sorted(
+        entry.name.removesuffix(".sql")
+        for entry in _migrations_folder().iterdir()
+        if entry.name.endswith(".sql") and not entry.name.endswith(".rollback.sql")
+    )
+
+
+async def _schema_is_current(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether every shipped migration is applied (a quick look that spares yoyo's run)."""
+    cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (_MIGRATION_TABLE,))
+    if not _one(await cursor.fetchone()):
+        return False
+    cursor = await conn.execute(
+        f"SELECT count(*) FROM {_MIGRATION_TABLE} WHERE migration_id = ANY(%s)",
+        (known_migrations(),),
+    )
+    return _one(await cursor.fetchone()) == len(known_migrations())
+
+
+def migrate(url: str) -> list[str]:
+    """Apply the pending schema migrations to the database at `url` (blocking).
+
+    Runs under yoyo's lock, so concurrent callers (replicas starting together)
+    apply each migration once.
+
+    Returns:
+        The ids of the migrations applied now (empty when the schema was current).
+    """
+    from yoyo import get_backend, read_migrations
+
+    backend = get_backend(_yoyo_url(url), migration_table=_MIGRATION_TABLE)
+    try:
+        with resources.as_file(_migrations_folder()) as folder:
+            migrations = read_migrations(str(folder))
+            with backend.lock():
+                pending = backend.to_apply(migrations)
+                backend.apply_migrations(pending)
+        return [migration.id for migration in pending]
+    finally:
+        with contextlib.suppress(Exception):
+            backend.connection.close()
+
+
+def _yoyo_url(url: str) -> str:
+    # yoyo picks psycopg 3 (instead of psycopg2) by this scheme.
+    return "postgresql+psycopg://" + url.split("://", 1)[1]
+
+
+class PgDispatchStore:
+    """Dispatches of all microgrids in one PostgreSQL database, shared by replicas.
+
+    Args:
+        url: `postgresql://user:password@host:port/database` (libpq query
+            parameters allowed).
+        min_connections: connections the pool keeps open.
+        max_connections: upper bound of the pool (plus one LISTEN connection).
+        timeout_s: how long a call waits for a connection before failing with UNAVAILABLE.
+
+    Open with `await open()` (applies migrations, starts listening) or `async with`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_connections: int = 2,
+        max_connections: int = 10,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.url = url
+        self._min = min_connections
+        self._max = max_connections
+        self._timeout = timeout_s
+        self._pool: psycopg_pool.AsyncConnectionPool | None = None
+        self._events: StoreEvents | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._notified: asyncio.Queue[int] = asyncio.Queue()
+        self._waiters: dict[int, asyncio.Event] = {}
+        self._listening = False
+        self._listening_changed = asyncio.Event()
+        self._next_nonce_prune = 0
+
+    def __repr__(self) -> str:
+        return f"PgDispatchStore({describe_db(self.url)!r}, open={self.is_open})"
+
+    async def __aenter__(self) -> PgDispatchStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # Store protocol -------------------------------------------------------------
+
+    @property
+    def publishes_events(self) -> bool:
+        """True: every committed change (from any replica) goes to the attached events."""
+        return True
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the store is open."""
+        return self._pool is not None
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the store is open and listening for changes (so the database is reachable)."""
+        return self._pool is not None and self._listening
+
+    def attach(self, events: StoreEvents) -> None:
+        """Send committed changes, feed losses and health changes to `events`."""
+        self._events = events
+
+    async def open(self) -> None:
+        """Migrate the schema, open the pool and start listening; no-op when open.
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached.
+        """
+        if self._pool is not None:
+            return
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
+            ) as conn:
+                current = await _schema_is_current(conn)
+            if not current:
+                applied = await anyio.to_thread.run_sync(migrate, self.url)
+                _log.info("applied schema migrations %s to %s", applied, describe_db(self.url))
+        except psycopg.OperationalError as error:
+            raise StoreUnavailableError(
+                f"cannot reach the PostgreSQL database {describe_db(self.url)}: {error}"
+            ) from error
+        pool = psycopg_pool.AsyncConnectionPool(
+            self.url,
+            min_size=self._min,
+            max_size=self._max,
+            timeout=self._timeout,
+            kwargs={"autocommit": True},
+            open=False,
+        )
+        # Reachability was just checked; the pool fills in the background.
+        await pool.open(wait=False)
+        self._pool = pool
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="dispatch-pg-listen"),
+            asyncio.create_task(self._deliver(), name="dispatch-pg-deliver"),
+            asyncio.create_task(self._janitor(), name="dispatch-pg-janitor"),
+        ]
+        # Serve only once listening: a change committed after open() returns
+        # must reach the streams opened after it.
+        with anyio.move_on_after(self._timeout):
+            while not self._listening:
+                await self._wait_listening_changed()
+        if not self._listening:
+            await self.close()
+            raise StoreUnavailableError(
+                f"cannot LISTEN on the PostgreSQL database {describe_db(self.url)}"
+            )
+
+    async def close(self) -> None:
+        """Stop listening and close the pool; idempotent."""
+        pool, self._pool = self._pool, None
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._set_listening(False)
+            for waiter in self._waiters.values():
+                waiter.set()
+            self._waiters.clear()
+            if pool is not None:
+                await pool.close()
+
+    # Writes ---------------------------------------------------------------------
+
+    async def insert(
+        self,
+        microgrid_id: int,
+        data: DispatchData,
+        *,
+        now: dt.datetime,
+        end_time: dt.datetime | None,
+    ) -> Dispatch:
+        """Store a new dispatch; the database assigns its id (never reused)."""
+        now_us = to_micros(now)
+        row = columns(data, end_time)
+        async with self._transaction() as (conn, record):
+            cursor = await conn.execute(
+                "INSERT INTO dispatches (microgrid_id, type, start_time, end_time,"
+                " create_time, update_time, is_active, is_dry_run, is_recurring,"
+                " target_key, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " RETURNING id",
+                (
+                    signed(microgrid_id),
+                    row.type.encode(),
+                    row.start,
+                    row.end,
+                    now_us,
+                    now_us,
+                    bool(row.active),
+                    bool(row.dry_run),
+                    bool(row.recurring),
+                    row.target,
+                    row.blob,
+                ),
+            )
+            dispatch = dispatch_of(_one(await cursor.fetchone()), data, now_us, now_us, row.end)
+            await record(microgrid_id, Event.CREATED, dispatch)
+        return dispatch
+
+    async def update(self, microgrid_id: int, dispatch_id: int, change: Change) -> Dispatch | None:
+        """Replace a dispatch's data with `await change(current)` under a row lock."""
+        if dispatch_id > _INT64_MAX:
+            return None
+        async with self._transaction() as (conn, record):
+            cursor = await conn.execute(
+                f"SELECT {FIELDS} FROM dispatches WHERE id = %s AND microgrid_id = %s FOR UPDATE",
+                (dispatch_id, signed(microgrid_id)),
+            )
+            found = await cursor.fetchone()
+            if found is None:
+                return None
+            current = from_row(found)
+            new = await change(current)
+            row = columns(new.data, new.end_time)
+            now_us = to_micros(new.now)
+            await conn.execute(
+                "UPDATE dispatches SET type = %s, start_time = %s, end_time = %s,"
+                " update_time = %s, is_active = %s, is_dry_run = %s, is_recurring = %s,"
+                " target_key = %s, data = %s WHERE id = %s",
+                (
+                    row.type.encode(),
+                    row.start,
+                    row.end,
+                    now_us,
+                    bool(row.active),
+                    bool(row.dry_run),
+                    bool(row.recurring),
+                    row.target,
+                    row.blob,
+                    dispatch_id,
+                ),
+            )
+            assert current.metadata is not None and current.metadata.create_time is not None
+            dispatch = dispatch_of(
+                dispatch_id, new.data, to_micros(current.metadata.create_time), now_us, row.end
+            )
+            await record(microgrid_id, Event.UPDATED, dispatch)
+        return dispatch
+
+    async def delete(self, microgrid_id: int, dispatch_id: int) -> Dispatch | None:
+        """Remove a dispatch; return it as it was, or None when it does not exist."""
+        if dispatch_id > _INT64_MAX:
+            return None
+        async with self._transaction() as (conn, record):
+            cursor = await conn.execute(
+                f"DELETE FROM dispatches WHERE id = %s AND microgrid_id = %s RETURNING {FIELDS}",
+                (dispatch_id, signed(microgrid_id)),
+            )
+            found = await cursor.fetchone()
+            if found is None:
+                return None
+            dispatch = from_row(found)
+            await record(microgrid_id, Event.DELETED, dispatch)
+        return dispatch
+
+    # Reads ----------------------------------------------------------------------
+
+    async def get(self, microgrid_id: int, dispatch_id: int) -> Dispatch | None:
+        """Return one dispatch of a microgrid, or None."""
+        if dispatch_id > _INT64_MAX:
+            return None
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                f"SELECT {FIELDS} FROM dispatches WHERE id = %s AND microgrid_id = %s",
+                (dispatch_id, signed(microgrid_id)),
+            )
+            found = await cursor.fetchone()
+        return None if found is None else from_row(found)
+
+    async def list(self, query: ListQuery) -> ListResult[Dispatch]:
+        """Return one page of the dispatches matching `query`, and their total count."""
+        return await self._list(query, from_row)
+
+    async def list_encoded(self, query: ListQuery) -> ListResult[bytes]:
+        """Return the page `list` returns with each dispatch as `Dispatch` wire bytes."""
+        return await self._list(query, encoded_row)
+
+    async def _list(
+        self, query: ListQuery, convert: Callable[[Sequence[object]], _D]
+    ) -> ListResult[_D]:
+        if query.sort_column not in SORT_COLUMNS:
+            raise ValueError(f"cannot sort by {query.sort_column!r}")
+        statements = list_statements(query, POSTGRESQL)
+        async with self._connection() as conn:
+            # One snapshot for the count and the page, as SQLite's single connection gives.
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                cursor = await conn.execute(statements.count_sql, statements.count_params)
+                total = _one(await cursor.fetchone())
+                cursor = await conn.execute(statements.page_sql, statements.page_params)
+                rows = await cursor.fetchall()
+            finally:
+                await conn.execute("COMMIT")
+        return page_result(query, total, rows, convert)
+
+    # Replay protection ----------------------------------------------------------
+
+    async def use_nonce(self, nonce: str, expires_at: int, *, now: int) -> bool:
+        """Record a request nonce for all replicas; False when it is live already (a replay)."""
+        async with self._connection() as conn:
+            if now >= self._next_nonce_prune:
+                self._next_nonce_prune = now + 10
+                await conn.execute("DELETE FROM used_nonces WHERE expires_at < %s", (now,))
+            # An expired entry not yet pruned is taken over, not a replay.
+            cursor = await conn.execute(
+                "INSERT INTO used_nonces (nonce, expires_at) VALUES (%s, %s)"
+                " ON CONFLICT (nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+                " WHERE used_nonces.expires_at < %s RETURNING 1",
+                (nonce, expires_at, now),
+            )
+            return await cursor.fetchone() is not None
+
+    # Plumbing -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("the dispatch store is not open")
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
+            raise StoreUnavailableError(f"the dispatch database is unreachable: {error}") from error
+
+    @asynccontextmanager
+    async def _transaction(
+        self,
+    ) -> AsyncIterator[tuple[psycopg.AsyncConnection[Any], Callable[..., Any]]]:
+        """Yield a connection in a transaction and `record(microgrid_id, kind, dispatch)`.
+
+        `record` writes the change's event row and NOTIFY in the same
+        transaction. After the commit, this waits (bounded) until the event
+        came back through LISTEN and went to this replica's subscribers.
+        """
+        seqs: list[int] = []
+        async with self._connection() as conn:
+
+            async def record(microgrid_id: int, kind: Event, dispatch: Dispatch) -> None:
+                cursor = await conn.execute(
+                    "WITH e AS (INSERT INTO dispatch_events (microgrid_id, kind, dispatch)"
+                    " VALUES (%s, %s, %s) RETURNING seq)"
+                    f" SELECT seq, pg_notify('{CHANNEL}', seq::text) FROM e",
+                    (signed(microgrid_id), int(kind), bytes(dispatch)),
+                )
+                seq = _one(await cursor.fetchone())
+                self._waiters[seq] = asyncio.Event()
+                seqs.append(seq)
+
+            try:
+                async with conn.transaction():
+                    yield conn, record
+            except BaseException:
+                for seq in seqs:
+                    self._waiters.pop(seq, None)
+                raise
+        await self._delivered(seqs)
+
+    async def _delivered(self, seqs: Sequence[int]) -> None:
+        for seq in seqs:
+            waiter = self._waiters.get(seq)
+            if waiter is None:
+                continue
+            with anyio.move_on_after(_DELIVERY_TIMEOUT_S) as scope:
+                await waiter.wait()
+            self._waiters.pop(seq, None)
+            if scope.cancelled_caught:
+                _log.warning("change %d was committed but its event did not come back in time", seq)
+
+    async def _listen(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
+                )
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    attempt = 0
+                    self._set_listening(True)
+                    async for notify in conn.notifies():
+                        self._notified.put_nowait(int(notify.payload))
+            except psycopg.Error as error:
+                if self._listening or attempt == 0:
+                    _log.warning("lost the PostgreSQL change feed: %s", error)
+            if self._listening:
+                self._set_listening(False)
+                if self._events is not None:
+                    self._events.feed_lost()
+            await asyncio.sleep(_RECONNECT_DELAYS_S[min(attempt, len(_RECONNECT_DELAYS_S) - 1)])
+            attempt += 1
+
+    async def _deliver(self) -> None:
+        while True:
+            seqs = [await self._notified.get()]
+            while not self._notified.empty():
+                seqs.append(self._notified.get_nowait())
+            try:
+                async with self._connection() as conn:
+                    cursor = await conn.execute(
+                        "SELECT seq, microgrid_id, kind, dispatch FROM dispatch_events"
+                        " WHERE seq = ANY(%s)",
+                        (seqs,),
+                    )
+                    rows = {int(row[0]): row for row in await cursor.fetchall()}
+            except StoreUnavailableError as error:
+                # The listener notices too and ends the streams.
+                _log.warning("cannot read back %d change(s): %s", len(seqs), error)
+                continue
+            # Notification order is commit order; keep it.
+            for seq in seqs:
+                row = rows.get(seq)
+                if row is not None and self._events is not None:
+                    _, microgrid_id, kind, blob = row
+                    self._events.publish(
+                        microgrid_id if microgrid_id >= 0 else microgrid_id + 2**64,
+                        StreamMicrogridDispatchesResponse(
+                            dispatch=Dispatch.parse(blob), event=Event(kind)
+                        ),
+                    )
+                waiter = self._waiters.get(seq)
+                if waiter is not None:
+                    waiter.set()
+
+    async def _janitor(self) -> None:
+        while True:
+            await asyncio.sleep(_JANITOR_INTERVAL_S)
+            try:
+                async with self._connection() as conn:
+                    await conn.execute(
+                        "DELETE FROM dispatch_events WHERE created_at < now() - %s",
+                        (_EVENT_RETENTION,),
+                    )
+                    await conn.execute(
+                        "DELETE FROM used_nonces WHERE expires_at < %s", (int(time.time()),)
+                    )
+            except StoreUnavailableError as error:
+                _log.debug("cleanup skipped: %s", error)
+
+    def _set_listening(self, listening: bool) -> None:
+        if listening == self._listening:
+            return
+        self._listening = listening
+        changed, self._listening_changed = self._listening_changed, asyncio.Event()
+        changed.set()
+        if self._events is not None:
+            self._events.health_changed(listening)
+
+    async def _wait_listening_changed(self) -> None:
+        await self._listening_changed.wait()
+
+    async def wait_healthy(self, healthy: bool = True) -> None:
+        """Wait until `healthy` is as given (bound it with `anyio.fail_after`)."""
+        while self.healthy != healthy:
+            await self._wait_listening_changed()
+
+
+def _one(row: Sequence[Any] | None) -> int:
+    assert row is not None
+    return int(row[0])
