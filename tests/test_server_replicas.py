@@ -23,11 +23,14 @@ from test_server_auth import SECRET, _signed
 from test_server_stream import Response, receive, subscribed
 from test_server_support import connect, create, expect_error, make_data
 
-from dispatch_client import (
+from dispatch_client import Event
+from dispatch_client._proto.google.protobuf import FieldMask
+from dispatch_client.testing import RunningServer, running_server
+from dispatch_client.validation import payload_to_struct
+from dispatch_client.wire import (
     CreateMicrogridDispatchRequest,
     DeleteMicrogridDispatchRequest,
     DispatchFilter,
-    Event,
     GetMicrogridDispatchRequest,
     ListMicrogridDispatchesRequest,
     MicrogridDispatchServiceStub,
@@ -36,9 +39,6 @@ from dispatch_client import (
     UpdateMicrogridDispatchRequest,
     UpdateMicrogridDispatchRequestDispatchUpdate,
 )
-from dispatch_client._proto.google.protobuf import FieldMask
-from dispatch_client.testing import RunningServer, running_server
-from dispatch_client.validation import payload_to_struct
 
 pytestmark = pytest.mark.anyio
 pytest_plugins = ["test_server_support"]
