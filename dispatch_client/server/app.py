@@ -10,9 +10,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import grpclib.server
 
 from .auth import RequestAuthenticator
+from .operability import OPEN_SERVICES, Operability
+from .operability import available as operability_available
 from .service import DEFAULT_STREAM_BUFFER_SIZE, DispatchService
 from .stores import describe_db
 
@@ -101,6 +104,12 @@ class DispatchServer:
         ssl: TLS context (see `server_ssl_context`); None serves plain HTTP/2.
         keys: accepted API keys; None means keys are not checked.
         sign_secret: require requests signed with this secret; None for no signatures.
+        shutdown_grace_s: seconds `stop()` keeps serving while the health service
+            already says NOT_SERVING, so that load balancers stop routing here
+            before open streams are ended.
+
+    Next to the dispatch service it serves the standard health service and
+    server reflection (`operability`), when protobuf is installed.
     """
 
     def __init__(
@@ -112,13 +121,19 @@ class DispatchServer:
         ssl: _ssl.SSLContext | None = None,
         keys: Iterable[str] | None = None,
         sign_secret: str | None = None,
+        shutdown_grace_s: float = 0.0,
     ) -> None:
         self.service = service
+        self.shutdown_grace_s = shutdown_grace_s
+        self.operability = Operability(service) if operability_available() else None
+        """Health status and reflection; None without protobuf."""
         self.host = host
         self.port = port
         self.ssl = ssl
         # Used nonces live in the store, so replicas sharing it refuse each other's replays.
-        self.authenticator = RequestAuthenticator(keys, sign_secret, nonces=service.store)
+        self.authenticator = RequestAuthenticator(
+            keys, sign_secret, nonces=service.store, open_services=OPEN_SERVICES
+        )
         self._server: _Server | None = None
 
     def __repr__(self) -> str:
@@ -147,7 +162,8 @@ class DispatchServer:
         if self._server is not None:
             return
         sock = await _bind(self.host, self.port)
-        server = _Server([self.service])
+        extra = self.operability.handlers() if self.operability is not None else ()
+        server = _Server([self.service, *extra])
         self.authenticator.install(server)
         try:
             await server.start(sock=sock, ssl=self.ssl)
@@ -156,6 +172,8 @@ class DispatchServer:
             raise
         self.port = sock.getsockname()[1]
         self._server = server
+        if self.operability is not None:
+            self.operability.serving()
 
     async def stop(self) -> None:
         """Stop listening, cancel running calls and close connections; idempotent."""
@@ -163,6 +181,13 @@ class DispatchServer:
         if server is None:
             return
         with anyio.CancelScope(shield=True):
+            if self.operability is not None:
+                self.operability.shutting_down()
+                # Let health watchers receive NOT_SERVING (and balancers act on
+                # it) before their connections and the streams go away.
+                await anyio.sleep(self.shutdown_grace_s)
+                for _ in range(3):
+                    await anyio.lowlevel.checkpoint()
             server.close()
             for transport in list(server.open_transports):
                 transport.close()

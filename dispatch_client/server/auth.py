@@ -65,6 +65,8 @@ class RequestAuthenticator:
             RESOURCE_EXHAUSTED until old ones expire.
         clock: the server's clock, in Unix seconds.
         nonces: where used nonces are kept; None keeps them in this object's memory.
+        open_services: full names of services whose calls are not checked
+            (e.g. "grpc.health.v1.Health", which load balancers probe without credentials).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class RequestAuthenticator:
         max_nonces: int = DEFAULT_MAX_NONCES,
         clock: Callable[[], float] = time.time,
         nonces: NonceStore | None = None,
+        open_services: Iterable[str] = (),
     ) -> None:
         self._keys = None if keys is None else frozenset(keys)
         self._secret = sign_secret or None
@@ -85,6 +88,7 @@ class RequestAuthenticator:
         self._nonce_expiry: list[tuple[int, str]] = []
         self._nonces: set[str] = set()
         self._nonce_store = nonces
+        self._open_prefixes = tuple(f"/{name}/" for name in open_services)
 
     def __repr__(self) -> str:
         return f"RequestAuthenticator({self.describe()})"
@@ -118,6 +122,8 @@ class RequestAuthenticator:
             grpclib.events.listen(server, grpclib.events.RecvRequest, self._on_request)
 
     async def _on_request(self, event: grpclib.events.RecvRequest) -> None:
+        if event.method_name.startswith(self._open_prefixes):
+            return
         method = method_name(event.method_name)
         try:
             await self.authenticate(event.metadata, method)

@@ -98,6 +98,7 @@ class TemporaryPostgres:
         self.max_connections = max_connections
         self._dir: Path | None = None
         self._run_as: str | None = None
+        self._options = ""
 
     def __enter__(self) -> TemporaryPostgres:
         self.start()
@@ -152,7 +153,7 @@ class TemporaryPostgres:
                 "--locale=C",
                 "--no-sync",
             )
-            options = " ".join(
+            self._options = " ".join(
                 [
                     f"-p {self.port}",
                     f"-c listen_addresses={self.host}",
@@ -174,7 +175,7 @@ class TemporaryPostgres:
                 "-l",
                 str(self._dir / "server.log"),
                 "-o",
-                options,
+                self._options,
             )
         except BaseException:
             self._cleanup()
@@ -206,6 +207,8 @@ class TemporaryPostgres:
             str(_START_TIMEOUT_S),
             "-l",
             str(self.data_dir.parent / "server.log"),
+            "-o",
+            self._options,
         )
 
     def create_database(self, name: str) -> str:
