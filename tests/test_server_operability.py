@@ -183,29 +183,38 @@ async def test_store_outage_is_not_serving_and_ends_streams() -> None:
             DispatchServer(service) as server,
             channel_to(server) as channel,
             connect(server) as stub,  # type: ignore[arg-type]
+            HealthStub(channel).Watch.open() as watch,
         ):
-            assert await check(channel) == SERVING
+            await watch.send_message(HealthCheckRequest(service=SERVICE), end=True)
+
+            async def next_status() -> Any:
+                with anyio.fail_after(15):
+                    response = await watch.recv_message()
+                assert response is not None
+                return response.status
+
+            assert await next_status() == SERVING
             async with subscribed(stub.channel, 1) as stream:
                 await anyio.to_thread.run_sync(postgres.pause)
-                with anyio.fail_after(10):
-                    while await check(channel) != NOT_SERVING:
-                        await anyio.sleep(0.05)
-                    with pytest.raises(GRPCError) as ended:
-                        while await stream.recv_message() is not None:
-                            pass
-                        await stream.recv_trailing_metadata()
+                assert await next_status() == NOT_SERVING
+                assert await check(channel) == NOT_SERVING
+                with anyio.fail_after(10), pytest.raises(GRPCError) as ended:
+                    while await stream.recv_message() is not None:
+                        pass
+                    await stream.recv_trailing_metadata()
                 assert ended.value.status == Status.UNAVAILABLE
+                assert "re-list" in (ended.value.message or "")
                 with pytest.raises(GRPCError) as refused:
                     await create(stub, 1)
                 assert refused.value.status == Status.UNAVAILABLE
             await anyio.to_thread.run_sync(postgres.resume)
-            with anyio.fail_after(15):
-                while await check(channel) != SERVING:
-                    await anyio.sleep(0.05)
+            assert await next_status() == SERVING
             for _ in range(3):  # connections broken by the outage are replaced
                 with contextlib.suppress(GRPCError):
                     await create(stub, 1)
             created = await create(stub, 1)
             assert created.metadata is not None
+            # A client leaving a stream the server keeps open cancels it.
+            await watch.cancel()
     finally:
         postgres.stop()
