@@ -69,7 +69,7 @@ from .sql import (
     page_result,
     signed,
 )
-from .stores import Change, StoreEvents, StoreUnavailableError, describe_db
+from .store_api import Change, StoreEvents, StoreUnavailableError, describe_db
 
 __all__ = ["CHANNEL", "POSTGRESQL", "PgDispatchStore", "migrate"]
 

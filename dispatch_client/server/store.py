@@ -43,7 +43,7 @@ from .sql import (
 )
 
 if TYPE_CHECKING:
-    from .stores import Change, StoreEvents
+    from .store_api import Change, StoreEvents
 
 # The records' names are re-exported: callers have imported them from here.
 __all__ = [
