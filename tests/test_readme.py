@@ -75,3 +75,23 @@ def test_readme_example_runs_twice_on_the_same_server(
     for attempt in ("first", "second"):
         result = results[f"{index}:{attempt}"]
         assert result.returncode == 0, f"README example {index}, {attempt} run: {describe(result)}"
+
+
+@pytest.mark.anyio
+async def test_the_quoted_tls_error_is_the_real_one() -> None:
+    """README and getting started quote what leaving out ?ssl=false does; it must stay true."""
+    import datetime as dt
+
+    from dispatch_client import Client, Unavailable
+    from dispatch_client.testing import running_server
+
+    quoted = "TLS handshake failed: the server does not speak TLS (WRONG_VERSION_NUMBER)"
+    assert quoted in README.read_text()
+    assert quoted in (ROOT / "docs" / "getting-started.md").read_text()
+    async with running_server() as server:
+        tls_url = server.url.split("?", 1)[0]
+        async with Client(tls_url, call_timeout=dt.timedelta(seconds=10)) as client:
+            with pytest.raises(Unavailable) as caught:
+                await client.get(1, 1)
+    assert quoted in str(caught.value)
+    assert "?ssl=false" in str(caught.value)
