@@ -166,12 +166,13 @@ def test_every_enum_field_around_its_members(field: EnumField) -> None:
         check_field(field, value)
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(st.sampled_from(ALL_FIELDS), st.integers())
 def test_every_enum_field_over_all_integers(field: EnumField, value: int) -> None:
     check_field(field, value)
 
 
+@settings(deadline=None)
 @given(st.integers())
 def test_check_enum_and_its_labels(value: int) -> None:
     member = RecurrenceRuleFrequency._value2member_map_.get(value)
@@ -220,6 +221,7 @@ UNKNOWN_RULES = st.one_of(
 )
 
 
+@settings(max_examples=50, deadline=None)
 @given(UNKNOWN_RULES)
 def test_recurrence_helpers_name_unknown_values(rule: dict[str, Any]) -> None:
     dispatch = received(1, **rule)
@@ -237,6 +239,7 @@ def test_recurrence_helpers_name_unknown_values(rule: dict[str, Any]) -> None:
             call()
 
 
+@settings(max_examples=50, deadline=None)
 @given(UNKNOWN_RULES)
 def test_run_tracker_skips_only_the_dispatch_it_cannot_evaluate(rule: dict[str, Any]) -> None:
     tracker = RunTracker()
