@@ -12,16 +12,19 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Iterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import betterproto2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatch_client import (
+    Client,
     Dispatch,
     DispatchData,
     DispatchMetadata,
@@ -33,6 +36,7 @@ from dispatch_client import (
 from dispatch_client.recurrence import is_running, next_run, runs, series_end, until
 from dispatch_client.schedule import RunTracker, Transition
 from dispatch_client.streaming import DispatchEvent
+from dispatch_client.testing import running_server
 from dispatch_client.validation import check_enum, check_message, enum_label, known_member
 from dispatch_client.wire import (
     CreateMicrogridDispatchRequest,
@@ -259,3 +263,25 @@ def test_run_tracker_logs_the_dispatch_it_skips(caplog: pytest.LogCaptureFixture
         tracker.observe(DispatchEvent(Event.CREATED, received(7, freq=9)), T0)
     assert "dispatch 7" in caplog.text
     assert "9 is not a known RecurrenceRuleFrequency" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_running_over_a_real_watch_skips_only_the_unknown_dispatch() -> None:
+    async with running_server() as server, Client(server.url) as client:
+        now = datetime.now(UTC)
+        # What a newer server could hold: stored as is, past the checks.
+        odd = received(1, freq=9).data
+        assert odd is not None
+        odd.start_time = now - timedelta(minutes=5)
+        await server.service.store.insert(5, odd, now=now, end_time=None)
+        good = await client.create(5, "GOOD", "NOW", timedelta(hours=1), [1])
+        with anyio.fail_after(10):
+            async with aclosing(client.running(5)) as transitions:
+                first = await anext(transitions)
+                # The unknown one was skipped; the good one is reported and the
+                # generator keeps serving: a later change still arrives.
+                assert (first.dispatch.metadata, first.kind) == (good.metadata, Transition.STARTED)
+                assert good.metadata is not None
+                await client.update(5, good.metadata.dispatch_id, {"active": False})
+                second = await anext(transitions)
+                assert second.kind == Transition.STOPPED
