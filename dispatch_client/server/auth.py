@@ -41,6 +41,10 @@ DEFAULT_MAX_NONCES = 100_000
 class NonceStore(Protocol):
     """Remembers used nonces where every server replica sees them (the dispatch store)."""
 
+    @property
+    def nonces_known_since(self) -> float | None:
+        """Unix time since which used nonces are recorded; None when they outlive restarts."""
+
     async def use_nonce(self, nonce: str, expires_at: int, *, now: int) -> bool:
         """Record `nonce` until `expires_at` (unix s); False when it is recorded and live."""
 
@@ -52,8 +56,12 @@ class RequestAuthenticator:
     replay after that fails the clock check), which bounds memory together
     with `max_nonces`. With `nonces` (the dispatch store), used nonces are
     kept there instead, so that replicas sharing the store refuse each
-    other's replays; `max_nonces` then does not apply (the store forgets
-    expired nonces).
+    other's replays, also after a restart when the store is a file or
+    PostgreSQL; `max_nonces` then does not apply (the store forgets expired
+    nonces). Where used nonces do not outlive the process (this object's
+    memory, or an in-memory store), a request signed before they started
+    being recorded (its `ts` earlier than the second they started) is refused:
+    it may have been used before a restart.
 
     Args:
         keys: the accepted API keys, or None to accept any (and no) key.
@@ -88,6 +96,7 @@ class RequestAuthenticator:
         self._nonce_expiry: list[tuple[int, str]] = []
         self._nonces: set[str] = set()
         self._nonce_store = nonces
+        self._started = clock()
         self._open_prefixes = tuple(f"/{name}/" for name in open_services)
 
     def __repr__(self) -> str:
@@ -161,7 +170,8 @@ class RequestAuthenticator:
 
         Raises:
             GRPCError: UNAUTHENTICATED for a missing or unknown key, or a missing,
-                stale (outside the clock window), wrong or replayed signature;
+                stale (outside the clock window), wrong or replayed signature, or
+                one made before used nonces were recorded (see the class);
                 RESOURCE_EXHAUSTED when too many signed calls arrive within the
                 clock window. Messages never hold a key, secret or signature.
         """
@@ -205,6 +215,12 @@ class RequestAuthenticator:
             )
         if not signatures_match(signature(self._secret, key, ts, nonce, method), sig):
             raise _unauthenticated("request signature does not match")
+        since = self._started if self._nonce_store is None else self._nonce_store.nonces_known_since
+        if since is not None and ts_value < int(since):
+            raise _unauthenticated(
+                f"metadata '{TS_HEADER}' is from before this server started keeping used nonces"
+                " (in memory), so a replay cannot be told apart: sign the request again"
+            )
         # Only a correctly signed call may take up nonce memory.
         return nonce, ts_value + self._window, now
 

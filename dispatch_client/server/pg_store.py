@@ -229,6 +229,11 @@ class PgDispatchStore:
         """Send committed changes, feed losses and health changes to `events`."""
         self._events = events
 
+    @property
+    def nonces_known_since(self) -> float | None:
+        """None: used nonces live in the database and outlive every server process."""
+        return None
+
     async def open(self) -> None:
         """Migrate the schema, open the pool and start listening; no-op when open.
 

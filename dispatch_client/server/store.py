@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
@@ -110,6 +111,7 @@ class DispatchStore:
         self._limiter = anyio.CapacityLimiter(1)
         self._lock = threading.Lock()
         self._next_nonce_prune = 0
+        self._opened_at: float | None = None
         self._events: StoreEvents | None = None
 
     async def __aenter__(self) -> DispatchStore:
@@ -130,6 +132,11 @@ class DispatchStore:
         return False
 
     @property
+    def nonces_known_since(self) -> float | None:
+        """When an in-memory database opened (its nonces start then); None for a file."""
+        return self._opened_at if self.path in (":memory:", "") else None
+
+    @property
     def healthy(self) -> bool:
         """Whether the database is open (a local file or memory is always reachable)."""
         return self.is_open
@@ -146,6 +153,7 @@ class DispatchStore:
         """Open (and if needed create) the database; no-op when already open."""
         if self._conn is None:
             self._conn = await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
+            self._opened_at = time.time()
             if self._events is not None:
                 self._events.health_changed(True)
 

@@ -134,6 +134,15 @@ class Store(Protocol):
     async def list_encoded(self, query: ListQuery) -> ListResult[bytes]:
         """Return the page `list` returns with each dispatch as `Dispatch` wire bytes."""
 
+    @property
+    def nonces_known_since(self) -> float | None:
+        """Unix time since which every used nonce is recorded; None if they outlive restarts.
+
+        A store whose nonces die with the process (SQLite in memory) knows
+        nothing of requests signed before it opened; the authenticator refuses
+        those, since it cannot tell a replay from a first use.
+        """
+
     async def use_nonce(self, nonce: str, expires_at: int, *, now: int) -> bool:
         """Record a request nonce; False when it is already recorded and not yet expired.
 
