@@ -101,3 +101,25 @@ def test_every_page_is_in_the_navigation() -> None:
     pages = {page.relative_to(DOCS).as_posix() for page in PAGES}
     assert pages - listed == set(), "pages missing from mkdocs.yml's nav"
     assert listed - pages == set(), "nav entries without a page"
+
+
+def test_every_public_module_has_a_reference_page() -> None:
+    documented = {
+        match
+        for page in (DOCS / "reference").glob("*.md")
+        for match in re.findall(r"^::: (dispatch_client[\w.]*)", page.read_text(), re.MULTILINE)
+    }
+    package = ROOT / "dispatch_client"
+    public = {
+        f"dispatch_client.{path.stem}"
+        for path in package.glob("*.py")
+        if not path.stem.startswith("_")
+    } | {
+        f"dispatch_client.{path.name}"
+        for path in package.iterdir()
+        if (path / "__init__.py").exists() and not path.name.startswith("_")
+    }
+    # Client is documented where users import it from: the package root.
+    public -= {"dispatch_client.client", "dispatch_client.cli"}
+    assert "dispatch_client" in documented
+    assert public - documented == set(), "public modules without a reference page"
