@@ -227,6 +227,7 @@ async def serve(
     sign_secret: str | None = None,
     ssl: _ssl.SSLContext | None = None,
     stream_buffer_size: int | None = None,
+    shutdown_grace_s: float = 0.0,
     on_ready: Callable[[DispatchServer], object] | None = None,
 ) -> None:
     """Run a dispatch server until cancelled, then stop it cleanly.
@@ -243,6 +244,7 @@ async def serve(
         ssl: TLS context (see `server_ssl_context`); None serves plain HTTP/2.
         stream_buffer_size: events buffered per stream before a slow subscriber
             is cut off; None for `DEFAULT_STREAM_BUFFER_SIZE`.
+        shutdown_grace_s: seconds to keep serving, health NOT_SERVING, once stopping.
         on_ready: called with the running server once it listens.
 
     Raises:
@@ -253,7 +255,13 @@ async def serve(
     )
     async with service:
         server = DispatchServer(
-            service, host=host, port=port, ssl=ssl, keys=keys, sign_secret=sign_secret
+            service,
+            host=host,
+            port=port,
+            ssl=ssl,
+            keys=keys,
+            sign_secret=sign_secret,
+            shutdown_grace_s=shutdown_grace_s,
         )
         async with server:
             _log.info(

@@ -55,6 +55,8 @@ class ServerConfig:
         tls_key: TLS private key file (PEM); given exactly when `tls_cert` is.
         stream_buffer: events buffered per stream before a slow subscriber is cut off (>= 1).
         log_level: a `logging` level name such as "INFO" (any case).
+        shutdown_grace: seconds a stopping server keeps serving while its health
+            service already says NOT_SERVING (>= 0), so load balancers move away first.
     """
 
     host: str = "127.0.0.1"
@@ -66,6 +68,7 @@ class ServerConfig:
     tls_key: str | None = None
     stream_buffer: int = DEFAULT_STREAM_BUFFER_SIZE
     log_level: str = "INFO"
+    shutdown_grace: int = 0
 
     def __post_init__(self) -> None:
         """Check the values together.
@@ -79,6 +82,8 @@ class ServerConfig:
             raise ValueError(f"--port must be in 0..{_MAX_PORT}, got {self.port!r}")
         if isinstance(self.stream_buffer, bool) or self.stream_buffer < 1:
             raise ValueError(f"--stream-buffer must be at least 1, got {self.stream_buffer!r}")
+        if isinstance(self.shutdown_grace, bool) or self.shutdown_grace < 0:
+            raise ValueError(f"--shutdown-grace must be at least 0, got {self.shutdown_grace!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together; give both or neither")
         for option, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):
@@ -194,6 +199,14 @@ SERVER_OPTIONS: tuple[ServerOption, ...] = (
     ServerOption(
         "--log-level", "log_level", "Logging level (DEBUG, INFO, WARNING, ...).", metavar="LEVEL"
     ),
+    ServerOption(
+        "--shutdown-grace",
+        "shutdown_grace",
+        "Seconds to keep serving after SIGTERM while health says NOT_SERVING, before"
+        " open streams are ended (give load balancers time to move away).",
+        kind=int,
+        metavar="SECONDS",
+    ),
 )
 
 
@@ -266,6 +279,7 @@ async def run_until_stopped(
                 sign_secret=config.sign_secret,
                 ssl=ssl,
                 stream_buffer_size=config.stream_buffer,
+                shutdown_grace_s=config.shutdown_grace,
                 on_ready=on_ready,
             )
         except OSError as error:

@@ -238,7 +238,8 @@ class PgDispatchStore:
         """Migrate the schema, open the pool and start listening; no-op when open.
 
         Raises:
-            StoreUnavailableError: the database cannot be reached.
+            ConnectionError: the database cannot be reached (an OSError, as for
+                an SQLite file that cannot be opened).
         """
         if self._pool is not None:
             return
@@ -251,7 +252,7 @@ class PgDispatchStore:
                 applied = await anyio.to_thread.run_sync(migrate, self.url)
                 _log.info("applied schema migrations %s to %s", applied, describe_db(self.url))
         except psycopg.OperationalError as error:
-            raise StoreUnavailableError(
+            raise ConnectionError(
                 f"cannot reach the PostgreSQL database {describe_db(self.url)}: {error}"
             ) from error
         pool = psycopg_pool.AsyncConnectionPool(
@@ -277,7 +278,7 @@ class PgDispatchStore:
                 await self._wait_listening_changed()
         if not self._listening:
             await self.close()
-            raise StoreUnavailableError(
+            raise ConnectionError(
                 f"cannot LISTEN on the PostgreSQL database {describe_db(self.url)}"
             )
 
