@@ -343,3 +343,49 @@ async def test_get_delete_update_ids(
         except (ValueError, TypeError) as error:
             assert sent.count == before
             assert any(name in str(error) for name in ("microgrid_id", "dispatch_id", "new_fields"))
+
+
+# -- a recurrence that can never run ---------------------------------------------------------
+
+
+async def test_until_before_the_start_is_refused_by_client_and_server(
+    client: Client, server: RunningServer
+) -> None:
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    never = RecurrenceRule(
+        freq=RecurrenceRuleFrequency.DAILY,
+        end_criteria=RecurrenceRuleEndCriteria(until_time=start - dt.timedelta(days=1)),
+    )
+    sent = Sent(client)
+    with pytest.raises(ValueError, match=r"until_time .* is before start_time") as error:
+        await client.create(1, "T", start, dt.timedelta(hours=1), [1], recurrence=never)
+    assert not isinstance(error.value, DispatchApiError) and sent.count == 0
+    until_an_hour_ago = RecurrenceRule(
+        freq=RecurrenceRuleFrequency.DAILY,
+        end_criteria=RecurrenceRuleEndCriteria(
+            until_time=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+        ),
+    )
+    with pytest.raises(ValueError, match="could never run"):
+        await client.create(1, "T", "NOW", None, [1], recurrence=until_an_hour_ago)
+    # An update moving the start past the until: the client sees both, refuses.
+    with pytest.raises(ValueError, match="could never run"):
+        await client.update(
+            1, 1, {"start_time": start, "recurrence.end_criteria": start - dt.timedelta(days=1)}
+        )
+    # The server checks the whole stored dispatch: here the client cannot know.
+    created = await client.create(
+        1,
+        "T",
+        start,
+        dt.timedelta(hours=1),
+        [1],
+        recurrence=RecurrenceRule(freq=RecurrenceRuleFrequency.DAILY),
+    )
+    assert created.metadata is not None
+    with pytest.raises(InvalidArgument, match="could never run"):
+        await client.update(
+            1,
+            created.metadata.dispatch_id,
+            {"recurrence.end_criteria": start - dt.timedelta(days=1)},
+        )

@@ -236,6 +236,25 @@ NAMED_CASES = {
         ),
         f"filter.queries has 1001 items (allowed: at most {MAX_FILTER_ITEMS})",
     ),
+    "create_until_before_start": (
+        "CreateMicrogridDispatch",
+        bytes(
+            CreateMicrogridDispatchRequest(
+                1,
+                DispatchData(
+                    type="T",
+                    start_time=FUTURE,
+                    recurrence=RecurrenceRule(
+                        freq=RecurrenceRuleFrequency.DAILY,
+                        end_criteria=RecurrenceRuleEndCriteria(
+                            until_time=FUTURE - dt.timedelta(days=1)
+                        ),
+                    ),
+                ),
+            )
+        ),
+        "could never run",
+    ),
     "stream_truncated": (
         "StreamMicrogridDispatches",
         b"\x08\xff",
