@@ -207,6 +207,10 @@ async def test_store_outage_is_not_serving_and_ends_streams() -> None:
                 with pytest.raises(GRPCError) as refused:
                     await create(stub, 1)
                 assert refused.value.status == Status.UNAVAILABLE
+                with pytest.raises(GRPCError) as no_stream:
+                    async with subscribed(stub.channel, 1):
+                        pass
+                assert no_stream.value.status == Status.UNAVAILABLE
             await anyio.to_thread.run_sync(postgres.resume)
             assert await next_status() == SERVING
             for _ in range(3):  # connections broken by the outage are replaced

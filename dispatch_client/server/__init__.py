@@ -1,4 +1,4 @@
-"""The reference Dispatch API server: grpclib on SQLite.
+"""The reference Dispatch API server: grpclib on SQLite, or on PostgreSQL for replicas.
 
 Run it with `python -m dispatch_client.server` (see `--help`), in-process with
 `dispatch_client.testing.running_server()`, or assemble the parts:
@@ -19,6 +19,8 @@ from .service import (
     DispatchService,
 )
 from .store import DispatchStore
+from .store_api import Store
+from .stores import store_for
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -29,6 +31,8 @@ __all__ = [
     "DispatchService",
     "DispatchStore",
     "RequestAuthenticator",
+    "Store",
     "serve",
     "server_ssl_context",
+    "store_for",
 ]

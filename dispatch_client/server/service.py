@@ -463,6 +463,11 @@ class DispatchService(MicrogridDispatchServiceBase):
     async def _serve_stream(
         self, stream: grpclib.server.Stream[Any, Any], request: StreamMicrogridDispatchesRequest
     ) -> None:
+        if not self.store.healthy:
+            # Its change feed is down: this stream would miss events unnoticed.
+            raise GRPCError(
+                Status.UNAVAILABLE, "the server's database is unreachable; retry shortly"
+            )
         subscription = self._fanout.subscribe(request.microgrid_id)
         try:
             await stream.send_initial_metadata()
