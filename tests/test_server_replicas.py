@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
+from typing import Any
 
 import anyio
 import pytest
@@ -254,3 +255,24 @@ async def test_a_dispatch_type_with_nul_is_stored_and_found(postgres_url: str) -
             ListMicrogridDispatchesRequest(microgrid_id=1, filter=DispatchFilter(queries=["\x00B"]))
         )
         assert [d.data.type for d in found.dispatches if d.data] == ["A\x00B"]
+
+
+async def test_replicas_starting_together_migrate_a_new_database_once(
+    postgres_server: Any,
+) -> None:
+    from dispatch_client.server.pg_store import PgDispatchStore, known_migrations
+
+    url = postgres_server.create_database(f"fresh_{time.monotonic_ns()}")
+    stores = [PgDispatchStore(url) for _ in range(3)]
+    async with anyio.create_task_group() as tg:
+        for store in stores:
+            tg.start_soon(store.open)
+    try:
+        assert all(store.healthy for store in stores)
+        async with stores[0]._connection() as conn:
+            cursor = await conn.execute("SELECT migration_id FROM _yoyo_migration")
+            applied = sorted(row[0] for row in await cursor.fetchall())
+        assert applied == known_migrations()
+    finally:
+        for store in stores:
+            await store.close()

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["PostgresUnavailableError", "TemporaryPostgres", "find_binaries"]
+__all__ = ["PostgresUnavailableError", "TemporaryPostgres", "find_binaries", "free_port"]
 
 _SEARCH = ("/usr/lib/postgresql/*/bin", "/usr/local/pgsql/bin")
 _START_TIMEOUT_S = 30
