@@ -1,7 +1,10 @@
-"""When dispatches start and stop running, as time passes and dispatches change.
+"""When dispatches start, change and stop running, as time passes and dispatches change.
 
 `running(events)` turns the events of `Client.watch()` into `RunTransition`s:
-STARTED when a dispatch begins running, STOPPED when it stops.
+STARTED when a run begins, UPDATED when it changes but keeps running, STOPPED
+when it ends. A run is one dispatch, or with `merge` a group of dispatches
+(same type and dry-run flag, or also the same target, or any key of yours)
+that runs while at least one member does.
 
 What is reported:
 
@@ -16,12 +19,14 @@ What is reported:
   transitions a change causes (the snapshot, a create, update or delete). `at`
   never decreases from one transition to the next. Scheduled transitions due at
   the same instant come STOPPED first, so a dispatch handing over to another
-  frees things first.
+  frees things first; within one merged run, a member joining at the instant
+  another leaves keeps the run going (UPDATED, never STOPPED then STARTED).
 - Changes apply at once: an update that leaves now outside every run (duration
   shortened, start moved, deactivated) yields STOPPED, one that puts now inside
   a run yields STARTED, deleting a running dispatch yields STOPPED with its last
-  version. Changes that do not alter whether the dispatch runs (payload,
-  target, a longer duration) yield nothing; `watch()` shows those.
+  version. An update of a running dispatch that keeps it running (payload,
+  target, duration, recurrence, dry-run flag) yields UPDATED with the new
+  version; one that changes only metadata yields nothing.
 - Nothing is skipped: transitions that fell due while the consumer was busy (or
   the machine slept) are delivered late, in order, with their scheduled `at`.
 - When `events` ends (the client disconnected), `running()` ends too, without
@@ -61,21 +66,31 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Final, Literal, TypeAlias
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._proto.frequenz.api.common.v1alpha8.streaming import Event
-from ._proto.frequenz.api.dispatch.v1 import Dispatch
+from ._proto.frequenz.api.dispatch.v1 import Dispatch, TargetComponents
 from ._tasks import CLOSE_TIMEOUT, OwnedTask, aclose_quietly
 from .recurrence import is_running, next_run, until
 from .validation import dispatch_id_of, to_utc
 from .watchview import DispatchEvent
 
-__all__ = ["RunTracker", "RunTransition", "Transition", "running"]
+__all__ = [
+    "MERGE_STRATEGIES",
+    "Merge",
+    "RunTracker",
+    "RunTransition",
+    "Transition",
+    "merge_key",
+    "running",
+    "target_key",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -88,27 +103,139 @@ the two drift apart (NTP steps, a suspended machine): re-reading bounds the erro
 
 
 class Transition(enum.Enum):
-    """Whether a dispatch started or stopped running."""
+    """What happened to a run: a dispatch, or a merged group of dispatches, running."""
 
     STARTED = "started"
+    """It began running."""
+    UPDATED = "updated"
+    """It keeps running but changed: a member's new version, or a member joined or left."""
     STOPPED = "stopped"
+    """It stopped running."""
+
+
+Merge: TypeAlias = Literal["type", "type+target"] | Callable[[Dispatch], Hashable] | None
+"""How `running()` groups dispatches into runs: see `RunTracker`."""
+
+MERGE_STRATEGIES = ("type", "type+target")
+"""The merge strategies named by a string."""
 
 
 @dataclass(frozen=True, slots=True)
 class RunTransition:
-    """A dispatch started or stopped running at `at`."""
+    """A run started, changed or stopped at `at`."""
 
     dispatch: Dispatch
-    """The version the transition is based on (after a delete: the last version)."""
+    """The dispatch that caused it, in the version it is based on (after a delete: the last one)."""
     kind: Transition
     at: datetime
     """When it happened: the scheduled instant, or when the causing change was seen (UTC)."""
+    key: Hashable = None
+    """Which run: the dispatch id without merging, else the group key of its members."""
+    members: tuple[Dispatch, ...] = ()
+    """The dispatches running in the run after this transition, current versions, in the
+    order they joined; empty after STOPPED."""
+
+
+def target_key(target: TargetComponents | None) -> tuple[str, frozenset[Hashable]]:
+    """Return a hashable form of `target`: its kind and the set of what it names.
+
+    Order and repeats do not matter: `[1, 2]` and `[2, 1, 1]` name the same
+    components. Kinds are `"ids"`, `"categories"`, `"types"` and `"none"`.
+    """
+    if target is None:
+        return ("none", frozenset())
+    if target.component_ids is not None:
+        return ("ids", frozenset(target.component_ids.ids))
+    if target.component_categories is not None:
+        return ("categories", frozenset(int(c) for c in target.component_categories.categories))
+    if target.component_categories_types is not None:
+        return (
+            "types",
+            frozenset(
+                (int(c.category), c.battery, c.inverter, c.ev_charger)
+                for c in target.component_categories_types.categories
+            ),
+        )
+    return ("none", frozenset())
+
+
+def _by_type(dispatch: Dispatch) -> tuple[str, bool]:
+    data = dispatch.data
+    return ("", False) if data is None else (data.type, bool(data.is_dry_run))
+
+
+def _by_type_and_target(dispatch: Dispatch) -> tuple[str, bool, tuple[str, frozenset[Hashable]]]:
+    data = dispatch.data
+    return (*_by_type(dispatch), target_key(None if data is None else data.target))
+
+
+def merge_key(merge: Merge) -> Callable[[Dispatch], Hashable]:
+    """Return the function that gives a dispatch's group key under `merge`.
+
+    Args:
+        merge: None (each dispatch is its own run, keyed by its id), `"type"`
+            (key: type and dry-run flag), `"type+target"` (type, dry-run flag
+            and `target_key` of the target) or a callable `Dispatch -> Hashable`.
+
+    Returns:
+        The key function.
+
+    Raises:
+        ValueError: `merge` is none of these.
+    """
+    if merge is None:
+        return dispatch_id_of
+    if isinstance(merge, str):
+        if merge == "type":
+            return _by_type
+        if merge == "type+target":
+            return _by_type_and_target
+    elif callable(merge):
+        return merge
+    raise ValueError(
+        f"merge must be None, {' or '.join(map(repr, MERGE_STRATEGIES))}"
+        f" or a callable Dispatch -> Hashable, not {merge!r}"
+    )
 
 
 @dataclass(eq=False, slots=True)
 class _Tracked:
     dispatch: Dispatch
     running: bool
+    group: Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """One dispatch started, changed while running, or stopped: before grouping."""
+
+    at: datetime
+    dispatch_id: int
+    dispatch: Dispatch
+    group: Hashable
+    kind: Transition
+
+
+@dataclass(slots=True)
+class _Net:
+    """What an instant's changes did to one dispatch."""
+
+    dispatch: Dispatch
+    group: Hashable
+    running: bool
+    started: bool
+    """It started at this instant, whether or not it still runs."""
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What an instant does to one group, in the order it is applied."""
+
+    joins: list[Dispatch] = field(default_factory=list)
+    updates: list[Dispatch] = field(default_factory=list)
+    leaves: list[Dispatch] = field(default_factory=list)
+    flashes: list[Dispatch] = field(default_factory=list)
+    """Instantaneous runs: members for no time at all."""
 
 
 class RunTracker:
@@ -119,17 +246,41 @@ class RunTracker:
     call `advance` next. Both return the transitions in order (see the module
     docstring). Times are aware datetimes; one earlier than a time already
     given counts as that time, so `at` never decreases.
+
+    Grouping. Every dispatch has a group key (`merge_key`); a run is a group
+    with at least one running member. It STARTS with its first member, is
+    UPDATED when a member joins, leaves or changes (its `data` differs) while
+    others keep it running, and STOPS with its last member. A running member
+    whose key changes (say its target, under `"type+target"`) leaves one group
+    and joins another. Changes at the same instant are applied per group as
+    joins, then changes, then leaves, so a run handing over from one member to
+    another at a shared boundary never stops; across groups, runs that stop
+    come first, then runs that change, then runs that start.
     """
 
-    def __init__(self, *, type: str | None = None) -> None:
-        """Track every dispatch, or only those whose `type` is `type`."""
+    def __init__(self, *, type: str | None = None, merge: Merge = None) -> None:
+        """Track every dispatch, or only those whose `type` is `type`, grouped by `merge`.
+
+        Args:
+            type: Only dispatches of this type; None for all.
+            merge: How dispatches group into runs (see `merge_key`).
+
+        Raises:
+            ValueError: `type` is not a str or None, or `merge` is not a strategy.
+        """
+        if type is not None and not isinstance(type, str):
+            raise ValueError(f"type must be a str or None, not {type!r}")
         self._type = type
+        self._key = merge_key(merge)
         self._tracked: dict[int, _Tracked] = {}
         # (due, 0 = may stop / 1 = may start, tie-breaker, entry); an entry
         # replaced or removed since it was pushed is skipped when popped.
         self._due: list[tuple[datetime, int, int, _Tracked]] = []
         self._order = itertools.count()
         self._latest: datetime | None = None
+        # Running members per group (in the order they joined), and each member's group.
+        self._groups: dict[Hashable, dict[int, Dispatch]] = {}
+        self._group_of: dict[int, Hashable] = {}
 
     @property
     def next_change(self) -> datetime | None:
@@ -138,33 +289,60 @@ class RunTracker:
             heapq.heappop(self._due)
         return self._due[0][0] if self._due else None
 
+    @property
+    def runs(self) -> dict[Hashable, tuple[Dispatch, ...]]:
+        """The runs going on as of the latest time given: group key -> running members."""
+        return {key: tuple(members.values()) for key, members in self._groups.items()}
+
     def advance(self, now: datetime) -> list[RunTransition]:
         """Return the scheduled transitions due at or before `now`, in order."""
-        return self._advance(self._clamp(now))
+        return self._settle(self._advance(self._clamp(now)))
 
     def observe(self, event: DispatchEvent, now: datetime) -> list[RunTransition]:
-        """Apply a change seen at `now`; return what fell due before it, then what it caused."""
-        now = self._clamp(now)
-        transitions = self._advance(now)
+        """Apply a change seen at `now`; return what fell due before it, then what it caused.
+
+        Raises:
+            TypeError: The merge callable returned something unhashable.
+            ValueError: `now` is not an aware datetime.
+        """
         dispatch = event.dispatch
+        wanted = event.event != Event.DELETED and self._wanted(dispatch)
+        # The key first: a failing merge callable must leave the state as it was.
+        group = self._group(dispatch) if wanted else None
+        now = self._clamp(now)
+        changes = self._advance(now)
         key = dispatch_id_of(dispatch)
         old = self._tracked.pop(key, None)
         was_running = old is not None and old.running
         new: _Tracked | None = None
-        if event.event != Event.DELETED and self._wanted(dispatch):
+        if wanted:
             try:
-                new = _Tracked(dispatch, is_running(dispatch, now))
+                new = _Tracked(dispatch, is_running(dispatch, now), group)
             except (ValueError, OverflowError) as error:
                 # One malformed dispatch must not end everyone's transitions.
                 _log.warning("ignoring dispatch %d: %s", key, error)
         if new is not None:
             self._tracked[key] = new
             self._schedule(new, now)
-        if was_running and (new is None or not new.running):
-            transitions.append(RunTransition(dispatch, Transition.STOPPED, now))
-        elif new is not None and new.running and not was_running:
-            transitions.append(RunTransition(dispatch, Transition.STARTED, now))
-        return transitions
+        if was_running and old is not None:
+            if new is not None and new.running:
+                changes.append(_Change(now, key, dispatch, new.group, Transition.UPDATED))
+            else:
+                changes.append(_Change(now, key, dispatch, old.group, Transition.STOPPED))
+        elif new is not None and new.running:
+            changes.append(_Change(now, key, dispatch, new.group, Transition.STARTED))
+        return self._settle(changes)
+
+    def _group(self, dispatch: Dispatch) -> Hashable:
+        group = self._key(dispatch)
+        try:
+            hash(group)
+        except TypeError:
+            raise TypeError(
+                f"merge returned {group!r} for dispatch {dispatch_id_of(dispatch)}:"
+                " a group key must be hashable"
+            ) from None
+        return group
 
     def _clamp(self, now: datetime) -> datetime:
         now = to_utc(now, "now")
@@ -195,36 +373,115 @@ class RunTracker:
             rank = 0 if entry.running else 1
             heapq.heappush(self._due, (due, rank, next(self._order), entry))
 
-    def _advance(self, now: datetime) -> list[RunTransition]:
-        transitions: list[RunTransition] = []
+    def _advance(self, now: datetime) -> list[_Change]:
+        changes: list[_Change] = []
         while self._due and self._due[0][0] <= now:
             at, _, _, entry = heapq.heappop(self._due)
             if self._live(entry):
-                self._step(entry, at, transitions)
-        return transitions
+                self._step(entry, at, changes)
+        return changes
 
-    def _step(self, entry: _Tracked, at: datetime, transitions: list[RunTransition]) -> None:
+    def _step(self, entry: _Tracked, at: datetime, changes: list[_Change]) -> None:
         """Bring `entry` to its state at `at`, an instant its schedule may change."""
         dispatch = entry.dispatch
+        key = dispatch_id_of(dispatch)
         try:
             running = is_running(dispatch, at)
         except (ValueError, OverflowError) as error:
             # As in `observe`: one dispatch that cannot be evaluated stops
             # being tracked; the others go on.
-            _log.warning("ignoring dispatch %d: %s", dispatch_id_of(dispatch), error)
-            del self._tracked[dispatch_id_of(dispatch)]
+            _log.warning("ignoring dispatch %d: %s", key, error)
+            del self._tracked[key]
             if entry.running:
-                transitions.append(RunTransition(dispatch, Transition.STOPPED, at))
+                changes.append(_Change(at, key, dispatch, entry.group, Transition.STOPPED))
             return
         if running != entry.running:
             kind = Transition.STARTED if running else Transition.STOPPED
-            transitions.append(RunTransition(dispatch, kind, at))
+            changes.append(_Change(at, key, dispatch, entry.group, kind))
             entry.running = running
         elif not running and dispatch.data is not None and dispatch.data.duration == 0:
             # Not running at a run's start: an instantaneous run, both at once.
-            transitions.append(RunTransition(dispatch, Transition.STARTED, at))
-            transitions.append(RunTransition(dispatch, Transition.STOPPED, at))
+            changes.append(_Change(at, key, dispatch, entry.group, Transition.STARTED))
+            changes.append(_Change(at, key, dispatch, entry.group, Transition.STOPPED))
         self._schedule(entry, at)
+
+    def _settle(self, changes: list[_Change]) -> list[RunTransition]:
+        """Turn per-dispatch changes (in time order) into run transitions."""
+        transitions: list[RunTransition] = []
+        for at, batch in itertools.groupby(changes, key=lambda change: change.at):
+            transitions += self._settle_instant(at, batch)
+        return transitions
+
+    def _settle_instant(self, at: datetime, batch: Iterable[_Change]) -> list[RunTransition]:
+        # Only the net effect on each dispatch counts: a stop and a start of
+        # one dispatch at one instant are no interruption.
+        net: dict[int, _Net] = {}
+        for change in batch:
+            previous = net.get(change.dispatch_id)
+            started = change.kind is Transition.STARTED or (
+                previous is not None and previous.started
+            )
+            running = change.kind is not Transition.STOPPED
+            net[change.dispatch_id] = _Net(change.dispatch, change.group, running, started)
+        plans: dict[Hashable, _Plan] = {}
+        for dispatch_id, outcome in net.items():
+            old_group = self._group_of.get(dispatch_id, _NO_GROUP)
+            moved = outcome.group != old_group
+            if old_group is not _NO_GROUP and (not outcome.running or moved):
+                plans.setdefault(old_group, _Plan()).leaves.append(outcome.dispatch)
+            if outcome.running:
+                plan = plans.setdefault(outcome.group, _Plan())
+                (plan.joins if moved else plan.updates).append(outcome.dispatch)
+            elif old_group is _NO_GROUP and outcome.started:
+                plans.setdefault(outcome.group, _Plan()).flashes.append(outcome.dispatch)
+
+        def order(item: tuple[Hashable, _Plan]) -> int:
+            group, plan = item
+            before = len(self._groups.get(group, ()))
+            after = before + len(plan.joins) - len(plan.leaves)
+            return 2 if not before else 1 if after else 0
+
+        transitions: list[RunTransition] = []
+        for group, plan in sorted(plans.items(), key=order):
+            transitions += self._apply(group, plan, at)
+        return transitions
+
+    def _apply(self, group: Hashable, plan: _Plan, at: datetime) -> list[RunTransition]:
+        members = self._groups.pop(group, {})
+        transitions: list[RunTransition] = []
+
+        def emit(dispatch: Dispatch, kind: Transition, running: Iterable[Dispatch]) -> None:
+            transitions.append(RunTransition(dispatch, kind, at, group, tuple(running)))
+
+        for dispatch in plan.joins:
+            kind = Transition.UPDATED if members else Transition.STARTED
+            members[dispatch_id_of(dispatch)] = dispatch
+            self._group_of[dispatch_id_of(dispatch)] = group
+            emit(dispatch, kind, members.values())
+        for dispatch in plan.updates:
+            known = members[dispatch_id_of(dispatch)]
+            members[dispatch_id_of(dispatch)] = dispatch
+            # A new version that only differs in its metadata changes nothing that runs.
+            if known.data != dispatch.data:
+                emit(dispatch, Transition.UPDATED, members.values())
+        for dispatch in plan.leaves:
+            del members[dispatch_id_of(dispatch)]
+            del self._group_of[dispatch_id_of(dispatch)]
+            emit(dispatch, Transition.UPDATED if members else Transition.STOPPED, members.values())
+        for dispatch in plan.flashes:
+            if members:
+                emit(dispatch, Transition.UPDATED, [*members.values(), dispatch])
+                emit(dispatch, Transition.UPDATED, members.values())
+            else:
+                emit(dispatch, Transition.STARTED, [dispatch])
+                emit(dispatch, Transition.STOPPED, ())
+        if members:
+            self._groups[group] = members
+        return transitions
+
+
+_NO_GROUP: Final = object()
+"""Stands for "in no group" where None may be a group key (a merge callable may return it)."""
 
 
 def _utc_now() -> datetime:
@@ -235,27 +492,40 @@ def running(
     events: AsyncIterator[DispatchEvent],
     *,
     type: str | None = None,
+    merge: Merge = None,
     clock: Callable[[], datetime] = _utc_now,
 ) -> AsyncGenerator[RunTransition, None]:
-    """Yield a `RunTransition` whenever a dispatch in `events` starts or stops running.
+    """Yield a `RunTransition` whenever a run starts, changes or stops.
 
-    `events` is what `Client.watch()` yields (the current dispatches as CREATED
-    events, then changes); `running()` owns it from now on and closes it when
-    it ends. Dispatches running when first seen start at once. `type`, when
-    given, keeps only dispatches of that type. `clock` returns the current
-    aware time. An exception from `events` is raised here.
+    Dispatches running when first seen start at once. An exception from
+    `events` is raised here.
 
     ```python
     async with aclosing(running(client.watch(1), type="CHARGE")) as transitions:
         async for transition in transitions:
             ...
     ```
+
+    Args:
+        events: What `Client.watch()` yields (the current dispatches as CREATED
+            events, then changes); `running()` owns it from now on and closes
+            it when it ends.
+        type: Only dispatches of this type; None for all.
+        merge: How dispatches group into runs: None (one run per dispatch),
+            `"type"`, `"type+target"` or a callable `Dispatch -> Hashable`
+            (see `RunTracker` and `merge_key`).
+        clock: Returns the current aware time.
+
+    Returns:
+        The transitions, as an async generator (close it with `aclosing()`).
+
+    Raises:
+        ValueError: `type`, `merge` or `clock` is not what is allowed.
     """
-    if type is not None and not isinstance(type, str):
-        raise ValueError(f"type must be a str or None, not {type!r}")
+    tracker = RunTracker(type=type, merge=merge)
     if not callable(clock):
         raise ValueError(f"clock must be callable, not {clock!r}")
-    return _running(events, RunTracker(type=type), clock)
+    return _running(events, tracker, clock)
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,8 +152,11 @@ def test_updates_apply_at_once() -> None:
     tracker = RunTracker()
     tracker.observe(DispatchEvent(CREATED, make(1, T0, HOUR)), T0 - HOUR)
     tracker.advance(T0)
-    # Longer: still running, no transition; it now ends later.
-    assert tracker.observe(DispatchEvent(UPDATED, make(1, T0, 2 * HOUR)), T0 + MINUTE) == []
+    # Longer: still running, UPDATED with the new version; it now ends later.
+    longer = tracker.observe(DispatchEvent(UPDATED, make(1, T0, 2 * HOUR)), T0 + MINUTE)
+    assert brief(longer) == [(1, Transition.UPDATED, T0 + MINUTE)]
+    assert longer[0].dispatch.data.duration == 7200  # type: ignore[union-attr]
+    assert longer[0].members == (longer[0].dispatch,) and longer[0].key == 1
     assert tracker.next_change == T0 + 2 * HOUR
     # Shortened into the past: stops now, reporting the new version.
     now = T0 + 30 * MINUTE
