@@ -29,3 +29,6 @@ STREAM_BUFFER_SIZE = 1024
 
 STREAM_OPEN_GRACE = 0.25
 """Seconds an unacknowledged, quiet gRPC stream must stay up before it counts as open."""
+
+RETRY_INTERVAL = dt.timedelta(seconds=60)
+"""How long `Client.manage()` waits before calling a handler that raised again."""

@@ -40,12 +40,40 @@ from .validation import check_positive_int
 if TYPE_CHECKING:
     from grpclib.client import Channel
 
-    from .schedule import RunTransition
+    from .execution import Handler
+    from .schedule import Merge, RunTransition
     from .streaming import Backoff, DispatchEvent, SharedStream, StreamHub, StreamStatus
 
 __all__ = ["START_TIME_GRACE", "Client", "SortSpec"]
 
 _Resp = TypeVar("_Resp")
+
+
+def _check_type(type: object) -> None:
+    if type is not None and (not isinstance(type, str) or not type):
+        raise ValueError(f"type must be a non-empty str or None, got {type!r}")
+
+
+async def _of_type(
+    events: AsyncGenerator[DispatchEvent, None], type: str
+) -> AsyncGenerator[DispatchEvent, None]:
+    """Keep the events of dispatches of `type`; closing this closes `events`."""
+    from ._proto.frequenz.api.common.v1alpha8.streaming import Event
+
+    # A dispatch's type never changes, but a deletion is let through for any
+    # dispatch shown before, whatever the deleted version carries.
+    shown: set[int] = set()
+    async with aclosing(events):
+        async for event in events:
+            dispatch = event.dispatch
+            key = dispatch.metadata.dispatch_id if dispatch.metadata is not None else 0
+            if event.event == Event.DELETED:
+                if key in shown or (dispatch.data is not None and dispatch.data.type == type):
+                    shown.discard(key)
+                    yield event
+            elif dispatch.data is not None and dispatch.data.type == type:
+                shown.add(key)
+                yield event
 
 
 class Client:
@@ -487,6 +515,7 @@ class Client:
         self,
         microgrid_id: int,
         *,
+        type: str | None = None,
         buffer_size: int | None = None,
         overflow: Literal["error", "drop_oldest"] = "error",
     ) -> AsyncGenerator[DispatchEvent, None]:
@@ -497,6 +526,8 @@ class Client:
 
         Args:
             microgrid_id: the microgrid, an int in 0..2**64-1.
+            type: only events of dispatches of this type (a non-empty str;
+                deletions included); None for all.
             buffer_size: events this consumer may fall behind by (an int >= 1);
                 None for the client's `stream_buffer_size`.
             overflow: when the buffer is full, `"error"` raises
@@ -513,15 +544,18 @@ class Client:
             DispatchApiError: the stream failed for good (a status that is
                 not `retryable`, e.g. `Unauthenticated`).
         """
-        return self._stream_hub().subscribe(
+        _check_type(type)
+        events = self._stream_hub().subscribe(
             microgrid_id, buffer_size=buffer_size, overflow=overflow
         )
+        return events if type is None else _of_type(events, type)
 
     @trio_aware
     def watch(
         self,
         microgrid_id: int,
         *,
+        type: str | None = None,
         buffer_size: int | None = None,
         overflow: Literal["error", "resync"] = "error",
     ) -> AsyncGenerator[DispatchEvent, None]:
@@ -533,6 +567,8 @@ class Client:
 
         Args:
             microgrid_id: the microgrid, an int in 0..2**64-1.
+            type: only dispatches of this type (a non-empty str): their
+                snapshot, changes and deletion; None for all.
             buffer_size: events this consumer may fall behind by (an int >= 1);
                 None for the client's `stream_buffer_size`.
             overflow: when the buffer is full, `"error"` raises
@@ -547,7 +583,9 @@ class Client:
             StreamOverflow: the consumer fell behind with `overflow="error"`.
             DispatchApiError: the stream or a re-list failed for good.
         """
-        return self._watch(microgrid_id, buffer_size=buffer_size, overflow=overflow)
+        _check_type(type)
+        events = self._watch(microgrid_id, buffer_size=buffer_size, overflow=overflow)
+        return events if type is None else _of_type(events, type)
 
     def _watch(
         self,
@@ -560,9 +598,9 @@ class Client:
 
     @trio_aware
     def running(
-        self, microgrid_id: int, type: str | None = None
+        self, microgrid_id: int, type: str | None = None, *, merge: Merge = None
     ) -> AsyncGenerator[RunTransition, None]:
-        """Yield a `RunTransition` whenever a dispatch of the microgrid starts or stops running.
+        """Yield a `RunTransition` whenever a run of the microgrid starts, changes or stops.
 
         Built on `watch()`; see `dispatch_client.schedule` for what is reported.
         A slow consumer makes the watch re-list rather than fail: only the
@@ -570,10 +608,15 @@ class Client:
 
         Args:
             microgrid_id: the microgrid, an int in 0..2**64-1.
-            type: only dispatches of this type; None for all.
+            type: only dispatches of this type (a non-empty str); None for all.
+            merge: how dispatches group into runs: None (one run per
+                dispatch), `"type"` (per type and dry-run flag),
+                `"type+target"` (also per target) or a callable
+                `Dispatch -> Hashable` giving each dispatch's group key.
 
         Yields:
-            STARTED / STOPPED transitions with the dispatch and the aware time `at`.
+            STARTED / UPDATED / STOPPED transitions with the dispatch that
+            caused them, the aware time `at`, the run's `key` and its `members`.
 
         Raises:
             ValueError: an argument is invalid (at the call).
@@ -582,9 +625,44 @@ class Client:
         """
         from .schedule import running as run_transitions
 
+        _check_type(type)
         return run_transitions(
-            self._watch(microgrid_id, buffer_size=None, overflow="resync"), type=type
+            self._watch(microgrid_id, buffer_size=None, overflow="resync"), type=type, merge=merge
         )
+
+    async def manage(
+        self,
+        microgrid_id: int,
+        type: str,
+        handler: Handler,
+        *,
+        merge: Merge = None,
+        retry_interval: dt.timedelta = _defaults.RETRY_INTERVAL,
+    ) -> None:
+        """Call `await handler(run)` in a task of its own for each run of `type`, until cancelled.
+
+        The task is cancelled when the run stops; `run.dispatch` is the current
+        version and `run.updates()` yields new ones. A handler that raises is
+        called again after `retry_interval` while the run goes on. Returns when
+        the client disconnects; no task outlives it. Works under asyncio and
+        trio alike (the handlers run in the caller's event loop). See
+        `dispatch_client.execution`.
+
+        Args:
+            microgrid_id: the microgrid, an int in 0..2**64-1.
+            type: the dispatch type to execute (a non-empty str).
+            handler: `async def handler(run: Run) -> None`.
+            merge: how dispatches group into runs (as for `running()`).
+            retry_interval: the wait before calling a failed handler again (positive).
+
+        Raises:
+            ValueError: an argument is invalid (before anything starts).
+            ClientNotConnected: the client is not connected.
+            DispatchApiError: the stream of changes failed for good.
+        """
+        from .execution import manage
+
+        await manage(self, microgrid_id, type, handler, merge=merge, retry_interval=retry_interval)
 
     @property
     def streams(self) -> Mapping[int, SharedStream]:

@@ -1,0 +1,263 @@
+"""Execute dispatches: one handler task per running dispatch (or merged run).
+
+`manage(client, microgrid_id, type, handler)` (also `Client.manage`) follows
+`Client.running()` and, for every run that starts, calls `await handler(run)`
+in a task of a task group it owns:
+
+- `run.dispatch` is the current version of the dispatch (for a merged run: of
+  the member that joined or changed last), `run.members` every member running,
+  and `async for dispatch in run.updates()` yields each new version. Updates
+  conflate: a handler busy elsewhere sees the latest version next, not every
+  one in between, which is what an executor wants (the current instruction).
+- When the run stops, the handler's task is cancelled (a cancel scope per run).
+- A handler that raises is logged and called again after `retry_interval`
+  while the run goes on; an update of the run during that wait calls it again
+  at once with the new version. A handler that returns is not called again for
+  this run (the next run of the same dispatch or group calls it anew).
+- `manage()` runs until cancelled, or until `running()` ends because the client
+  disconnected; then it cancels the handlers still running and returns. An
+  error that ends `running()` (say, the server rejects the key) is raised here
+  once the handlers are gone. No task outlives `manage()`.
+
+Everything here is anyio, so `manage()` runs under asyncio, anyio on either
+backend, and trio: under trio, `client.running()` goes through the client's
+bridge (`dispatch_client._trio`) and the handlers run as trio tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextlib import aclosing
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import TaskGroup
+
+from . import _defaults
+from ._proto.frequenz.api.dispatch.v1 import Dispatch
+from .schedule import Merge, RunTransition, Transition, merge_key
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["DEFAULT_RETRY_INTERVAL", "Handler", "Run", "manage"]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_RETRY_INTERVAL = _defaults.RETRY_INTERVAL
+"""How long `manage()` waits before calling a failed handler again."""
+
+
+def _dispatch_id(dispatch: Dispatch) -> int:
+    return dispatch.metadata.dispatch_id if dispatch.metadata is not None else 0
+
+
+class Run:
+    """A run being executed, as its handler sees it: the current versions and their updates."""
+
+    def __init__(self, started: RunTransition) -> None:
+        """Start following the run that `started` (a STARTED transition) began."""
+        self._key = started.key
+        self._started_at = started.at
+        self._members: dict[int, Dispatch] = {}
+        # Member ids, least recently joined or changed first.
+        self._recency: list[int] = []
+        self._version = 0
+        self._seen = 0
+        self._attempt = 0
+        self._changed = anyio.Event()
+        self._apply(started)
+
+    def __repr__(self) -> str:
+        return (
+            f"Run(key={self._key!r}, dispatch={_dispatch_id(self.dispatch)},"
+            f" members={[_dispatch_id(m) for m in self.members]}, attempt={self._attempt})"
+        )
+
+    @property
+    def key(self) -> Hashable:
+        """The run's group key: the dispatch id, or what the merge strategy made of it."""
+        return self._key
+
+    @property
+    def started_at(self) -> datetime:
+        """When the run started (the `at` of its STARTED transition, UTC)."""
+        return self._started_at
+
+    @property
+    def dispatch(self) -> Dispatch:
+        """The current version of the dispatch (merged: the member that joined or changed last)."""
+        return self._members[self._recency[-1]]
+
+    @property
+    def members(self) -> tuple[Dispatch, ...]:
+        """Every dispatch running in this run, current versions, in the order they joined."""
+        return tuple(self._members.values())
+
+    @property
+    def attempt(self) -> int:
+        """How many times the handler has been called for this run, this call included."""
+        return self._attempt
+
+    def updates(self) -> AsyncIterator[Dispatch]:
+        """Yield `dispatch` each time the run is UPDATED, from the handler call's start on.
+
+        Versions that arrive while the handler is busy elsewhere conflate into
+        the latest. In a merged run a member leaving yields too (`dispatch`
+        may then be a version already seen; read `members`). The iterator
+        never ends by itself: the handler's task is cancelled when the run
+        stops. Use one iterator at a time per handler call.
+
+        Yields:
+            The current `dispatch` after each change not yet yielded.
+        """
+        return self._updates()
+
+    async def _updates(self) -> AsyncIterator[Dispatch]:
+        while True:
+            await self._wait_change()
+            self._seen = self._version
+            yield self.dispatch
+
+    async def _wait_change(self) -> None:
+        """Wait until there is a version this handler call has not seen."""
+        while self._seen == self._version:
+            await self._changed.wait()
+
+    def _apply(self, transition: RunTransition) -> None:
+        self._members = {_dispatch_id(m): m for m in transition.members}
+        cause = _dispatch_id(transition.dispatch)
+        self._recency = [i for i in self._recency if i in self._members and i != cause]
+        self._recency[:0] = [i for i in self._members if i not in self._recency and i != cause]
+        if cause in self._members:
+            self._recency.append(cause)
+
+    def _update(self, transition: RunTransition) -> None:
+        self._apply(transition)
+        self._version += 1
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    def _begin_attempt(self) -> None:
+        self._attempt += 1
+        self._seen = self._version
+
+
+Handler = Callable[[Run], Awaitable[None]]
+"""What `manage()` calls for each run: `async def handler(run: Run) -> None`."""
+
+
+class _Execution:
+    """One run's handler task: calls, retries, and the cancel scope that ends it."""
+
+    def __init__(self, run: Run, handler: Handler, retry_interval: float) -> None:
+        self.run = run
+        self._handler = handler
+        self._retry_interval = retry_interval
+        self._scope = anyio.CancelScope()
+
+    def stop(self) -> None:
+        # Cancelling before the task entered the scope works too: it is entered cancelled.
+        self._scope.cancel()
+
+    async def execute(self) -> None:
+        run = self.run
+        with self._scope:
+            while True:
+                run._begin_attempt()
+                try:
+                    await self._handler(run)
+                except Exception:
+                    _log.exception(
+                        "the handler of run %r failed; calling it again in %g s or on an update",
+                        run.key,
+                        self._retry_interval,
+                    )
+                else:
+                    _log.debug("the handler of run %r returned", run.key)
+                    return
+                # An update during the wait means new instructions: retry with them now.
+                with anyio.move_on_after(self._retry_interval):
+                    await run._wait_change()
+
+
+def _check(type: object, handler: object, retry_interval: object) -> float:
+    if not isinstance(type, str) or not type:
+        raise ValueError(f"type must be a non-empty str, not {type!r}")
+    if not callable(handler):
+        raise ValueError(f"handler must be an async callable taking a Run, not {handler!r}")
+    if not isinstance(retry_interval, timedelta) or retry_interval <= timedelta(0):
+        raise ValueError(f"retry_interval must be a positive timedelta, not {retry_interval!r}")
+    return retry_interval.total_seconds()
+
+
+async def manage(
+    client: Client,
+    microgrid_id: int,
+    type: str,
+    handler: Handler,
+    *,
+    merge: Merge = None,
+    retry_interval: timedelta = DEFAULT_RETRY_INTERVAL,
+) -> None:
+    """Call `await handler(run)` for each run of dispatches of `type`, until cancelled.
+
+    See the module docstring for the life of a handler's task.
+
+    Args:
+        client: A connected client.
+        microgrid_id: The microgrid whose dispatches to execute.
+        type: The dispatch type to execute.
+        handler: `async def handler(run: Run) -> None`, called in a task of its
+            own when a run starts; cancelled when it stops.
+        merge: How dispatches group into runs: None (one run, and one handler
+            task, per dispatch), `"type"`, `"type+target"` or a callable
+            `Dispatch -> Hashable` (see `dispatch_client.schedule`).
+        retry_interval: How long to wait before calling a handler that raised
+            again (sooner if the run is updated meanwhile).
+
+    Raises:
+        ValueError: An argument is not what is allowed (before anything starts).
+        DispatchApiError: The stream of changes failed for good (after the
+            handlers were cancelled).
+    """
+    retry = _check(type, handler, retry_interval)
+    merge_key(merge)  # Raises for a bad strategy before anything starts.
+    transitions = client.running(microgrid_id, type=type, merge=merge)
+    executions: dict[Hashable, _Execution] = {}
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tasks:
+        try:
+            async with aclosing(transitions):
+                async for transition in transitions:
+                    _follow(transition, executions, tasks, handler, retry)
+        except Exception as error:
+            # Raised once the handlers are gone, not wrapped in the task group's ExceptionGroup.
+            failure = error
+        tasks.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+def _follow(
+    transition: RunTransition,
+    executions: dict[Hashable, _Execution],
+    tasks: TaskGroup,
+    handler: Handler,
+    retry: float,
+) -> None:
+    if transition.kind is Transition.STARTED:
+        execution = _Execution(Run(transition), handler, retry)
+        executions[transition.key] = execution
+        tasks.start_soon(execution.execute, name=f"dispatch run {transition.key!r}")
+        return
+    execution_or_none = executions.get(transition.key)
+    if execution_or_none is None:
+        return
+    if transition.kind is Transition.UPDATED:
+        execution_or_none.run._update(transition)
+    else:
+        del executions[transition.key]
+        execution_or_none.stop()
