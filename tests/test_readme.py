@@ -30,6 +30,7 @@ def test_readme_has_the_promised_examples() -> None:
         "client.stream(",
         "client.running(",
         "aclosing(",
+        "client.manage(",
     ):
         assert call in code, f"README lost its {call} example"
 
