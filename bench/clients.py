@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 DURATION = dt.timedelta(hours=1)
 TARGET_IDS = (1, 2, 3)
+UPDATE = {"duration": dt.timedelta(hours=2)}
 
 
 class Adapter(Protocol):
@@ -23,7 +24,10 @@ class Adapter(Protocol):
     async def open(self, url: str) -> None: ...
     async def close(self) -> None: ...
     async def get(self, microgrid_id: int, dispatch_id: int) -> Any: ...
-    async def create(self, microgrid_id: int, type: str, payload: dict[str, Any]) -> Any: ...
+    async def create(self, microgrid_id: int, type: str, payload: dict[str, Any]) -> int: ...
+    def prepare(self, microgrid_id: int, dispatch_ids: list[int]) -> None: ...
+    async def update(self, microgrid_id: int, dispatch_id: int) -> Any: ...
+    async def delete(self, microgrid_id: int, dispatch_id: int) -> None: ...
     async def list_all(self, microgrid_id: int, page_size: int) -> list[Any]: ...
     async def first_page(self, microgrid_id: int, page_size: int) -> list[Any]: ...
     def events(self, microgrid_id: int) -> AsyncIterator[tuple[str, float | None]]: ...
@@ -48,10 +52,20 @@ class Ours:
     async def get(self, microgrid_id: int, dispatch_id: int) -> Any:
         return await self._client.get(microgrid_id, dispatch_id)
 
-    async def create(self, microgrid_id: int, type: str, payload: dict[str, Any]) -> Any:
-        return await self._client.create(
+    async def create(self, microgrid_id: int, type: str, payload: dict[str, Any]) -> int:
+        dispatch = await self._client.create(
             microgrid_id, type, "NOW", DURATION, list(TARGET_IDS), payload=payload
         )
+        return int(dispatch.metadata.dispatch_id)
+
+    def prepare(self, microgrid_id: int, dispatch_ids: list[int]) -> None:
+        pass
+
+    async def update(self, microgrid_id: int, dispatch_id: int) -> Any:
+        return await self._client.update(microgrid_id, dispatch_id, UPDATE)
+
+    async def delete(self, microgrid_id: int, dispatch_id: int) -> None:
+        await self._client.delete(microgrid_id, dispatch_id)
 
     async def list_all(self, microgrid_id: int, page_size: int) -> list[Any]:
         found: list[Any] = []
@@ -123,9 +137,25 @@ class Official:
             microgrid_id=self._mid(microgrid_id), dispatch_id=self._did(dispatch_id)
         )
 
-    async def create(self, microgrid_id: int, type: str, payload: dict[str, Any]) -> Any:
-        return await self._client.create(
+    async def create(self, microgrid_id: int, type: str, payload: dict[str, Any]) -> int:
+        dispatch = await self._client.create(
             self._mid(microgrid_id), type, "NOW", DURATION, self._target, payload=payload
+        )
+        return int(dispatch.id)
+
+    def prepare(self, microgrid_id: int, dispatch_ids: list[int]) -> None:
+        pass
+
+    async def update(self, microgrid_id: int, dispatch_id: int) -> Any:
+        return await self._client.update(
+            microgrid_id=self._mid(microgrid_id),
+            dispatch_id=self._did(dispatch_id),
+            new_fields=UPDATE,
+        )
+
+    async def delete(self, microgrid_id: int, dispatch_id: int) -> None:
+        await self._client.delete(
+            microgrid_id=self._mid(microgrid_id), dispatch_id=self._did(dispatch_id)
         )
 
     async def list_all(self, microgrid_id: int, page_size: int) -> list[Any]:
@@ -147,6 +177,114 @@ class Official:
             yield event.dispatch.type, event.dispatch.payload.get("sent")
 
 
+class Raw:
+    """The raw stack under our client: the generated grpclib stub, called directly.
+
+    The same channel our client opens (grpclib, our codec, the same auth
+    metadata), with every request built once before it is timed and no
+    facade: no argument checks, no error mapping, no deadline. What our
+    client costs above this row is the cost of its facade.
+    """
+
+    name = "raw"
+
+    def __init__(self) -> None:
+        self._channel: Any = None
+        self._stub: Any = None
+        self._requests: dict[tuple[str, int, int], Any] = {}
+        self._create: Any = None
+
+    async def open(self, url: str) -> None:
+        from grpclib.client import Channel
+
+        from dispatch_client._fastdecode import ResponseCodec
+        from dispatch_client.connection import grpclib_config, parse_server_url
+        from dispatch_client.wire import MicrogridDispatchServiceStub
+
+        target = parse_server_url(url)
+        self._channel = Channel(
+            target.host,
+            target.port,
+            ssl=target.ssl_context,
+            config=grpclib_config(target.options),
+            codec=ResponseCodec(),
+        )
+        self._stub = MicrogridDispatchServiceStub(self._channel, metadata={"key": "bench"})
+
+    async def close(self) -> None:
+        self._channel.close()
+
+    async def get(self, microgrid_id: int, dispatch_id: int) -> Any:
+        request = self._requests.get(("get", microgrid_id, dispatch_id))
+        if request is None:
+            from dispatch_client.wire import GetMicrogridDispatchRequest
+
+            request = self._requests[("get", microgrid_id, dispatch_id)] = (
+                GetMicrogridDispatchRequest(microgrid_id=microgrid_id, dispatch_id=dispatch_id)
+            )
+        return (await self._stub.get_microgrid_dispatch(request)).dispatch
+
+    async def create(self, microgrid_id: int, type: str, payload: dict[str, Any]) -> int:
+        if self._create is None or self._create[0] != (microgrid_id, type):
+            from dispatch_client import requests
+
+            # The same request our client sends; built once, so its cost is not timed.
+            call = requests.create(
+                microgrid_id, type, "NOW", DURATION, list(TARGET_IDS), payload=payload
+            )
+            self._create = ((microgrid_id, type), call.request)
+        response = await self._stub.create_microgrid_dispatch(self._create[1])
+        return int(response.dispatch.metadata.dispatch_id)
+
+    def prepare(self, microgrid_id: int, dispatch_ids: list[int]) -> None:
+        from dispatch_client import requests
+
+        for dispatch_id in dispatch_ids:
+            self._requests[("update", microgrid_id, dispatch_id)] = requests.update(
+                microgrid_id, dispatch_id, UPDATE
+            ).request
+            self._requests[("delete", microgrid_id, dispatch_id)] = requests.delete(
+                microgrid_id, dispatch_id
+            ).request
+
+    async def update(self, microgrid_id: int, dispatch_id: int) -> Any:
+        request = self._requests[("update", microgrid_id, dispatch_id)]
+        return (await self._stub.update_microgrid_dispatch(request)).dispatch
+
+    async def delete(self, microgrid_id: int, dispatch_id: int) -> None:
+        await self._stub.delete_microgrid_dispatch(
+            self._requests[("delete", microgrid_id, dispatch_id)]
+        )
+
+    async def list_all(self, microgrid_id: int, page_size: int) -> list[Any]:
+        from dispatch_client.wire import ListMicrogridDispatchesRequest, PaginationParams
+
+        request = ListMicrogridDispatchesRequest(
+            microgrid_id=microgrid_id, pagination_params=PaginationParams(page_size=page_size)
+        )
+        found: list[Any] = []
+        while True:
+            response = await self._stub.list_microgrid_dispatches(request)
+            found.extend(response.dispatches)
+            token = response.pagination_info.next_page_token if response.pagination_info else ""
+            if not token:
+                return found
+            request = ListMicrogridDispatchesRequest(
+                microgrid_id=microgrid_id, pagination_params=PaginationParams(page_token=token)
+            )
+
+    async def first_page(self, microgrid_id: int, page_size: int) -> list[Any]:
+        from dispatch_client.wire import ListMicrogridDispatchesRequest, PaginationParams
+
+        request = ListMicrogridDispatchesRequest(
+            microgrid_id=microgrid_id, pagination_params=PaginationParams(page_size=page_size)
+        )
+        return list((await self._stub.list_microgrid_dispatches(request)).dispatches)
+
+    def events(self, microgrid_id: int) -> AsyncIterator[tuple[str, float | None]]:
+        raise NotImplementedError("the raw stack is measured for unary calls only")
+
+
 def adapter(name: str) -> Adapter:
-    """The adapter for "ours", "official" or "ours-pure"."""
-    return {"ours": Ours, "official": Official, "ours-pure": OursPure}[name]()
+    """The adapter for "ours", "official", "ours-pure" or "raw"."""
+    return {"ours": Ours, "official": Official, "ours-pure": OursPure, "raw": Raw}[name]()

@@ -36,10 +36,12 @@ from .stats import summary
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = ("ours", "official")
 PURE = "ours-pure"  # our client decoding with betterproto2 only, as without the `fast` extra
-GROUPS = ("unary", "list", "stream", "decode", "import")
+RAW = "raw"  # the generated stub on the same channel: the floor under our facade
+GROUPS = ("unary", "list", "stream", "fleet", "decode", "import")
 LIST_MICROGRID = 1
 CREATE_MICROGRID = 100
 STREAM_MICROGRID = 1000
+FLEET_MICROGRID = 10_000
 WORKER_TIMEOUT = 300.0
 
 
@@ -64,6 +66,9 @@ class Config:
     decode_rounds: int = 7
     decode_repeat: int = 3
     import_rounds: int = 15
+    fleet_microgrids: int = 1_000
+    fleet_events_each: int = 2
+    fleet_rounds: int = 3
     clients: tuple[str, ...] = CLIENTS
 
     @classmethod
@@ -80,6 +85,8 @@ class Config:
             decode_rounds=2,
             decode_repeat=1,
             import_rounds=2,
+            fleet_microgrids=50,
+            fleet_rounds=1,
             **overrides,
         )
 
@@ -111,6 +118,8 @@ def metrics(config: Config) -> list[Metric]:
             True,
         ),
         Metric("create_cpu_us", "create client CPU per call", "us", False, False),
+        Metric("update_cpu_us", "update client CPU per call, c=16", "us", False, False),
+        Metric("delete_cpu_us", "delete client CPU per call, c=16", "us", False, False),
         Metric("list_wall_s", f"list {n} (pages of {p}): wall", "s", False),
         Metric("list_cpu_s", f"list {n} (pages of {p}): client CPU", "s", False),
     ]
@@ -129,6 +138,13 @@ def metrics(config: Config) -> list[Metric]:
                 False,
             ),
         ]
+    fleet = f"fleet of {config.fleet_microgrids:,} streams"
+    rows += [
+        Metric("fleet_open_s", f"{fleet}: time until all open", "s", False),
+        Metric("fleet_rss_mb", f"{fleet}: client RSS", "MB", False),
+        Metric("fleet_cpu_us_per_event", f"{fleet}: client CPU/event", "us", False),
+        Metric("fleet_open_cpu_ms", f"{fleet}: client CPU to open all", "ms", False, False),
+    ]
     rows += [
         Metric(
             "decode_ms", f"decode one {config.decode_size:,}-dispatch list response", "ms", False
@@ -200,6 +216,91 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class FleetServer:
+    """`python -m bench.fleet_server`: the reference server, reporting its open stream count."""
+
+    def __init__(self, db: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.fleet_server", str(db)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("URL "):
+            self.stop()
+            raise RuntimeError(f"the fleet server did not start: {line!r}")
+        self.url = line.split()[1]
+        self.open_count, self.open_time = 0, 0.0
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            _, count, at = line.split()
+            with self._changed:
+                self.open_count, self.open_time = int(count), float(at)
+                self._changed.notify_all()
+
+    def wait_open(self, count: int, timeout: float) -> float | None:
+        """Wait until exactly `count` streams are open; return when that was (unix time)."""
+        with self._changed:
+            if self._changed.wait_for(lambda: self.open_count == count, timeout):
+                return self.open_time
+        return None
+
+    stop = Server.stop
+
+
+def run_fleet(
+    spec: dict[str, Any], producer: dict[str, Any], server: FleetServer
+) -> dict[str, Any]:
+    """Open the consumer's streams, time them until the server has them all, then produce."""
+    if server.wait_open(0, 60) is None:
+        raise RuntimeError("streams of the previous fleet round are still open")
+    consumer = subprocess.Popen(
+        _worker_command(spec),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert consumer.stdin is not None and consumer.stdout is not None
+    assert consumer.stderr is not None
+    err_lines: list[str] = []
+    threading.Thread(target=lambda: err_lines.extend(consumer.stderr), daemon=True).start()  # type: ignore[arg-type]
+    try:
+        started = consumer.stdout.readline()
+        if not started.startswith("START "):
+            consumer.wait(30)
+            raise RuntimeError(
+                f"fleet consumer did not start: {started}{''.join(err_lines)[-3000:]}"
+            )
+        opened = server.wait_open(spec["microgrids"], spec["timeout"])
+        consumer.stdin.write("GO\n")
+        consumer.stdin.flush()
+        ready = consumer.stdout.readline()
+        if ready.strip() != "READY":
+            consumer.wait(30)
+            raise RuntimeError(
+                f"fleet consumer did not get ready: {ready}{''.join(err_lines)[-3000:]}"
+            )
+        produced = run_worker(producer)
+        out, _ = consumer.communicate(timeout=spec["timeout"] + 60)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait()
+    result = _result(out, "".join(err_lines), spec)
+    result["fleet_open_s"] = math.nan if opened is None else opened - float(started.split()[1])
+    result["produce_rate"] = produced["produce_rate"]
+    return result
 
 
 def _worker_command(spec: dict[str, Any]) -> list[str]:
@@ -351,7 +452,7 @@ def _add(samples: dict[str, dict[str, list[float]]], client: str, result: dict[s
 
 
 def measure(config: Config, groups: set[str], log: Log, workdir: Path) -> dict[str, Any]:
-    samples: dict[str, dict[str, list[float]]] = {c: {} for c in (*CLIENTS, PURE)}
+    samples: dict[str, dict[str, list[float]]] = {c: {} for c in (*CLIENTS, PURE, RAW)}
     notes: list[str] = []
     db = workdir / "bench.db"
     if groups & {"unary", "list", "stream"}:
@@ -363,6 +464,13 @@ def measure(config: Config, groups: set[str], log: Log, workdir: Path) -> dict[s
             _measure_with_server(config, groups, log, server.url, samples, notes)
         finally:
             server.stop()
+    if "fleet" in groups:
+        fleet_server = FleetServer(workdir / "fleet.db")
+        log(f"fleet server at {fleet_server.url} (pid {fleet_server.process.pid})")
+        try:
+            _measure_fleet(config, log, fleet_server, samples, notes)
+        finally:
+            fleet_server.stop()
     if "decode" in groups:
         raw = workdir / "list_response.bin"
         write_decode_input(raw, config.decode_size)
@@ -410,7 +518,7 @@ def _measure_with_server(
 ) -> None:
     if "unary" in groups:
         for r in range(config.unary_rounds):
-            for client in _order(r, config.clients):
+            for client in _order(r, (*config.clients, RAW)):
                 log(f"unary round {r + 1}/{config.unary_rounds}: {client}")
                 spec = {
                     "task": "unary",
@@ -429,7 +537,7 @@ def _measure_with_server(
                 _add(samples, client, run_worker(spec))
     if "list" in groups:
         for r in range(config.list_rounds):
-            for client in _order(r, config.clients):
+            for client in _order(r, (*config.clients, RAW)):
                 log(f"list round {r + 1}/{config.list_rounds}: {client}")
                 spec = {
                     "task": "list",
@@ -485,6 +593,53 @@ def _measure_with_server(
                     )
 
 
+def _measure_fleet(
+    config: Config,
+    log: Log,
+    server: FleetServer,
+    samples: dict[str, dict[str, list[float]]],
+    notes: list[str],
+) -> None:
+    microgrid = FLEET_MICROGRID
+    for r in range(config.fleet_rounds):
+        for client in _order(r, config.clients):
+            log(
+                f"fleet of {config.fleet_microgrids:,} round {r + 1}/{config.fleet_rounds}: {client}"
+            )
+            spec = {
+                "task": "fleet",
+                "client": client,
+                "url": server.url,
+                "microgrid": microgrid,
+                "microgrids": config.fleet_microgrids,
+                "events_each": config.fleet_events_each,
+                "timeout": 240,
+            }
+            producer = {
+                "task": "produce",
+                "client": "ours",
+                "url": server.url,
+                "microgrid": microgrid,
+                "microgrids": config.fleet_microgrids,
+                "events": config.fleet_microgrids * config.fleet_events_each,
+                "concurrency": config.producer_concurrency,
+            }
+            microgrid += config.fleet_microgrids
+            result = run_fleet(spec, producer, server)
+            if result["delivered"] != result["expected"] or result["errors"]:
+                note = (
+                    f"fleet {client} round {r + 1}: delivered "
+                    f"{result['delivered']:,}/{result['expected']:,} {result['errors']}"
+                )
+                notes.append(note)
+                log(note)
+            _add(
+                samples,
+                client,
+                {k: v for k, v in result.items() if k not in ("delivered", "expected")},
+            )
+
+
 # -- the report ----------------------------------------------------------------
 
 
@@ -533,19 +688,28 @@ def report(config: Config, measured: dict[str, Any], info: dict[str, Any]) -> di
         if stats[PURE]["rounds"]:
             row[PURE] = stats[PURE]
             row["ratio_ours_pure"] = _ratio(metric, stats[PURE], stats["official"])
+        if stats[RAW]["rounds"] and metric.key.endswith(("_cpu_us", "_cpu_s")):
+            # raw/ours: 1 means the facade costs nothing, 0.9 that it adds 11%.
+            row[RAW] = stats[RAW]
+            row["ratio_raw"] = _ratio(metric, stats["ours"], stats[RAW])
         rows.append(row)
     return {"machine": info, "config": config.__dict__, "metrics": rows}
 
 
 def print_table(result: dict[str, Any]) -> None:
     pure = PURE in result["config"]["clients"]
+    raw = any(RAW in row for row in result["metrics"])
     header = ["metric", "ours", "official", "ratio"]
+    if raw:
+        header += [RAW, "raw/ours"]
     if pure:
         header += [PURE, "ratio"]
     rows = [tuple(header)]
     for row in result["metrics"]:
         label = f"{row['label']} ({row['unit']})" + ("" if row["core"] else " *")
         cells = [label, _cell(row["ours"]), _cell(row["official"]), _fmt_ratio(row["ratio"])]
+        if raw:
+            cells += [_cell(row[RAW]), _fmt_ratio(row["ratio_raw"])] if RAW in row else ["", ""]
         if pure:
             if PURE in row:
                 cells += [_cell(row[PURE]), _fmt_ratio(row["ratio_ours_pure"])]
@@ -568,6 +732,11 @@ def print_table(result: dict[str, Any]) -> None:
         "\nmedian of rounds (min-max); ratio > 1 means ours is better "
         "(official/ours for times, ours/official for rates); * = extra diagnostic"
     )
+    if raw:
+        print(
+            f"{RAW}: the generated grpclib stub on the same channel, requests built once, "
+            "no facade; raw/ours >= 0.9 means the facade adds at most ~10%"
+        )
     decode = next(r for r in result["metrics"] if r["key"] == "decode_ms")
     if PURE in decode and not pure:
         print(

@@ -14,6 +14,7 @@ import gc
 import json
 import resource
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -49,6 +50,21 @@ async def _gather_workers(concurrency: int, calls_each: int, call: Callable[[], 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
+async def _each_once(
+    concurrency: int, ids: list[int], call: Callable[[int], Awaitable[Any]]
+) -> float:
+    """Call `call(id)` once per id from `concurrency` tasks; return the process CPU time."""
+    left = iter(ids)
+
+    async def worker() -> None:
+        for dispatch_id in left:
+            await call(dispatch_id)
+
+    cpu = time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.process_time() - cpu
+
+
 @task
 async def task_unary(spec: dict[str, Any]) -> dict[str, Any]:
     """get latency at concurrency 1, get throughput at 64, create throughput at 16."""
@@ -71,14 +87,27 @@ async def task_unary(spec: dict[str, Any]) -> dict[str, Any]:
 
         cmid, conc, each = spec["create_microgrid"], spec["create_concurrency"], spec["create_each"]
         payload = {"power_w": 5000.0, "mode": "charge"}
+        await client.create(cmid, "BENCH", payload)  # build (and for raw: cache) the request
+        created: list[int] = []
+
+        async def create() -> None:
+            created.append(await client.create(cmid, "BENCH", payload))
+
         cpu, start = time.process_time(), time.perf_counter()
-        await _gather_workers(conc, each, lambda: client.create(cmid, "BENCH", payload))
+        await _gather_workers(conc, each, create)
         create_wall, create_cpu = time.perf_counter() - start, time.process_time() - cpu
+
+        # Each created dispatch is updated once, then deleted once, by `conc` tasks.
+        client.prepare(cmid, created)
+        update_cpu = await _each_once(conc, created, lambda did: client.update(cmid, did))
+        delete_cpu = await _each_once(conc, created, lambda did: client.delete(cmid, did))
     finally:
         await client.close()
     get_calls = spec["get_concurrency"] * spec["get_calls_each"]
     create_calls = spec["create_concurrency"] * spec["create_each"]
     return {
+        "update_cpu_us": 1e6 * update_cpu / len(created),
+        "delete_cpu_us": 1e6 * delete_cpu / len(created),
         "get_p50_ms": 1000 * percentile(latencies, 50),
         "get_p99_ms": 1000 * percentile(latencies, 99),
         "get_throughput": get_calls / get_wall,
@@ -228,21 +257,98 @@ async def task_consume(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _rss_mb() -> float:
+    """The resident set size now, in MB (Linux; the peak elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return pages * resource.getpagesize() / 2**20
+
+
+@task
+async def task_fleet(spec: dict[str, Any]) -> dict[str, Any]:
+    """Follow the streams of `microgrids` microgrids at once until each saw `events_each` events.
+
+    Prints `START <unix time>` before opening the first stream; the
+    orchestrator, which learns from the server when all are open, then writes
+    one line to stdin, after which this prints `READY` and the producer runs.
+    """
+    client = await _opened(spec)
+    first, count, each = spec["microgrid"], spec["microgrids"], spec["events_each"]
+    loop = asyncio.get_running_loop()
+    go = asyncio.Event()
+
+    def wait_for_go() -> None:
+        sys.stdin.readline()
+        loop.call_soon_threadsafe(go.set)
+
+    threading.Thread(target=wait_for_go, daemon=True).start()
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def consume(microgrid: int) -> None:
+        seen = 0
+        try:
+            async for _, sent in client.events(microgrid):
+                if sent is None:
+                    continue
+                latencies.append(time.time() - sent)
+                seen += 1
+                if seen == each:
+                    return
+        except Exception as exc:  # a broken stream is a result, not a crash
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        print(f"START {time.time()!r}", flush=True)
+        cpu = time.process_time()
+        tasks = [asyncio.create_task(consume(first + i)) for i in range(count)]
+        await go.wait()
+        open_cpu = time.process_time() - cpu
+        open_rss = _rss_mb()
+        cpu = time.process_time()
+        print("READY", flush=True)
+        await asyncio.wait(tasks, timeout=spec["timeout"])
+        cpu = time.process_time() - cpu
+        rss = _rss_mb()
+    finally:
+        for pending in tasks:
+            pending.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.close()
+    delivered = len(latencies)
+    return {
+        "delivered": delivered,
+        "expected": count * each,
+        "fleet_cpu_us_per_event": 1e6 * cpu / delivered if delivered else float("nan"),
+        "fleet_open_cpu_ms": 1000 * open_cpu,
+        "fleet_open_rss_mb": open_rss,
+        "fleet_rss_mb": rss,
+        "fleet_latency_p50_ms": 1000 * percentile(latencies, 50) if latencies else float("nan"),
+        "errors": errors[:3],
+    }
+
+
 @task
 async def task_produce(spec: dict[str, Any]) -> dict[str, Any]:
     """Create `events` dispatches stamped with their send time, then the END sentinel."""
     client = await _opened(spec)
-    mid, left = spec["microgrid"], iter(range(spec["events"]))
+    # Round robin over `microgrids` consecutive microgrids (the fleet benchmark), else one.
+    mid, spread = spec["microgrid"], spec.get("microgrids", 1)
+    left = iter(range(spec["events"]))
     start = time.perf_counter()
 
     async def worker() -> None:
-        for _ in left:
-            await client.create(mid, "EVENT", {"sent": time.time()})
+        for index in left:
+            await client.create(mid + index % spread, "EVENT", {"sent": time.time()})
 
     try:
         await asyncio.gather(*(worker() for _ in range(spec["concurrency"])))
         wall = time.perf_counter() - start
-        await client.create(mid, "END", {})
+        if spread == 1:
+            await client.create(mid, "END", {})
     finally:
         await client.close()
     return {"produce_rate": spec["events"] / wall}
