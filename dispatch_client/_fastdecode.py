@@ -47,7 +47,16 @@ from grpclib.encoding.proto import ProtoCodec
 from ._proto.google.protobuf import Timestamp
 from ._proto.message_pool import default_message_pool
 
-__all__ = ["ENV_VAR", "Decoder", "ResponseCodec", "available", "decoder", "enabled"]
+__all__ = [
+    "ENV_VAR",
+    "Decoder",
+    "Encoder",
+    "ResponseCodec",
+    "available",
+    "decoder",
+    "enabled",
+    "encoder",
+]
 
 _log = logging.getLogger(__name__)
 _M = TypeVar("_M", bound=betterproto2.Message)
@@ -80,11 +89,12 @@ def enabled() -> bool:
 
 
 class ResponseCodec(ProtoCodec):
-    """grpclib's protobuf codec, decoding through upb when the fast path is on.
+    """grpclib's protobuf codec, through upb when the fast path is on.
 
-    Only decoding changes: a client decodes responses, which may hold
-    thousands of dispatches; requests are small and betterproto2 encodes them.
-    `fast=None` follows `enabled()`; `fast=True` requires protobuf's upb backend.
+    Responses are parsed by upb (see `Decoder`); requests are copied into upb
+    messages and serialized there (see `encoder`), yielding the very bytes
+    betterproto2 writes. `fast=None` follows `enabled()`; `fast=True`
+    requires protobuf's upb backend.
     """
 
     def __init__(self, *, fast: bool | None = None) -> None:
@@ -105,6 +115,14 @@ class ResponseCodec(ProtoCodec):
         if self.fast:
             return decoder(message_type)(data)
         return message_type.parse(data)
+
+    def encode(self, message: Any, message_type: type[Any]) -> bytes:
+        """Serialize `message`, an instance of `message_type`, as betterproto2 would."""
+        if not isinstance(message, message_type):
+            raise TypeError(f"Message must be of type {message_type!r}, not {type(message)!r}")
+        if self.fast:
+            return encoder(message_type)(message)
+        return bytes(message)
 
 
 # -- decoders ------------------------------------------------------------------
@@ -354,3 +372,226 @@ def _attribute(var: str, name: str) -> str:
 
 
 _converters = _Converters()
+
+
+# -- encoders ------------------------------------------------------------------
+
+
+class _Fallback(Exception):
+    """A message the upb copy might not encode exactly as betterproto2: encode it there."""
+
+
+_encoders: dict[type[Any], Callable[[Any], bytes]] = {}
+
+
+def encoder(cls: type[_M]) -> Callable[[_M], bytes]:
+    """Return the function serializing instances of `cls`: through upb, else `bytes`.
+
+    The upb path writes exactly what `bytes(message)` gives (fields in number
+    order, defaults left out, presence as betterproto2 has it); any message it
+    could get wrong (unknown fields, two members of a oneof set, a value of an
+    unexpected type or out of range) goes to betterproto2, which then also
+    raises its own errors. Needs protobuf's upb backend (see `available()`).
+    """
+    try:
+        return _encoders[cls]
+    except KeyError:
+        pass
+    with _decoders_lock:
+        if cls not in _encoders:
+            _encoders[cls] = _make_encoder(cls)
+        return _encoders[cls]
+
+
+def _make_encoder(cls: type[_M]) -> Callable[[_M], bytes]:
+    url = default_message_pool.type_to_url.get(cls, "")
+    try:
+        descriptor = _pool().FindMessageTypeByName(url.removeprefix(_TYPE_URL_PREFIX))
+        return Encoder(cls, descriptor)
+    except (KeyError, _Fallback):
+        _log.debug("encoding %s with betterproto2", cls.__qualname__)
+        return bytes
+
+
+class Encoder(Generic[_M]):
+    """Serializes one generated message class: through upb, or betterproto2 where it must."""
+
+    def __init__(self, cls: type[_M], descriptor: Any) -> None:
+        from google.protobuf import message_factory
+
+        self.message_type = cls
+        self._new_upb = message_factory.GetMessageClass(descriptor)
+        self._fill: Callable[[Any, Any], None] = _fillers.function(cls, descriptor)
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.message_type.__qualname__})"
+
+    def __call__(self, message: _M) -> bytes:
+        """Return `message` serialized, the same bytes as `bytes(message)`."""
+        data = self.encode_fast(message)
+        return bytes(message) if data is None else data
+
+    def encode_fast(self, message: _M) -> bytes | None:
+        """Return `message` serialized through upb, or None if only betterproto2 gets it right."""
+        try:
+            upb = self._new_upb()
+            self._fill(message, upb)
+            return upb.SerializeToString()  # type: ignore[no-any-return]
+        except Exception:
+            # A value upb would refuse or convert: betterproto2 writes it (or raises).
+            return None
+
+
+_SCALAR_TYPES: dict[str, str] = {
+    betterproto2.TYPE_BOOL: "_bool",
+    betterproto2.TYPE_STRING: "_str",
+    betterproto2.TYPE_BYTES: "_bytes",
+    betterproto2.TYPE_DOUBLE: "_float",
+    betterproto2.TYPE_FLOAT: "_float",
+}
+
+
+class _Fillers:
+    """Generates one function per message class copying a betterproto2 message into upb.
+
+    `fill(o, m)` sets on the upb message `m` what `bytes(o)` would write:
+    fields that are None or equal their default are skipped (as betterproto2
+    skips them), every other one is set, so upb writes it; sub-messages are
+    marked present even when empty. Values are checked to be of the exact
+    type betterproto2 writes (upb would convert others, writing other bytes);
+    anything else raises, and the caller encodes with betterproto2.
+    """
+
+    def __init__(self) -> None:
+        self._namespace: dict[str, Any] = {
+            "_Fallback": _Fallback,
+            "_bool": (bool,),
+            "_str": (str,),
+            "_bytes": (bytes,),
+            "_float": (float, int),
+            "_int": (int,),
+        }
+        self._names: dict[type[Any], str] = {}
+        self._pending: list[str] = []
+
+    def function(self, cls: type[Any], descriptor: Any) -> Callable[[Any, Any], None]:
+        name = self._name(cls, descriptor)
+        if self._pending:
+            source, self._pending = "\n\n".join(self._pending), []
+            exec(compile(source, f"<{__name__} fillers>", "exec"), self._namespace)
+        return self._namespace[name]  # type: ignore[no-any-return]
+
+    def _global(self, prefix: str, value: Any) -> str:
+        name = f"_{prefix}{len(self._namespace)}"
+        self._namespace[name] = value
+        return name
+
+    def _name(self, cls: type[Any], descriptor: Any) -> str:
+        name = self._names.get(cls)
+        if name is not None:
+            return name
+        meta = cls._betterproto
+        numbers = [field.number for field in meta.meta_by_field_name.values()]
+        if numbers != sorted(numbers):
+            # betterproto2 writes fields in declaration order, upb in number order.
+            raise _Fallback(cls.__qualname__)
+        name = self._names[cls] = f"_to_upb_{len(self._names)}_{cls.__name__}"
+        fields_by_number = {field.number: field for field in descriptor.fields}
+        lines = [f"def {name}(o, m):", "    if o._unknown_fields:", "        raise _Fallback"]
+        groups: dict[str, str] = {}
+        for field_name, field_meta in meta.meta_by_field_name.items():
+            field = fields_by_number.get(field_meta.number)
+            if field is None:
+                raise _Fallback(f"{cls.__qualname__}.{field_name}")
+            default = meta.default_gen[field_name]()
+            lines.append(f"    v = o.{field_name}")
+            if default is None:
+                lines.append("    if v is not None:")
+            else:
+                lines.append(f"    if v is not None and v != {self._global('d', default)}:")
+            if field_meta.group:
+                flag = groups.setdefault(field_meta.group, f"g{len(groups)}")
+                lines.insert(1, f"    {flag} = False")
+                lines.append(f"        if {flag}:")
+                lines.append("            raise _Fallback")
+                lines.append(f"        {flag} = True")
+            lines.extend(f"        {line}" for line in self._set(meta, field_name, field))
+        lines.append("    return None")
+        self._pending.append("\n".join(lines))
+        return name
+
+    def _set(self, meta: Any, field_name: str, field: Any) -> list[str]:
+        """Return the lines setting field `field` of `m` from the value `v`."""
+        field_meta = meta.meta_by_field_name[field_name]
+        attribute = _attribute("m", field.name)
+        if field_meta.proto_type == betterproto2.TYPE_MAP:
+            key_meta, value_meta = field_meta.map_meta
+            entry = field.message_type
+            lines = ["for k, x in v.items():", f"    e = {attribute}.add()"]
+            lines += [f"    {line}" for line in self._check(key_meta, "k")]
+            lines.append("    e.key = k")
+            value_cls = meta.cls_by_field.get(f"{field_name}.value")
+            lines += [
+                f"    {line}"
+                for line in self._assign(
+                    value_meta, value_cls, entry.fields_by_name["value"], "e", "value", "x"
+                )
+            ]
+            return lines
+        cls = meta.cls_by_field.get(field_name)
+        if field_meta.repeated:
+            if field_meta.proto_type == betterproto2.TYPE_MESSAGE:
+                if field_meta.unwrap is not None:
+                    raise _Fallback(field_name)
+                fill = self._name(cls, field.message_type)
+                return [
+                    f"r = {attribute}",
+                    "for x in v:",
+                    f"    if type(x) is not {self._global('cls', cls)}:",
+                    "        raise _Fallback",
+                    f"    {fill}(x, r.add())",
+                ]
+            return [
+                "for x in v:",
+                *(f"    {line}" for line in self._check(field_meta, "x")),
+                f"{attribute}.extend(v)",
+            ]
+        return self._assign(field_meta, cls, field, "m", field.name, "v")
+
+    def _check(self, field_meta: Any, var: str) -> list[str]:
+        """Lines raising `_Fallback` unless `var` has a type betterproto2 writes as upb does."""
+        if field_meta.proto_type == betterproto2.TYPE_ENUM:
+            return [f"if not isinstance({var}, int) or type({var}) is bool:", "    raise _Fallback"]
+        types = _SCALAR_TYPES.get(field_meta.proto_type, "_int")
+        check = f"type({var}) not in {types}"
+        if types == "_float":
+            check = f"{check} or type({var}) is bool"
+        return [f"if {check}:", "    raise _Fallback"]
+
+    def _assign(
+        self, field_meta: Any, cls: type[Any] | None, field: Any, owner: str, name: str, var: str
+    ) -> list[str]:
+        """Lines setting the single field `name` of upb message `owner` from `var`."""
+        attribute = _attribute(owner, name)
+        if field_meta.proto_type == betterproto2.TYPE_MESSAGE:
+            lines = []
+            if field_meta.unwrap is not None:
+                wrapper = field_meta.unwrap()
+                lines.append(f"{var} = {self._global('wrap', wrapper.from_wrapped)}({var})")
+                cls = wrapper
+            assert cls is not None
+            fill = self._name(cls, field.message_type)
+            return [
+                *lines,
+                f"if type({var}) is not {self._global('cls', cls)}:",
+                "    raise _Fallback",
+                f"s = {attribute}",
+                "s.SetInParent()",
+                f"{fill}({var}, s)",
+            ]
+        if field_meta.proto_type == betterproto2.TYPE_ENUM:
+            return [*self._check(field_meta, var), f"{attribute} = int({var})"]
+        return [*self._check(field_meta, var), f"{attribute} = {var}"]
+
+
+_fillers = _Fillers()

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-from grpclib.client import Channel
+from grpclib.client import Channel, Handler
 from grpclib.config import Configuration
 from grpclib.const import Cardinality
 from grpclib.encoding.base import StatusDetailsCodecBase
 from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.events import SendRequest, listen
+from grpclib.protocol import H2Protocol
 
 from . import _defaults
 from ._auth import auth_metadata
@@ -358,7 +359,7 @@ def open_channel(
         RuntimeError: no event loop is running.
     """
     loop = asyncio.get_running_loop()
-    channel = Channel(
+    channel = _Channel(
         target.host,
         target.port,
         ssl=target.ssl_context,
@@ -370,6 +371,67 @@ def open_channel(
     if key is not None:
         listen(channel, SendRequest, _auth_hook(key, sign_secret))
     return channel, loop
+
+
+class _CoalescedWrites:
+    """A transport that sends everything written during one event-loop turn at once.
+
+    grpclib writes each HTTP/2 frame batch as soon as it is made: a unary call
+    writes its headers and then its data, and every response read writes a
+    flow-control update, each a `send()` system call. On loopback a send also
+    runs the receiving end of TCP, so the calls cost more than the framing.
+    Joined per loop turn (and across concurrent calls), the bytes and their
+    order are the same, in fewer, larger sends. The delay is one loop turn.
+    """
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _Protocol(H2Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        super().connection_made(_CoalescedWrites(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
+
+
+class _Channel(Channel):
+    """grpclib's channel, writing through `_CoalescedWrites`."""
+
+    def _protocol_factory(self) -> H2Protocol:
+        return _Protocol(Handler(), self._config, self._h2_config)
 
 
 class LoopChannel:

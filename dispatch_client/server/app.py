@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import grpclib.server
+from h2.settings import SettingCodes
 
 from .auth import RequestAuthenticator
 from .operability import OPEN_SERVICES, Operability
@@ -22,6 +23,14 @@ from .stores import describe_db
 __all__ = ["DispatchServer", "serve", "server_ssl_context"]
 
 _log = logging.getLogger(__name__)
+
+MAX_STREAMS_PER_CONNECTION = 100_000
+"""Calls one connection may have open at once (HTTP/2 MAX_CONCURRENT_STREAMS).
+
+h2 advertises 100 unless told otherwise; a client following more microgrids
+than that over one channel would then see its later streams wait, unopened,
+for earlier ones to end. gRPC's own servers advertise no practical limit.
+"""
 
 
 def server_ssl_context(cert_file: str, key_file: str) -> _ssl.SSLContext:
@@ -61,6 +70,12 @@ class _ConnectionTracker(asyncio.Protocol):
         self._transport = transport
         self._open.add(transport)
         self._inner.connection_made(transport)
+        connection = getattr(self._inner, "connection", None)
+        if connection is not None:
+            connection._connection.update_settings(
+                {SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS_PER_CONNECTION}
+            )
+            connection.flush()
 
     def data_received(self, data: bytes) -> None:
         self._inner.data_received(data)
