@@ -626,6 +626,10 @@ def check_payload(payload: Struct, field: str = "payload") -> None:
     if not isinstance(payload, Struct):
         raise ValueError(f"{field} must be a Struct, got {type(payload).__name__}")
     check_message(payload, field)
+    _check_payload_extent(payload, field)
+
+
+def _check_payload_extent(payload: Struct, field: str) -> None:
     depth, size = payload_measure(payload)
     if depth > MAX_PAYLOAD_DEPTH:
         raise ValueError(
@@ -745,15 +749,16 @@ def payload_to_struct(
     if payload is None:
         return None
     if isinstance(payload, Struct):
-        struct = payload
-    elif isinstance(payload, Mapping):
-        try:
-            struct = _to_struct(payload, field, 1)
-        except _TooDeep:
-            raise _too_deep(payload, field) from None
-    else:
+        check_payload(payload, field)
+        return payload
+    if not isinstance(payload, Mapping):
         raise ValueError(f"{field} must be a dict (JSON object), got {type(payload).__name__}")
-    check_payload(struct, field)
+    try:
+        struct = _to_struct(payload, field, 1)
+    except _TooDeep:
+        raise _too_deep(payload, field) from None
+    # Every value was typed as it was converted: only depth and size are left to check.
+    _check_payload_extent(struct, field)
     return struct
 
 
