@@ -757,9 +757,21 @@ def payload_to_struct(
         struct = _to_struct(payload, field, 1)
     except _TooDeep:
         raise _too_deep(payload, field) from None
-    # Every value was typed as it was converted: only depth and size are left to check.
-    _check_payload_extent(struct, field)
+    # Every value was typed and the depth bounded as it was converted: only
+    # the size is left to check.
+    size = _encoded_size(struct)
+    if size > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"{field} is {size} bytes encoded (allowed: at most {MAX_PAYLOAD_BYTES})")
     return struct
+
+
+def _encoded_size(struct: Struct) -> int:
+    """`len(bytes(struct))`: upb encodes it in microseconds, else the walk measures it."""
+    from . import _fastdecode
+
+    if _fastdecode.available():
+        return len(_fastdecode.encoder(Struct)(struct))
+    return payload_measure(struct)[1]
 
 
 def check_dispatch_data(
