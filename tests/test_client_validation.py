@@ -10,7 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import json_values
 
-from dispatch_client import EndCriteria, Frequency, RecurrenceRule, Weekday, requests, validation
+from dispatch_client import (
+    EndCriteria,
+    Frequency,
+    RecurrenceRule,
+    Weekday,
+    _fastdecode,
+    requests,
+    validation,
+)
 from dispatch_client._proto.google.protobuf import ListValue, NullValue, Struct, Value
 from dispatch_client.requests import START_TIME_GRACE
 from dispatch_client.validation import MAX_PAYLOAD_BYTES, payload_measure, payload_to_struct
@@ -174,11 +182,13 @@ def test_recurrence_rules(
 
 
 def test_the_payload_is_checked_once_without_encoding_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Encoding is left to the call itself; the checks walk the Struct, once.
+    # betterproto2's encoding is left to the call itself; the size is measured
+    # once: through upb when it is installed (microseconds), else by the walk.
     encoded: list[object] = []
     measured: list[object] = []
     original_bytes = Struct.__bytes__
     original_measure = validation.payload_measure
+    original_encoder = _fastdecode.encoder
 
     def counting_bytes(self: Struct) -> bytes:
         encoded.append(self)
@@ -188,9 +198,30 @@ def test_the_payload_is_checked_once_without_encoding_it(monkeypatch: pytest.Mon
         measured.append(payload)
         return original_measure(payload)
 
+    def counting_encoder(cls: type[Any]) -> Any:
+        encode = original_encoder(cls)
+        return lambda message: measured.append(message) or encode(message)
+
     monkeypatch.setattr(Struct, "__bytes__", counting_bytes)
     monkeypatch.setattr(validation, "payload_measure", counting_measure)
+    monkeypatch.setattr(_fastdecode, "encoder", counting_encoder)
     request = build(payload={"power_w": 5000.0, "mode": "charge"})
     assert encoded == []
     assert len(measured) == 1
     assert request.dispatch_data.payload.to_dict() == {"power_w": 5000.0, "mode": "charge"}
+
+
+def test_without_upb_the_payload_size_comes_from_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    measured: list[object] = []
+    original_measure = validation.payload_measure
+
+    def counting_measure(payload: Struct) -> tuple[int, int]:
+        measured.append(payload)
+        return original_measure(payload)
+
+    monkeypatch.setattr(_fastdecode, "available", lambda: False)
+    monkeypatch.setattr(validation, "payload_measure", counting_measure)
+    build(payload={"power_w": 5000.0})
+    assert len(measured) == 1
+    with pytest.raises(ValueError, match=f"{MAX_PAYLOAD_BYTES + 1} bytes encoded"):
+        build(payload={"s": "x" * (MAX_PAYLOAD_BYTES - 15 + 1)})

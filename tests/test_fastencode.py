@@ -186,6 +186,9 @@ def test_what_the_builders_make_encodes_identically(
         ListMicrogridDispatchesRequest(
             filter=DispatchFilter(), pagination_params=PaginationParams()
         ),
+        ListMicrogridDispatchesRequest(
+            filter=DispatchFilter(filter=DispatchFilterRecurrenceFilter())
+        ),
         # Explicit presence: zero and empty values that are set are written.
         ListMicrogridDispatchesRequest(pagination_params=PaginationParams(page_size=0)),
         ListMicrogridDispatchesRequest(pagination_params=PaginationParams(page_token="")),
@@ -257,7 +260,7 @@ def test_values_out_of_range_fail_as_betterproto2_fails() -> None:
     assert encode.encode_fast(message) is None  # type: ignore[union-attr]
     try:
         expected: bytes | type[BaseException] = bytes(message)
-    except Exception as exc:  # noqa: BLE001 - whatever betterproto2 raises, the codec raises
+    except Exception as exc:  # whatever betterproto2 raises, the codec raises
         expected = type(exc)
     if isinstance(expected, bytes):
         assert encode(message) == expected
