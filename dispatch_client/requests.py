@@ -169,6 +169,7 @@ def create(
         allowance=START_TIME_GRACE,
         start_immediately=start_immediately,
         payload_checked=True,  # by payload_to_struct above
+        target_checked=True,  # by to_target above
     )
     request = CreateMicrogridDispatchRequest(
         microgrid_id=microgrid_id,

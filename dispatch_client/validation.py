@@ -781,6 +781,7 @@ def check_dispatch_data(
     allowance: dt.timedelta = dt.timedelta(0),
     start_immediately: bool = False,
     payload_checked: bool = False,
+    target_checked: bool = False,
 ) -> None:
     """Check a whole `DispatchData` as it would be created.
 
@@ -791,6 +792,8 @@ def check_dispatch_data(
         start_immediately: the start is "now" (`start_time` may be unset).
         payload_checked: skip the payload, for a caller that built it with
             `payload_to_struct`, which checked it already.
+        target_checked: skip the target, for a caller that built it with
+            `targets.to_target`, which checked it already.
 
     Raises:
         ValueError: naming the first field that is wrong (see the module
@@ -808,7 +811,11 @@ def check_dispatch_data(
         check_payload(data.payload)
     if data.recurrence is not None:
         check_recurrence(data.recurrence, start=start)
-    check_message(data, "", skip=("payload", "recurrence"))
+    check_message(
+        data,
+        "",
+        skip=("payload", "recurrence", "target") if target_checked else ("payload", "recurrence"),
+    )
 
 
 def check_sort_options(sort: SortOptions, field: str = "sort_options") -> None:
