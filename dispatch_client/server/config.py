@@ -22,6 +22,7 @@ import anyio
 
 from .app import DispatchServer, serve, server_ssl_context
 from .service import DEFAULT_STREAM_BUFFER_SIZE
+from .stores import check_db
 
 __all__ = [
     "LOG_FORMAT",
@@ -74,8 +75,9 @@ class ServerConfig:
         """Check the values together.
 
         Raises:
-            ValueError: a value is out of range, only one of the TLS files is
-                given, a TLS file does not exist, or the log level is unknown;
+            ValueError: a value is out of range, `db` is a PostgreSQL URL that
+                does not parse (or its driver is missing), only one of the TLS
+                files is given, a TLS file does not exist, or the log level is unknown;
                 the message names the command-line option.
         """
         if isinstance(self.port, bool) or not 0 <= self.port <= _MAX_PORT:
@@ -84,6 +86,7 @@ class ServerConfig:
             raise ValueError(f"--stream-buffer must be at least 1, got {self.stream_buffer!r}")
         if isinstance(self.shutdown_grace, bool) or self.shutdown_grace < 0:
             raise ValueError(f"--shutdown-grace must be at least 0, got {self.shutdown_grace!r}")
+        check_db(self.db)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together; give both or neither")
         for option, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):

@@ -69,7 +69,14 @@ from .sql import (
     page_result,
     signed,
 )
-from .store_api import Change, StoreEvents, StoreUnavailableError, describe_db
+from .store_api import (
+    Change,
+    StoreEvents,
+    StoreUnavailableError,
+    db_secrets,
+    describe_db,
+    redact,
+)
 
 __all__ = ["CHANNEL", "POSTGRESQL", "PgDispatchStore", "migrate"]
 
@@ -87,6 +94,10 @@ _EVENT_RETENTION = dt.timedelta(minutes=10)
 """Event rows only need to outlive their notification; older ones are deleted."""
 _JANITOR_INTERVAL_S = 30.0
 _RECONNECT_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+_HEARTBEAT_S = 5.0
+"""How long the LISTEN connection may stay silent before it is probed with a query."""
+# Loggers that may echo a connection's parameters (libpq's messages quote them).
+_DRIVER_LOGGERS = ("psycopg", "psycopg.pool", "yoyo", "yoyo.migrations", "yoyo.backends", __name__)
 
 
 def _pg_in(column: str, values: Sequence[object]) -> tuple[str, list[object]]:
@@ -135,6 +146,22 @@ async def _schema_is_current(conn: psycopg.AsyncConnection[Any]) -> bool:
     return _one(await cursor.fetchone()) == len(known_migrations())
 
 
+async def _check_may_migrate(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Refuse at once a role that cannot create the schema (yoyo would wait for its lock)."""
+    cursor = await conn.execute(
+        "SELECT current_user, current_database(), current_schema(),"
+        " has_schema_privilege(current_schema(), 'CREATE')"
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    user, database, schema, may_create = row
+    if not may_create:
+        where = f"schema {schema}" if schema else "any schema of its search_path"
+        raise psycopg.errors.InsufficientPrivilege(
+            f"role {user} may not create tables in {where} of database {database}"
+        )
+
+
 def migrate(url: str) -> list[str]:
     """Apply the pending schema migrations to the database at `url` (blocking).
 
@@ -172,7 +199,12 @@ class PgDispatchStore:
             parameters allowed).
         min_connections: connections the pool keeps open.
         max_connections: upper bound of the pool (plus one LISTEN connection).
-        timeout_s: how long a call waits for a connection before failing with UNAVAILABLE.
+        timeout_s: how long a call waits for a connection before failing with
+            UNAVAILABLE, and how long the LISTEN connection's probe may take.
+        heartbeat_s: how long the LISTEN connection may stay silent before it
+            is probed; a probe that fails or takes longer than `timeout_s`
+            counts as a lost change feed (a hung or unreachable database, a
+            connection dropped without notice).
 
     Open with `await open()` (applies migrations, starts listening) or `async with`.
     """
@@ -184,8 +216,11 @@ class PgDispatchStore:
         min_connections: int = 2,
         max_connections: int = 10,
         timeout_s: float = 5.0,
+        heartbeat_s: float = _HEARTBEAT_S,
     ) -> None:
         self.url = url
+        self._heartbeat = heartbeat_s
+        _protect_password(url)
         self._min = min_connections
         self._max = max_connections
         self._timeout = timeout_s
@@ -197,6 +232,7 @@ class PgDispatchStore:
         self._listening = False
         self._listening_changed = asyncio.Event()
         self._next_nonce_prune = 0
+        self._background: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"PgDispatchStore({describe_db(self.url)!r}, open={self.is_open})"
@@ -240,6 +276,8 @@ class PgDispatchStore:
         Raises:
             ConnectionError: the database cannot be reached (an OSError, as for
                 an SQLite file that cannot be opened).
+            OSError: the database refuses the schema's migration (e.g. the role
+                may not create tables) or the URL's parameters.
         """
         if self._pool is not None:
             return
@@ -248,21 +286,34 @@ class PgDispatchStore:
                 self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
             ) as conn:
                 current = await _schema_is_current(conn)
-            if not current:
-                applied = await anyio.to_thread.run_sync(migrate, self.url)
-                _log.info("applied schema migrations %s to %s", applied, describe_db(self.url))
+                if not current:
+                    await _check_may_migrate(conn)
         except psycopg.OperationalError as error:
             raise ConnectionError(
-                f"cannot reach the PostgreSQL database {describe_db(self.url)}: {error}"
-            ) from error
-        pool = psycopg_pool.AsyncConnectionPool(
-            self.url,
-            min_size=self._min,
-            max_size=self._max,
-            timeout=self._timeout,
-            kwargs={"autocommit": True},
-            open=False,
-        )
+                f"cannot reach the PostgreSQL database {describe_db(self.url)}:"
+                f" {redact(str(error), self.url)}"
+            ) from None
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise OSError(
+                f"cannot migrate the schema of the PostgreSQL database {describe_db(self.url)}:"
+                f" {redact(str(error), self.url)}; make the role the database's owner"
+                " (or GRANT CREATE ON SCHEMA to it)"
+            ) from None
+        except psycopg.Error as error:
+            raise OSError(
+                f"cannot open the PostgreSQL database {describe_db(self.url)}:"
+                f" {redact(str(error), self.url)}"
+            ) from None
+        if not current:
+            try:
+                applied = await anyio.to_thread.run_sync(migrate, self.url)
+            except Exception as error:
+                raise OSError(
+                    f"cannot migrate the schema of the PostgreSQL database"
+                    f" {describe_db(self.url)}: {redact(str(error), self.url)}"
+                ) from None
+            _log.info("applied schema migrations %s to %s", applied, describe_db(self.url))
+        pool = self._new_pool()
         # Reachability was just checked; the pool fills in the background.
         await pool.open(wait=False)
         self._pool = pool
@@ -286,11 +337,14 @@ class PgDispatchStore:
         """Stop listening and close the pool; idempotent."""
         pool, self._pool = self._pool, None
         tasks, self._tasks = self._tasks, []
+        tasks += self._background
+        self._background.clear()
         for task in tasks:
             task.cancel()
         with anyio.CancelScope(shield=True):
             for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
+                # A task that failed has said so in the log already.
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self._set_listening(False)
             for waiter in self._waiters.values():
@@ -460,7 +514,9 @@ class PgDispatchStore:
             async with pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
-            raise StoreUnavailableError(f"the dispatch database is unreachable: {error}") from error
+            raise StoreUnavailableError(
+                f"the dispatch database is unreachable: {redact(str(error), self.url)}"
+            ) from error
 
     @asynccontextmanager
     async def _transaction(
@@ -506,8 +562,41 @@ class PgDispatchStore:
             if scope.cancelled_caught:
                 _log.warning("change %d was committed but its event did not come back in time", seq)
 
+    def _new_pool(self) -> psycopg_pool.AsyncConnectionPool:
+        return psycopg_pool.AsyncConnectionPool(
+            self.url,
+            min_size=self._min,
+            max_size=self._max,
+            timeout=self._timeout,
+            kwargs={"autocommit": True},
+            open=False,
+        )
+
+    async def _renew_pool(self) -> None:
+        """Replace the pool by a full new one (the database is back after a loss).
+
+        The old pool's connections died with the database, and it retries
+        connecting with a backoff that has grown during the outage (doubling
+        from 1 s): calls would wait for it, or take a dead connection, long
+        after the database is back. The old pool is closed in the background;
+        calls still waiting on it fail with UNAVAILABLE.
+        """
+        fresh = self._new_pool()
+        try:
+            await fresh.open(wait=True, timeout=self._timeout)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await fresh.close()
+            raise
+        old, self._pool = self._pool, fresh
+        if old is not None:
+            task = asyncio.create_task(old.close(), name="dispatch-pg-close-old-pool")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     async def _listen(self) -> None:
         attempt = 0
+        lost = False
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
@@ -515,13 +604,21 @@ class PgDispatchStore:
                 )
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
-                    attempt = 0
+                    if lost:
+                        await self._renew_pool()
+                    attempt, lost = 0, False
                     self._set_listening(True)
-                    async for notify in conn.notifies():
-                        self._notified.put_nowait(int(notify.payload))
-            except psycopg.Error as error:
+                    await self._receive(conn)
+            except (psycopg.Error, OSError, TimeoutError) as error:
                 if self._listening or attempt == 0:
-                    _log.warning("lost the PostgreSQL change feed: %s", error)
+                    _log.warning(
+                        "lost the PostgreSQL change feed: %s", redact(str(error), self.url)
+                    )
+            except Exception:
+                # Never expected; without this the feed would stop while the
+                # replica still reports itself healthy.
+                _log.exception("the PostgreSQL change feed failed; reconnecting")
+            lost = True
             if self._listening:
                 self._set_listening(False)
                 if self._events is not None:
@@ -529,37 +626,72 @@ class PgDispatchStore:
             await asyncio.sleep(_RECONNECT_DELAYS_S[min(attempt, len(_RECONNECT_DELAYS_S) - 1)])
             attempt += 1
 
+    async def _receive(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Queue the notified seqs; probe the connection whenever it stays silent.
+
+        Returns only by raising: the connection broke, or its probe failed or
+        took longer than `timeout_s` (a hung database, or a connection that a
+        firewall dropped without a word, would otherwise look like a quiet one).
+        """
+        while True:
+            async for notify in conn.notifies(timeout=self._heartbeat):
+                try:
+                    seq = int(notify.payload)
+                except ValueError:
+                    # Anyone with access to the database may NOTIFY this channel.
+                    _log.warning("ignored a foreign notification on %s: %.40r", CHANNEL, notify)
+                    continue
+                self._notified.put_nowait(seq)
+            with anyio.move_on_after(self._timeout) as probe:
+                await conn.execute("SELECT 1")
+            if probe.cancelled_caught:
+                raise TimeoutError(
+                    f"the LISTEN connection did not answer a probe within {self._timeout:g} s"
+                )
+
     async def _deliver(self) -> None:
         while True:
             seqs = [await self._notified.get()]
             while not self._notified.empty():
                 seqs.append(self._notified.get_nowait())
             try:
-                async with self._connection() as conn:
-                    cursor = await conn.execute(
-                        "SELECT seq, microgrid_id, kind, dispatch FROM dispatch_events"
-                        " WHERE seq = ANY(%s)",
-                        (seqs,),
-                    )
-                    rows = {int(row[0]): row for row in await cursor.fetchall()}
-            except StoreUnavailableError as error:
-                # The listener notices too and ends the streams.
-                _log.warning("cannot read back %d change(s): %s", len(seqs), error)
-                continue
-            # Notification order is commit order; keep it.
-            for seq in seqs:
-                row = rows.get(seq)
-                if row is not None and self._events is not None:
-                    _, microgrid_id, kind, blob = row
-                    self._events.publish(
-                        microgrid_id if microgrid_id >= 0 else microgrid_id + 2**64,
-                        StreamMicrogridDispatchesResponse(
-                            dispatch=Dispatch.parse(blob), event=Event(kind)
-                        ),
-                    )
-                waiter = self._waiters.get(seq)
-                if waiter is not None:
-                    waiter.set()
+                await self._deliver_batch(seqs)
+            except Exception as error:
+                # The changes are committed but did not reach this replica's
+                # streams: end them, so their clients re-open and re-list.
+                _log.warning(
+                    "cannot read back %d change(s), ending the streams: %s",
+                    len(seqs),
+                    redact(str(error), self.url),
+                )
+                if self._events is not None:
+                    self._events.feed_lost()
+                for seq in seqs:
+                    waiter = self._waiters.get(seq)
+                    if waiter is not None:
+                        waiter.set()
+
+    async def _deliver_batch(self, seqs: Sequence[int]) -> None:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "SELECT seq, microgrid_id, kind, dispatch FROM dispatch_events WHERE seq = ANY(%s)",
+                (seqs,),
+            )
+            rows = {int(row[0]): row for row in await cursor.fetchall()}
+        # Notification order is commit order; keep it.
+        for seq in seqs:
+            row = rows.get(seq)
+            if row is not None and self._events is not None:
+                _, microgrid_id, kind, blob = row
+                self._events.publish(
+                    microgrid_id if microgrid_id >= 0 else microgrid_id + 2**64,
+                    StreamMicrogridDispatchesResponse(
+                        dispatch=Dispatch.parse(blob), event=Event(kind)
+                    ),
+                )
+            waiter = self._waiters.get(seq)
+            if waiter is not None:
+                waiter.set()
 
     async def _janitor(self) -> None:
         while True:
@@ -573,8 +705,8 @@ class PgDispatchStore:
                     await conn.execute(
                         "DELETE FROM used_nonces WHERE expires_at < %s", (int(time.time()),)
                     )
-            except StoreUnavailableError as error:
-                _log.debug("cleanup skipped: %s", error)
+            except Exception as error:
+                _log.debug("cleanup skipped: %s", redact(str(error), self.url))
 
     def _set_listening(self, listening: bool) -> None:
         if listening == self._listening:
@@ -592,6 +724,37 @@ class PgDispatchStore:
         """Wait until `healthy` is as given (bound it with `anyio.fail_after`)."""
         while self.healthy != healthy:
             await self._wait_listening_changed()
+
+
+class _PasswordFilter(logging.Filter):
+    """Masks the passwords of the database URLs in use in the driver's log records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            masked = message
+            for secret in sorted(self.secrets, key=len, reverse=True):
+                masked = masked.replace(secret, "***")
+            if masked != message:
+                record.msg, record.args = masked, None
+        return True
+
+
+_PASSWORDS = _PasswordFilter()
+
+
+def _protect_password(url: str) -> None:
+    # libpq's messages may quote the connection parameters; psycopg's pool and
+    # yoyo log them.
+    _PASSWORDS.secrets.update(db_secrets(url))
+    for name in _DRIVER_LOGGERS:
+        logger = logging.getLogger(name)
+        if _PASSWORDS not in logger.filters:
+            logger.addFilter(_PASSWORDS)
 
 
 def _one(row: Sequence[Any] | None) -> int:

@@ -15,6 +15,7 @@ order; the service then neither publishes nor serializes writes itself.
 from __future__ import annotations
 
 import datetime as dt
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
 
@@ -34,7 +35,9 @@ __all__ = [
     "Store",
     "StoreEvents",
     "StoreUnavailableError",
+    "db_secrets",
     "describe_db",
+    "redact",
 ]
 
 
@@ -156,10 +159,62 @@ class Store(Protocol):
         """
 
 
+def db_secrets(db: str) -> list[str]:
+    """The passwords a `--db` URL carries, as written and percent-decoded.
+
+    A URL may hold one in its user info (`user:PASSWORD@host`) and in its
+    `password=` query parameter; anything that is not a URL (an SQLite file
+    name) carries none.
+
+    Args:
+        db: the `--db` value.
+
+    Returns:
+        Each password in every form it may be echoed in (may be empty).
+    """
+    _, sep, rest = db.partition("://")
+    if not sep:
+        return []
+    found: list[str] = []
+    location, _, query = rest.partition("?")
+    credentials, at, _ = location.rpartition("@")
+    if at and ":" in credentials:
+        found.append(credentials.split(":", 1)[1])
+    for pair in query.split("&"):
+        name, equals, value = pair.partition("=")
+        if equals and urllib.parse.unquote(name) == "password":
+            found.append(value)
+    secrets = {form for raw in found for form in (raw, urllib.parse.unquote(raw)) if form}
+    # Longest first, so that replacing one never leaves part of a longer one.
+    return sorted(secrets, key=len, reverse=True)
+
+
+def redact(text: str, db: str) -> str:
+    """`text` with every password of `db` (see `db_secrets`) replaced by `***`."""
+    for secret in db_secrets(db):
+        text = text.replace(secret, "***")
+    return text
+
+
 def describe_db(db: str) -> str:
-    """`db` as logs and errors may show it: a URL's password is replaced by `***`."""
+    """`db` as logs and errors may show it: a URL's passwords are replaced by `***`.
+
+    Both places a PostgreSQL URL may carry a password are masked: the user
+    info (`user:***@host`) and a `password=` query parameter.
+    """
     scheme, sep, rest = db.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in credentials:
+    if not sep:
         return db
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+    location, question, query = rest.partition("?")
+    credentials, at, host = location.rpartition("@")
+    if at and ":" in credentials:
+        location = f"{credentials.split(':', 1)[0]}:***@{host}"
+    if question:
+        pairs = []
+        for pair in query.split("&"):
+            name, equals, _ = pair.partition("=")
+            if equals and urllib.parse.unquote(name) == "password":
+                pair = f"{name}=***"
+            pairs.append(pair)
+        query = "&".join(pairs)
+    return f"{scheme}{sep}{location}{question}{query}"

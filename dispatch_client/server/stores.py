@@ -19,7 +19,9 @@ from .store_api import (
     Store,
     StoreEvents,
     StoreUnavailableError,
+    db_secrets,
     describe_db,
+    redact,
 )
 
 __all__ = [
@@ -30,8 +32,11 @@ __all__ = [
     "Store",
     "StoreEvents",
     "StoreUnavailableError",
+    "check_db",
+    "db_secrets",
     "describe_db",
     "is_postgresql_url",
+    "redact",
     "store_for",
 ]
 
@@ -41,6 +46,35 @@ POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 def is_postgresql_url(db: str) -> bool:
     """Whether `db` names a PostgreSQL database (a `postgresql://` or `postgres://` URL)."""
     return db.startswith(POSTGRESQL_SCHEMES)
+
+
+def check_db(db: str) -> None:
+    """Check a `--db` value before serving: a PostgreSQL URL must parse, with its driver installed.
+
+    Args:
+        db: the `--db` value (an SQLite file name or ":memory:" passes as is).
+
+    Raises:
+        ValueError: naming `--db` (its passwords masked) and what is wrong: a
+            URL libpq cannot parse, or the `postgresql` extra missing.
+    """
+    if not is_postgresql_url(db):
+        return
+    try:
+        from psycopg import Error
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError as error:
+        raise ValueError(
+            f"--db {describe_db(db)} needs the PostgreSQL driver:"
+            f" pip install 'dispatch-client[postgresql]' ({error})"
+        ) from None
+    try:
+        conninfo_to_dict(db)
+    except Error as error:
+        # libpq's message may quote the offending part, a password included.
+        raise ValueError(
+            f"--db {describe_db(db)} is not a valid PostgreSQL URL: {redact(str(error), db)}"
+        ) from None
 
 
 def store_for(db: str) -> Store:
