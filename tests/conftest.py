@@ -34,6 +34,20 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"PostgreSQL tests skipped: {reason}")
 
 
+def require_postgresql_driver() -> None:
+    """At the top of a module that imports the PostgreSQL store: skip it (fail under CI)
+    when the `postgresql` extra is missing."""
+    try:
+        import psycopg  # noqa: F401
+
+        import dispatch_client.server.pg_store  # noqa: F401
+    except ImportError as error:
+        reason = f"the postgresql extra is not installed ({error})"
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}", pytrace=False)
+        pytest.skip(f"PostgreSQL tests skipped: {reason}", allow_module_level=True)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Any]:
     """A real PostgreSQL server for the session (a `TemporaryPostgres`)."""

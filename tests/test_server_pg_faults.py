@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 import pytest
+from conftest import require_postgresql_driver
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from hypothesis import example, given, settings
@@ -43,8 +44,11 @@ from dispatch_client.server.stores import check_db, db_secrets, describe_db, red
 pytestmark = pytest.mark.anyio
 pytest_plugins = ["test_server_support"]
 
-psycopg = pytest.importorskip("psycopg")
-pg_store = pytest.importorskip("dispatch_client.server.pg_store")
+require_postgresql_driver()
+
+import psycopg  # noqa: E402
+
+from dispatch_client.server import pg_store  # noqa: E402
 
 
 @asynccontextmanager

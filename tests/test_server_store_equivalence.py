@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from conftest import require_postgresql_driver
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,8 +48,11 @@ from dispatch_client.wire import (
 
 pytestmark = pytest.mark.anyio
 
-pg_store = pytest.importorskip("dispatch_client.server.pg_store")
-psycopg = pytest.importorskip("psycopg")
+require_postgresql_driver()
+
+import psycopg  # noqa: E402
+
+from dispatch_client.server import pg_store  # noqa: E402
 
 BASE = dt.datetime(2030, 6, 1, 12, tzinfo=dt.UTC)
 MICROGRIDS = [1, 7, 2**64 - 1]

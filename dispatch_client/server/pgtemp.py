@@ -39,15 +39,24 @@ class PostgresUnavailableError(RuntimeError):
 def find_binaries() -> Path:
     """Return the directory holding `initdb` and `pg_ctl`.
 
-    Looks at `$PG_BIN`, then Debian's `/usr/lib/postgresql/<version>/bin`
-    (newest version first), then `PATH`.
+    Looks only at `$PG_BIN` when it is set; otherwise at Debian's
+    `/usr/lib/postgresql/<version>/bin` (newest version first), then `PATH`.
 
     Raises:
         PostgresUnavailableError: no such directory; the message says what to install.
     """
+    chosen = os.environ.get("PG_BIN")
+    if chosen:
+        # Authoritative when set: PG_BIN=/nonexistent shows how the tests
+        # behave on a machine without PostgreSQL.
+        path = Path(chosen)
+        if (path / "initdb").is_file() and (path / "pg_ctl").is_file():
+            return path
+        raise PostgresUnavailableError(
+            f"PostgreSQL server binaries (initdb, pg_ctl) not found in $PG_BIN={chosen};"
+            " unset PG_BIN to search the usual places"
+        )
     candidates: list[str] = []
-    if os.environ.get("PG_BIN"):
-        candidates.append(os.environ["PG_BIN"])
     for pattern in _SEARCH:
         candidates += sorted(glob.glob(pattern), key=_version_key, reverse=True)
     on_path = shutil.which("initdb")
