@@ -178,7 +178,7 @@ async def _fill(store: Any, dispatches: list[dict[str, Any]]) -> None:
 
 
 @settings(
-    max_examples=25,
+    max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -191,7 +191,7 @@ async def test_both_stores_answer_every_list_request_alike(
     async with DispatchService(store=DispatchStore(":memory:")) as sqlite_service:
         await _fill(sqlite_service.store, dispatches)
         await _fill(pg_service.store, dispatches)
-        for _ in range(4):
+        for _ in range(6):
             request = data.draw(_request(len(dispatches)))
             for page in range(20):
                 answers = [
