@@ -1,4 +1,4 @@
-"""One gRPC stream per microgrid, read by a task of its own and fanned out to bounded buffers.
+"""One gRPC stream per microgrid: an owned reader task, catch-up after every gap, reconnect.
 
 Ownership. The gRPC stream must outlive any single consumer (the first one may
 leave while others keep reading) but never the hub, so it is read by one
@@ -10,24 +10,49 @@ a task group cannot stay open across an async generator's `yield`, and handing
 a half-read gRPC stream from one consumer's task to another would lose events.
 The reader never lets an exception escape unseen: a failure, including a bug or
 a cancellation by anyone but the hub, ends every consumer of that microgrid with
-the error (one copy each, chained to the original).
+the error (one copy each, chained to the original). Fan-out and overflow are in
+`dispatch_client._fanout`.
 
-Fan-out and overflow. Each consumer has its own bounded memory object stream,
-filled with `send_nowait`, so a slow consumer never slows the reader or the
-others. When a consumer's buffer is full, its `overflow` policy applies:
-`"error"` (default) detaches it and, after it has read what was buffered,
-raises `StreamOverflow` in it; `"drop_oldest"` discards its oldest event;
-`"resync"` (`watch()` only) discards its backlog and re-lists, which loses
-nothing because the re-list shows every change the dropped events carried.
+Lifetime. A gRPC stream has no deadline: it lives until the server ends it,
+the connection is found dead (HTTP/2 keep-alive pings unanswered, see
+`Client(stream_timeout=...)`) or its last consumer leaves.
 
-Reconnect. A retryable failure (UNAVAILABLE, DEADLINE_EXCEEDED, a broken
-connection, the server ending the stream, ...) re-opens the stream after a
-delay drawn uniformly from [0, min(maximum, initial * multiplier ** failures)]
-("full jitter", so many clients do not reconnect in lock step). `failures`
-resets once a stream counts as open (below). Non-retryable statuses
-(UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND, ...) end the
-consumers. Transitions go to the optional `on_status` hook and the log; errors
-carry the server URL, never the API key.
+What the stream knows. The reader keeps two `WatchView`s: `told`, what its
+`stream()` consumers have been told, and `state`, the server's state that
+`watch()` consumers get as snapshots. Before the first gRPC stream opens, the
+microgrid is listed once: that list is what `stream()` consumers are taken to
+know (it predates the stream, so `told` is never ahead of what they were told,
+which is what makes a later catch-up complete).
+
+Catch-up after every gap. The stream only carries changes made after the
+server registered it, and a list is a snapshot at the moment it is served. So
+each time a gRPC stream counts as open (below), the reader lists the microgrid
+once, for all consumers, and holds back the events arriving meanwhile. When
+the list is back, `WatchView.catch_up(list, held events)` turns each view into
+the server's state and says how: the changes the list shows for dispatches
+without held events (what happened during the gap), then the held events in
+order. Live events then go through `WatchView.apply`, which drops what the
+list already showed (an event can arrive after a list that reflects it), so
+there are no duplicates and no dispatch goes back in time. At the very first
+open `stream()` consumers are not held back: they get events from the moment
+the stream is open, and only watchers wait for the list. A failed list ends
+the attempt like a broken stream. Consumers that opted out (`on_gap="raise"`)
+get the server's events as they come and `StreamGap` when a stream that was
+open breaks.
+
+Reconnect. A retryable failure (the error class's `retryable`: UNAVAILABLE,
+DEADLINE_EXCEEDED, a broken connection, the server ending the stream, ...)
+re-opens the stream after a delay drawn uniformly from
+[0, min(maximum, initial * multiplier ** failures)] ("full jitter", so many
+clients do not reconnect in lock step); `failures` resets once a catch-up is
+complete. While the server cannot be reached, the wait is cut short as soon as
+it can be again: every `Backoff.probe` seconds the channel tries to connect
+(cheap: a refused TCP connection, or nothing at all while connected), so an
+outage of any length ends for the consumers within about `probe` seconds plus
+one list. A server that answers with an error is not probed out of its delay.
+Non-retryable statuses (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
+NOT_FOUND, ...) end the consumers. Transitions go to the optional `on_status`
+hook and the log; errors carry the server URL, never the API key.
 
 When a stream counts as open. The server acknowledges a stream by sending its
 initial metadata once the subscription is registered (the reference server
@@ -45,13 +70,14 @@ import enum
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.abc import TaskGroup
+from grpclib.exceptions import StreamTerminatedError
 
+from ._fanout import Audience, Consumer, Item, Overflow, Snapshot
 from ._proto.frequenz.api.common.v1alpha8.streaming import Event
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
 from ._tasks import OwnedTask, aclose_quietly
@@ -59,18 +85,15 @@ from .connection import absorb_leaked_cancel
 from .errors import (
     Cancelled,
     DispatchApiError,
-    StreamOverflow,
+    StreamGap,
     Unavailable,
     copy_error,
     map_errors,
 )
-from .watchview import DispatchEvent
+from .watchview import DispatchEvent, WatchView
 
 __all__ = [
     "Backoff",
-    "Consumer",
-    "Marker",
-    "Overflow",
     "SharedStream",
     "StreamSettings",
     "StreamState",
@@ -79,28 +102,43 @@ __all__ = [
 
 _log = logging.getLogger("dispatch_client.streaming")
 
-Overflow: TypeAlias = Literal["error", "drop_oldest", "resync"]
-
+_PROBE_TIMEOUT = 2.0
+"""Longest a single reachability probe may take, in seconds."""
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Exponential backoff with full jitter for re-opening a broken stream."""
+    """When to re-open a broken stream: exponential backoff with full jitter, cut short once the server is back."""
 
     initial: float = 0.2
     """Upper bound of the first delay, in seconds."""
     maximum: float = 30.0
-    """Upper bound of any delay, in seconds."""
+    """Upper bound of any delay, in seconds (the cap)."""
     multiplier: float = 2.0
     """Growth of the bound per consecutive failure."""
     jitter: bool = True
     """Draw each delay uniformly from [0, bound]; False waits exactly the bound."""
+    probe: float | None = 0.5
+    """While the server cannot be reached, seconds between checks whether it can again;
+    once it can, the stream re-opens at once instead of waiting out the delay. None: never
+    cut a delay short."""
 
     def __post_init__(self) -> None:
-        """Reject settings that would spin or never retry."""
+        """Reject settings that would spin or never retry.
+
+        Raises:
+            ValueError: `initial` is not in (0, maximum], `maximum` is not
+                finite, `multiplier` is below 1, or `probe` is not positive.
+        """
         if not 0 < self.initial <= self.maximum or not math.isfinite(self.maximum):
-            raise ValueError("Backoff needs 0 < initial <= maximum < inf")
-        if self.multiplier < 1:
-            raise ValueError("Backoff multiplier must be >= 1")
+            raise ValueError(
+                f"Backoff needs 0 < initial <= maximum < inf, got {self.initial!r}, {self.maximum!r}"
+            )
+        if not self.multiplier >= 1:
+            raise ValueError(f"Backoff multiplier must be >= 1, got {self.multiplier!r}")
+        if self.probe is not None and not (0 < self.probe < math.inf):
+            raise ValueError(
+                f"Backoff probe must be a positive number of seconds or None, got {self.probe!r}"
+            )
 
     def delay(self, failures: int) -> float:
         """Return the delay before the next attempt.
@@ -159,6 +197,8 @@ class StreamSettings:
     """Seconds an unacknowledged, quiet stream must stay up before it counts as open."""
     on_status: Callable[[StreamStatus], None] | None = None
     """Told of every state change; its failures are logged, never raised."""
+    probe: Callable[[], Awaitable[None]] | None = None
+    """Connects the channel now if it is not (raises if it cannot); see `Backoff.probe`."""
 
     def typed(self, error: BaseException) -> BaseException:
         """Return the client's typed error for a transport failure, or `error` itself."""
@@ -175,100 +215,24 @@ def is_retryable(error: BaseException) -> bool:
     return isinstance(error, DispatchApiError) and error.retryable
 
 
-class Marker(enum.Enum):
-    """An item in a watcher's buffer that is not an event."""
-
-    RESYNC = enum.auto()
-    """Everything after this in a buffer is complete: re-list and reconcile now."""
-
-
-_Item: TypeAlias = DispatchEvent | Marker
-
-
-class Consumer:
-    """One consumer's bounded buffer and overflow policy."""
-
-    def __init__(
-        self,
-        microgrid_id: int,
-        buffer_size: int,
-        overflow: Overflow,
-        *,
-        watch: bool,
-        server_url: str,
-    ) -> None:
-        """Make an empty buffer of `buffer_size` items."""
-        self.microgrid_id = microgrid_id
-        self.buffer_size = buffer_size
-        self.overflow = overflow
-        self.watch = watch
-        self.server_url = server_url
-        self.ended = False
-        """No more items will come: the stream ended, or this consumer overflowed or left."""
-        self.error: BaseException | None = None
-        self._send: MemoryObjectSendStream[_Item]
-        self._receive: MemoryObjectReceiveStream[_Item]
-        self._send, self._receive = anyio.create_memory_object_stream[_Item](buffer_size)
-
-    def offer(self, item: _Item) -> bool:
-        """Queue `item` without waiting; return False if the consumer must be detached."""
-        try:
-            self._send.send_nowait(item)
+def _unreachable(error: BaseException) -> bool:
+    """Whether `error` says the server could not be reached (rather than answered with an error)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError | StreamTerminatedError):
             return True
-        except anyio.WouldBlock:
-            pass
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            return False
-        if self.overflow == "drop_oldest":
-            self._receive.receive_nowait()
-            self._send.send_nowait(item)
-            return True
-        if self.overflow == "resync":
-            # The re-list after the marker reflects every dropped event, `item` included.
-            for _ in self.drain_nowait():
-                pass
-            self._send.send_nowait(Marker.RESYNC)
-            return True
-        self.end(
-            StreamOverflow(
-                f"a consumer of microgrid {self.microgrid_id} fell behind by more than "
-                f"{self.buffer_size} events",
-                server_url=self.server_url,
-            )
-        )
-        return False
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
-    def end(self, error: BaseException | None = None) -> None:
-        """Stop feeding this consumer; it reads what is buffered, then sees `error` or the end."""
-        if self.error is None:
-            self.error = error
-        self.ended = True
-        self._send.close()
 
-    def close(self) -> None:
-        """Release both ends of the buffer (the consumer left)."""
-        self.ended = True
-        self._send.close()
-        self._receive.close()
-
-    async def next(self) -> _Item | None:
-        """Return the next item, None at a clean end, or raise the error that ended the stream."""
-        try:
-            return await self._receive.receive()
-        except anyio.EndOfStream:
-            pass
-        # Raised outside the handler so the error keeps its own cause, not EndOfStream.
-        if self.error is not None:
-            raise self.error
-        return None
-
-    def drain_nowait(self) -> Iterator[_Item]:
-        """Yield what is buffered right now without waiting."""
-        while True:
-            try:
-                yield self._receive.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                return
+async def _collect(dispatches: AsyncIterator[Dispatch]) -> list[Dispatch]:
+    try:
+        with absorb_leaked_cancel():
+            return [dispatch async for dispatch in dispatches]
+    finally:
+        await aclose_quietly(dispatches)
 
 
 class SharedStream:
@@ -293,11 +257,23 @@ class SharedStream:
         self._on_closed = on_closed
         self._consumers: list[Consumer] = []
         self._connected = False
+        self._synced = False
         self._open_count = 0
+        self._catch_up_count = 0
         self._failures = 0
         self._failure: BaseException | None = None
         self._status = StreamStatus(microgrid_id, StreamState.CONNECTING)
         self._task = OwnedTask(f"dispatch-stream-{microgrid_id}")
+        self._told: WatchView | None = None
+        """What stream() consumers were told; None until the first list."""
+        self._state: WatchView | None = None
+        """The server's state for watchers; None until the first list after an open."""
+        self._held: list[DispatchEvent] | None = None
+        """Events received while a catch-up list is in flight; None when not catching up."""
+        self._hold_told = False
+        """Whether stream() consumers wait for the catch-up too (not at the very first open)."""
+        self._fresh_list = False
+        self._list_failure: BaseException | None = None
 
     def __repr__(self) -> str:
         return (
@@ -316,9 +292,19 @@ class SharedStream:
         return self._connected
 
     @property
+    def synced(self) -> bool:
+        """Whether the stream is open and its catch-up after opening is delivered."""
+        return self._synced
+
+    @property
     def open_count(self) -> int:
         """How many times a gRPC stream has been opened (1 + reconnect attempts)."""
         return self._open_count
+
+    @property
+    def catch_up_count(self) -> int:
+        """How many catch-ups (one list each) were completed after a stream opened."""
+        return self._catch_up_count
 
     @property
     def status(self) -> StreamStatus:
@@ -329,11 +315,6 @@ class SharedStream:
     def closed(self) -> bool:
         """Whether the reader task has finished."""
         return self._task.done
-
-    @property
-    def closing(self) -> bool:
-        """Whether the stream was told to close (it takes no new consumers)."""
-        return self._task.cancel_called
 
     def start(self) -> None:
         """Start the reader task.
@@ -347,16 +328,29 @@ class SharedStream:
             needs_loop="dispatch streams need a running asyncio event loop (grpclib is asyncio-only)",
         )
 
-    def join(self, buffer_size: int, overflow: Overflow, *, watch: bool) -> Consumer:
-        """Add a consumer with a buffer of `buffer_size` items and the `overflow` policy."""
+    def join(self, buffer_size: int, overflow: Overflow, *, audience: Audience) -> Consumer:
+        """Add a consumer.
+
+        Args:
+            buffer_size: items it may fall behind by.
+            overflow: what happens when it falls further behind.
+            audience: what it is fed (see `dispatch_client._fanout`).
+
+        Returns:
+            The consumer; a watcher joining a stream that knows the state gets
+            its snapshot at once.
+        """
         consumer = Consumer(
             self.microgrid_id,
             buffer_size,
             overflow,
-            watch=watch,
+            audience=audience,
             server_url=self._settings.server_url,
+            snapshot=self._snapshot,
         )
         self._consumers.append(consumer)
+        if audience is Audience.WATCH and self._state is not None:
+            consumer.offer(self._snapshot())
         return consumer
 
     async def leave(self, consumer: Consumer) -> None:
@@ -371,9 +365,7 @@ class SharedStream:
         if self._on_closed is not None:
             self._on_closed(self)
         self._task.cancel()
-        # End the consumers now rather than when the reader gets to it: a
-        # watcher whose re-list fails because the client just disconnected
-        # must see a closed stream, not that failure.
+        # End the consumers now rather than when the reader gets to it.
         for consumer in self._consumers:
             consumer.end()
 
@@ -386,6 +378,10 @@ class SharedStream:
             self._consumers.remove(consumer)
             if not self._consumers:
                 self.close()
+
+    def _snapshot(self) -> Snapshot:
+        assert self._state is not None
+        return Snapshot(self._state.copy())
 
     async def _run(self) -> None:
         try:
@@ -403,7 +399,7 @@ class SharedStream:
             failure = Cancelled(
                 "the stream reader was cancelled", server_url=self._settings.server_url
             )
-        self._connected = False
+        self._connected = self._synced = False
         if self._on_closed is not None:
             self._on_closed(self)
         consumers, self._consumers = self._consumers, []
@@ -421,14 +417,17 @@ class SharedStream:
         while True:
             self._open_count += 1
             self._publish(StreamState.CONNECTING, failures=self._failures)
-            error = self._settings.typed(await self._attempt())
-            self._connected = False
+            was_open, error = await self._attempt()
+            self._connected = self._synced = False
+            self._held = None
             if not is_retryable(error):
                 return error
+            if was_open:
+                self._end_raw_consumers(error)
             delay = self._settings.backoff.delay(self._failures)
             self._failures += 1
             _log.warning(
-                "dispatch stream of microgrid %d broke (%s); reconnecting in %.2f s",
+                "dispatch stream of microgrid %d broke (%s); reconnecting in at most %.2f s",
                 self.microgrid_id,
                 error,
                 delay,
@@ -436,56 +435,150 @@ class SharedStream:
             self._publish(
                 StreamState.RECONNECTING, failures=self._failures, retry_in=delay, error=error
             )
-            await anyio.sleep(delay)
+            await self._wait(delay, unreachable=_unreachable(error))
 
-    async def _attempt(self) -> BaseException:
-        """Read one gRPC stream until it ends; return why it ended."""
-        ended: BaseException
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._confirm_after_grace)
-            responses = self._settings.open_stream(self.microgrid_id)
+    async def _attempt(self) -> tuple[bool, BaseException]:
+        """List if needed, then read one gRPC stream until it ends; return whether it was open and why it ended."""
+        self._fresh_list = self._told is None
+        if self._told is None:
             try:
-                with absorb_leaked_cancel():
-                    async for response in responses:
-                        self._confirm()
-                        if response is not None:
-                            self._fan_out(response)
-                ended = Unavailable(
-                    "the server ended the stream", server_url=self._settings.server_url
-                )
+                self._told = WatchView(await self._list())
             except Exception as exc:
-                ended = exc
-            finally:
-                await aclose_quietly(responses)
+                return False, self._settings.typed(exc)
+        self._list_failure = None
+        ended: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._confirm_after_grace, tg)
+            ended = await self._read(tg)
             tg.cancel_scope.cancel()
-        return ended
+        error = self._list_failure or ended
+        assert error is not None
+        return self._connected, self._settings.typed(error)
 
-    async def _confirm_after_grace(self) -> None:
+    async def _read(self, tg: TaskGroup) -> BaseException:
+        responses = self._settings.open_stream(self.microgrid_id)
+        try:
+            with absorb_leaked_cancel():
+                async for response in responses:
+                    self._confirm(tg)
+                    if response is not None:
+                        self._receive(response)
+            return Unavailable("the server ended the stream", server_url=self._settings.server_url)
+        except Exception as exc:
+            return exc
+        finally:
+            await aclose_quietly(responses)
+
+    async def _list(self) -> list[Dispatch]:
+        return await _collect(self._settings.list_dispatches(self.microgrid_id))
+
+    async def _confirm_after_grace(self, tg: TaskGroup) -> None:
         await anyio.sleep(self._settings.open_grace)
-        self._confirm()
+        self._confirm(tg)
 
-    def _confirm(self) -> None:
-        """Mark the stream open: reset the backoff and tell watchers to re-list."""
+    def _confirm(self, tg: TaskGroup) -> None:
+        """Mark the stream open and start catching up."""
         if self._connected:
             return
         self._connected = True
-        self._failures = 0
         _log.info("dispatch stream of microgrid %d connected", self.microgrid_id)
-        self._publish(StreamState.CONNECTED)
-        self._offer_all(Marker.RESYNC, watchers_only=True)
+        self._publish(StreamState.CONNECTED, failures=self._failures)
+        # Right after the list that started `told`, stream() consumers take the
+        # events as they come; after any other open they may have missed some.
+        self._hold_told = not self._fresh_list
+        self._held = []
+        tg.start_soon(self._catch_up, tg)
 
-    def _fan_out(self, response: StreamMicrogridDispatchesResponse) -> None:
+    async def _catch_up(self, tg: TaskGroup) -> None:
+        try:
+            snapshot = await self._list()
+        except Exception as exc:
+            # The attempt ends as if the stream had broken; the next one lists again.
+            self._list_failure = exc
+            tg.cancel_scope.cancel()
+            return
+        held, self._held = self._held or [], None
+        assert self._told is not None
+        if self._hold_told:
+            self._fan_out(Audience.CATCH_UP, self._told.catch_up(snapshot, held))
+        if self._state is None:
+            self._state = WatchView()
+            self._state.catch_up(snapshot, held)
+        else:
+            self._fan_out(Audience.WATCH, self._state.catch_up(snapshot, held))
+        for consumer in list(self._consumers):
+            if consumer.audience is Audience.WATCH and not consumer.has_snapshot:
+                self._offer(consumer, self._snapshot())
+        self._synced = True
+        self._catch_up_count += 1
+        self._failures = 0
+
+    def _receive(self, response: StreamMicrogridDispatchesResponse) -> None:
         if response.dispatch is None or response.event == Event.UNSPECIFIED:
             _log.warning("ignoring malformed stream message for microgrid %d", self.microgrid_id)
             return
-        self._offer_all(DispatchEvent(response.event, response.dispatch), watchers_only=False)
+        event = DispatchEvent(response.event, response.dispatch)
+        self._fan_out(Audience.RAW, [event])
+        assert self._told is not None
+        if self._held is None or not self._hold_told:
+            self._fan_out(Audience.CATCH_UP, [self._told.apply(event)])
+        if self._held is not None:
+            self._held.append(event)
+        elif self._state is not None:
+            self._fan_out(Audience.WATCH, [self._state.apply(event)])
 
-    def _offer_all(self, item: _Item, *, watchers_only: bool) -> None:
-        for consumer in list(self._consumers):
-            if watchers_only and not consumer.watch:
+    def _fan_out(self, audience: Audience, events: Iterable[DispatchEvent | None]) -> None:
+        for event in events:
+            if event is None:
                 continue
-            if not consumer.offer(item):
+            for consumer in list(self._consumers):
+                if consumer.audience is audience and consumer.has_snapshot:
+                    self._offer(consumer, event)
+
+    def _offer(self, consumer: Consumer, item: Item) -> None:
+        if not consumer.offer(item):
+            self._detach(consumer)
+
+    def _end_raw_consumers(self, error: BaseException) -> None:
+        for consumer in list(self._consumers):
+            if consumer.audience is Audience.RAW:
+                consumer.end(
+                    StreamGap(
+                        f"the stream of microgrid {consumer.microgrid_id} broke ({error}); "
+                        "changes made until it is open again are not delivered",
+                        server_url=self._settings.server_url,
+                    )
+                )
                 self._detach(consumer)
+
+    async def _wait(self, delay: float, *, unreachable: bool) -> None:
+        """Sleep `delay` seconds, but return as soon as an unreachable server can be reached again."""
+        every = self._settings.backoff.probe
+        probe = self._settings.probe
+        if probe is None or every is None:
+            await anyio.sleep(delay)
+            return
+        deadline = anyio.current_time() + delay
+        # A random first step, so many clients do not probe in lock step.
+        step = random.uniform(0.0, every)
+        while (left := deadline - anyio.current_time()) > 0:
+            await anyio.sleep(min(step, left))
+            step = every
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                return
+            with anyio.move_on_after(min(left, _PROBE_TIMEOUT)) as scope:
+                try:
+                    with absorb_leaked_cancel():
+                        await probe()
+                except Exception:
+                    unreachable = True
+                    continue
+            if scope.cancelled_caught:
+                unreachable = True
+            elif unreachable:
+                _log.info("server of microgrid %d is reachable again", self.microgrid_id)
+                return
 
     def _publish(
         self,

@@ -44,6 +44,7 @@ __all__ = [
     "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
+    "StreamGap",
     "StreamOverflow",
     "Unauthenticated",
     "Unavailable",
@@ -256,6 +257,15 @@ class ClientNotConnected(ClientError):
 
 class StreamOverflow(ClientError):
     """A stream consumer fell behind and its bounded buffer overflowed."""
+
+
+class StreamGap(ClientError):
+    """The shared stream broke and a `stream(on_gap="raise")` consumer may have missed changes.
+
+    Raised after the events received before the gap. Subscribe again to go
+    on, and list to learn what changed meanwhile; the default,
+    `on_gap="catch_up"`, does both for the consumer.
+    """
 
 
 # The one table from status to exception type.

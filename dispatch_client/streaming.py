@@ -1,48 +1,42 @@
 """Dispatch events as async generators over one shared gRPC stream per microgrid.
 
-`StreamHub` gives every consumer of a microgrid its own async generator
-(`subscribe()` for live events, `watch()` for snapshot + live events that
-converge after reconnects) while the server sees one gRPC stream per microgrid.
-How that stream is owned, fanned out, re-opened and counted as open is in
-`dispatch_client._shared_stream`; the rules of the watch view are in
-`dispatch_client.watchview`. This module is the async shell around both.
+`StreamHub` gives every consumer of a microgrid its own async generator while
+the server sees one gRPC stream per microgrid:
 
-watch() and why it never misses a change. The stream only carries changes made
-after the server registered it, and a list is a snapshot at the moment it is
-served, so the order matters: the stream is opened first and the list is taken
-only once the stream counts as open, marked in the consumer's buffer by a
-resync marker. Every change after the marker is in the buffer, and the list
-reflects every change before the list, so `WatchView.reconcile(list, buffered)`
-yields the server's state. The same happens after every reconnect (a new
-marker per opened stream) and after a `"resync"` overflow; a marker arriving
-during the list means the list may predate the new stream, so it lists again.
-A failed list is retried with the hub's backoff. Live events go through
-`WatchView.apply`, which drops what the list already showed.
+- `subscribe()` (`Client.stream()`): the changes from the moment the shared
+  stream is open. After every gap (a re-open, whatever its cause: server
+  restart, broken connection, the server cutting a slow client off) the
+  changes missed are delivered as ordinary CREATED/UPDATED/DELETED events,
+  computed from one list per shared stream, before live events resume: no
+  duplicates, and per dispatch never an older version after a newer one. With
+  `on_gap="raise"` a consumer gets the server's events as they come instead,
+  and `StreamGap` at each gap.
+- `watch()`: the current dispatches as CREATED events, then changes; its view
+  converges on the server's after every gap.
+
+How the stream is owned, caught up, re-opened and counted as open is in
+`dispatch_client._shared_stream`, what each consumer is fed in
+`dispatch_client._fanout`, the rules of the views in `dispatch_client.watchview`.
+This module is the async shell around them.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from types import MappingProxyType
-
-import anyio
+from typing import Literal, TypeAlias
 
 from . import _defaults
+from ._fanout import Audience, Consumer, Overflow, Snapshot
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
 from ._shared_stream import (
     Backoff,
-    Consumer,
-    Marker,
-    Overflow,
     SharedStream,
     StreamSettings,
     StreamState,
     StreamStatus,
-    is_retryable,
 )
-from ._tasks import aclose_quietly
-from .connection import absorb_leaked_cancel
+from .errors import StreamGap
 from .validation import check_positive_int, check_uint64
 from .watchview import DispatchEvent, WatchView
 
@@ -51,19 +45,23 @@ __all__ = [
     "DEFAULT_OPEN_GRACE",
     "Backoff",
     "DispatchEvent",
+    "GapPolicy",
     "Overflow",
     "SharedStream",
+    "StreamGap",
     "StreamHub",
     "StreamState",
     "StreamStatus",
 ]
 
-_log = logging.getLogger(__name__)
-
 DEFAULT_BUFFER_SIZE = _defaults.STREAM_BUFFER_SIZE
 
 DEFAULT_OPEN_GRACE = _defaults.STREAM_OPEN_GRACE
 
+GapPolicy: TypeAlias = Literal["catch_up", "raise"]
+"""What a `stream()` consumer gets at a gap: the changes it missed, or `StreamGap`."""
+
+_GAP_POLICIES = ("catch_up", "raise")
 _SUBSCRIBE_POLICIES = ("error", "drop_oldest")
 _WATCH_POLICIES = ("error", "resync")
 
@@ -81,6 +79,7 @@ class StreamHub:
         backoff: Backoff | None = None,
         on_status: Callable[[StreamStatus], None] | None = None,
         open_grace: float = DEFAULT_OPEN_GRACE,
+        probe: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Create a hub; nothing is opened until the first consumer iterates.
 
@@ -98,6 +97,9 @@ class StreamHub:
             on_status: told of every state change of every shared stream.
             open_grace: seconds an unacknowledged, quiet stream must stay up
                 before it counts as open.
+            probe: connects the channel if it is not connected, raising if it
+                cannot; lets a reconnect wait end as soon as an unreachable
+                server is back (see `Backoff.probe`). None: wait out every delay.
 
         Raises:
             ValueError: `buffer_size` is not a positive int or `open_grace` is
@@ -113,6 +115,7 @@ class StreamHub:
             backoff=backoff if backoff is not None else Backoff(),
             open_grace=open_grace,
             on_status=on_status,
+            probe=probe,
         )
         self._buffer_size = buffer_size
         self._streams: dict[int, SharedStream] = {}
@@ -128,19 +131,25 @@ class StreamHub:
         *,
         buffer_size: int | None = None,
         overflow: Overflow = "error",
+        on_gap: GapPolicy = "catch_up",
     ) -> AsyncGenerator[DispatchEvent, None]:
-        """Yield live events of a microgrid, from the first iteration on.
-
-        Reconnects are invisible here.
+        """Yield the changes of a microgrid from the moment its shared stream is open.
 
         Args:
             microgrid_id: the microgrid, an int in 0..2**64-1.
             buffer_size: events this consumer may fall behind by (default: the hub's).
             overflow: `"error"` (raise `StreamOverflow` once the buffered events
-                are read) or `"drop_oldest"`.
+                are read) or `"drop_oldest"` (lose the oldest events: the
+                consumer chose to).
+            on_gap: `"catch_up"`: after the stream re-opens, first the changes
+                missed meanwhile (one event per changed dispatch, its latest
+                version), then live events; `"raise"`: the server's events as
+                they come, and `StreamGap` when the stream breaks.
 
         Returns:
-            An async generator; nothing is opened until it is iterated.
+            An async generator; nothing is opened until it is iterated. It
+            raises the typed error that ended the stream (e.g.
+            `Unauthenticated`), `StreamOverflow`, or `StreamGap`.
 
         Raises:
             ValueError: a bad argument (checked before anything is opened).
@@ -148,7 +157,10 @@ class StreamHub:
         size = self._consumer_buffer(microgrid_id, buffer_size)
         if overflow not in _SUBSCRIBE_POLICIES:
             raise ValueError(f"overflow must be one of {_SUBSCRIBE_POLICIES}, not {overflow!r}")
-        return self._subscribe(microgrid_id, size, overflow)
+        if on_gap not in _GAP_POLICIES:
+            raise ValueError(f"on_gap must be one of {_GAP_POLICIES}, not {on_gap!r}")
+        audience = Audience.CATCH_UP if on_gap == "catch_up" else Audience.RAW
+        return self._subscribe(microgrid_id, size, overflow, audience)
 
     def watch(
         self,
@@ -162,8 +174,9 @@ class StreamHub:
         Args:
             microgrid_id: the microgrid, an int in 0..2**64-1.
             buffer_size: events this consumer may fall behind by (default: the hub's).
-            overflow: `"error"` or `"resync"` (re-list instead of failing);
-                dropping events would break the promise of a converging view.
+            overflow: `"error"` or `"resync"` (catch up from the stream's
+                current state instead of failing); dropping events would break
+                the promise of a converging view.
 
         Returns:
             An async generator; nothing is opened until it is iterated.
@@ -194,23 +207,23 @@ class StreamHub:
         return check_positive_int(size, "buffer_size")
 
     def _join(
-        self, microgrid_id: int, buffer_size: int, overflow: Overflow, *, watch: bool
+        self, microgrid_id: int, buffer_size: int, overflow: Overflow, audience: Audience
     ) -> tuple[SharedStream, Consumer]:
         stream = self._streams.get(microgrid_id)
         if stream is None:
             stream = SharedStream(microgrid_id, self._settings, on_closed=self._forget)
             stream.start()
             self._streams[microgrid_id] = stream
-        return stream, stream.join(buffer_size, overflow, watch=watch)
+        return stream, stream.join(buffer_size, overflow, audience=audience)
 
     def _forget(self, stream: SharedStream) -> None:
         if self._streams.get(stream.microgrid_id) is stream:
             del self._streams[stream.microgrid_id]
 
     async def _subscribe(
-        self, microgrid_id: int, buffer_size: int, overflow: Overflow
+        self, microgrid_id: int, buffer_size: int, overflow: Overflow, audience: Audience
     ) -> AsyncGenerator[DispatchEvent, None]:
-        stream, consumer = self._join(microgrid_id, buffer_size, overflow, watch=False)
+        stream, consumer = self._join(microgrid_id, buffer_size, overflow, audience)
         try:
             while (item := await consumer.next()) is not None:
                 if isinstance(item, DispatchEvent):
@@ -221,69 +234,14 @@ class StreamHub:
     async def _watch(
         self, microgrid_id: int, buffer_size: int, overflow: Overflow
     ) -> AsyncGenerator[DispatchEvent, None]:
-        stream, consumer = self._join(microgrid_id, buffer_size, overflow, watch=True)
+        stream, consumer = self._join(microgrid_id, buffer_size, overflow, Audience.WATCH)
         view = WatchView()
         try:
-            # Joining an open stream needs no marker: everything from now on is buffered.
-            resync = stream.connected
-            while True:
-                if resync:
-                    resync = False
-                    for synthetic in await self._reconcile(consumer, view):
-                        yield synthetic
-                item = await consumer.next()
-                if item is None:
-                    return
-                if item is Marker.RESYNC:
-                    resync = True
+            while (item := await consumer.next()) is not None:
+                if isinstance(item, Snapshot):
+                    for change in view.reset(item.dispatches):
+                        yield change
                 elif (event := view.apply(item)) is not None:
                     yield event
         finally:
             await stream.leave(consumer)
-
-    async def _reconcile(self, consumer: Consumer, view: WatchView) -> list[DispatchEvent]:
-        """List the microgrid, fold in the buffered events, and return the view's difference."""
-        failures = 0
-        buffered: list[DispatchEvent] = []  # received since the latest marker
-        while True:
-            try:
-                snapshot = await _collect(self._settings.list_dispatches(consumer.microgrid_id))
-            except Exception as exc:
-                if consumer.ended:
-                    # The stream ended meanwhile (e.g. disconnect() closing the hub,
-                    # then the channel): that ending, not this failure, is the news.
-                    return []
-                error = self._settings.typed(exc)
-                if not is_retryable(error):
-                    if error is exc:
-                        raise
-                    raise error from exc
-                delay = self._settings.backoff.delay(failures)
-                failures += 1
-                _log.warning(
-                    "listing microgrid %d failed (%s); retrying in %.2f s",
-                    consumer.microgrid_id,
-                    error,
-                    delay,
-                )
-                await anyio.sleep(delay)
-                continue
-            relist = False
-            for item in consumer.drain_nowait():
-                if item is Marker.RESYNC:
-                    # A newer stream (or an overflow) started after this list was
-                    # taken: only what follows the marker counts, with a new list.
-                    relist = True
-                    buffered.clear()
-                else:
-                    buffered.append(item)
-            if not relist:
-                return view.reconcile(snapshot, buffered)
-
-
-async def _collect(dispatches: AsyncIterator[Dispatch]) -> list[Dispatch]:
-    try:
-        with absorb_leaked_cancel():
-            return [dispatch async for dispatch in dispatches]
-    finally:
-        await aclose_quietly(dispatches)

@@ -1,21 +1,27 @@
-"""The reconciliation behind `watch()`, without I/O: snapshots and events in, events to emit out.
+"""What a consumer of dispatch events has been told, kept in step without I/O.
 
-`WatchView` holds what a watcher has been told: one `Dispatch` per id. Two
-things change it:
+`WatchView` holds one `Dispatch` per id: what a consumer knows. Events and
+lists go in; the events that tell the consumer what changed come out. Three
+ways in:
 
 - `apply(event)`: a live event. One equal to, or older (by `update_time`) than,
-  what the view holds is dropped, so changes a snapshot already showed are not
-  repeated, and the kind follows the view (CREATED only for unknown ids,
-  UPDATED and DELETED only for known ones), so the view converges whatever the
-  stream replays.
-- `reconcile(snapshot, buffered)`: a list of the server's dispatches and the
-  events received since the stream that precedes it counted as open. The list
-  reflects every change before it, the buffered events every change after the
-  stream opened, so "the list, each dispatch overridden by its last buffered
-  event unless the list holds a newer version" is the server's state. The view
-  becomes that state, and the events that say how it changed come out.
+  what the view holds is dropped, so a change already told is not repeated and
+  a dispatch never goes back in time; the kind follows the view (CREATED only
+  for unknown ids, UPDATED and DELETED only for known ones).
+- `catch_up(snapshot, buffered)`: after a gap. `snapshot` is a list taken once
+  a new stream was open, `buffered` the events that stream delivered before the
+  list came back, in order. Each buffered event is newer than anything before
+  the stream opened, so a dispatch that has buffered events is brought up to
+  date by them; every other dispatch is brought to its listed version (the
+  difference is what happened during the gap). The listed differences come
+  first (they happened before the stream opened), then the buffered events in
+  the server's order.
+- `reset(dispatches)`: become exactly `dispatches` (a watcher's snapshot, or
+  its re-sync after it fell behind); returns CREATED/UPDATED/DELETED for the
+  difference.
 
-The async shell that lists, buffers and waits is `dispatch_client.streaming`.
+The async shells that list, buffer and fan out are `dispatch_client._shared_stream`
+and `dispatch_client.streaming`.
 """
 
 from __future__ import annotations
@@ -55,22 +61,33 @@ def is_older(candidate: Dispatch, known: Dispatch) -> bool:
 
 
 class WatchView:
-    """What a watcher has been told, and the events that keep it equal to the server's state.
+    """What a consumer has been told, and the events that keep it in step with the server.
 
     Synchronous and without I/O; see the module docstring for the rules.
     """
 
-    def __init__(self) -> None:
-        """Start with an empty view (a first `reconcile` reports everything as CREATED)."""
-        self._view: dict[int, Dispatch] = {}
+    def __init__(self, dispatches: Iterable[Dispatch] = ()) -> None:
+        """Start knowing `dispatches` (by default nothing).
+
+        Args:
+            dispatches: what the consumer is taken to know already.
+        """
+        self._view: dict[int, Dispatch] = {dispatch_id_of(d): d for d in dispatches}
 
     def __repr__(self) -> str:
         return f"WatchView({len(self._view)} dispatches)"
 
+    def __len__(self) -> int:
+        return len(self._view)
+
     @property
     def dispatches(self) -> Mapping[int, Dispatch]:
-        """The dispatches the watcher knows, by dispatch id (a live read-only view)."""
+        """What the consumer knows, by dispatch id (a live read-only view)."""
         return MappingProxyType(self._view)
+
+    def copy(self) -> dict[int, Dispatch]:
+        """Return what the consumer knows right now, by dispatch id (a copy)."""
+        return dict(self._view)
 
     def apply(self, event: DispatchEvent) -> DispatchEvent | None:
         """Apply a live event.
@@ -80,7 +97,7 @@ class WatchView:
 
         Returns:
             The event to emit, its kind following the view, or None if it tells
-            the watcher nothing new (a duplicate, an older version, or a
+            the consumer nothing new (a duplicate, an older version, or a
             deletion of a dispatch it does not know).
         """
         dispatch_id = dispatch_id_of(event.dispatch)
@@ -98,52 +115,65 @@ class WatchView:
         self._view[dispatch_id] = event.dispatch
         return DispatchEvent(Event.UPDATED, event.dispatch)
 
-    def reconcile(
+    def catch_up(
         self, snapshot: Iterable[Dispatch], buffered: Iterable[DispatchEvent] = ()
     ) -> list[DispatchEvent]:
-        """Become the server's state given a list and the events buffered since the stream opened.
+        """Bring the view up to date after a gap.
 
         Args:
-            snapshot: every dispatch of the microgrid, as listed after the stream
-                counted as open.
-            buffered: the events received since the stream counted as open, in
-                order (those during and after the list included).
+            snapshot: every dispatch of the microgrid, listed after the new
+                stream counted as open.
+            buffered: the events that stream delivered before the list came
+                back, in the order received.
 
         Returns:
-            The events that turn the old view into the new one: CREATED and
-            UPDATED in the snapshot's order, then DELETED (with the last version
-            seen, from a buffered deletion if there was one).
+            The events to emit: first the changes the list shows for dispatches
+            without buffered events (CREATED and UPDATED in the list's order,
+            then DELETED), then the buffered events as `apply` returns them.
+            No version older than the view's is ever emitted.
         """
-        latest: dict[int, DispatchEvent] = {}
-        for event in buffered:
-            dispatch_id = dispatch_id_of(event.dispatch)
-            # Re-inserted so the order is that of each dispatch's last event.
-            latest.pop(dispatch_id, None)
-            latest[dispatch_id] = event
-        target = {dispatch_id_of(d): d for d in snapshot}
-        deleted: dict[int, Dispatch] = {}
-        for dispatch_id, event in latest.items():
-            if event.event == Event.DELETED:
-                target.pop(dispatch_id, None)
-                deleted[dispatch_id] = event.dispatch
-            elif (listed := target.get(dispatch_id)) is None or not is_older(
-                event.dispatch, listed
-            ):
-                target[dispatch_id] = event.dispatch
-        return self._become(target, deleted)
-
-    def _become(
-        self, target: dict[int, Dispatch], deleted: Mapping[int, Dispatch]
-    ) -> list[DispatchEvent]:
+        buffered = list(buffered)
+        moving = {dispatch_id_of(event.dispatch) for event in buffered}
+        listed = {dispatch_id_of(d): d for d in snapshot}
         events: list[DispatchEvent] = []
-        for dispatch_id, dispatch in target.items():
+        for dispatch_id, dispatch in listed.items():
+            if dispatch_id in moving:
+                continue
+            known = self._view.get(dispatch_id)
+            if known is None:
+                events.append(DispatchEvent(Event.CREATED, dispatch))
+            elif known != dispatch and not is_older(dispatch, known):
+                events.append(DispatchEvent(Event.UPDATED, dispatch))
+            else:
+                continue
+            self._view[dispatch_id] = dispatch
+        gone = [i for i in self._view if i not in listed and i not in moving]
+        for dispatch_id in gone:
+            events.append(DispatchEvent(Event.DELETED, self._view.pop(dispatch_id)))
+        for event in buffered:
+            if (emitted := self.apply(event)) is not None:
+                events.append(emitted)
+        return events
+
+    def reset(self, dispatches: Mapping[int, Dispatch]) -> list[DispatchEvent]:
+        """Become exactly `dispatches`.
+
+        Args:
+            dispatches: the state to take on, by dispatch id.
+
+        Returns:
+            CREATED and UPDATED in the order of `dispatches`, then DELETED
+            (with the last version the view held).
+        """
+        events: list[DispatchEvent] = []
+        for dispatch_id, dispatch in dispatches.items():
             known = self._view.get(dispatch_id)
             if known is None:
                 events.append(DispatchEvent(Event.CREATED, dispatch))
             elif known != dispatch:
                 events.append(DispatchEvent(Event.UPDATED, dispatch))
         for dispatch_id, known in self._view.items():
-            if dispatch_id not in target:
-                events.append(DispatchEvent(Event.DELETED, deleted.get(dispatch_id, known)))
-        self._view = target
+            if dispatch_id not in dispatches:
+                events.append(DispatchEvent(Event.DELETED, known))
+        self._view = dict(dispatches)
         return events

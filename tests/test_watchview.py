@@ -1,0 +1,236 @@
+"""`WatchView`, the I/O-free core of stream catch-up and watch(): rules by example, then by property.
+
+The property tests play a server's history of creates, updates and deletes
+against a consumer whose stream breaks at random points: events are lost
+during each gap, the new stream's list is taken at a random later moment, and
+a random number of events arrive before the list does (the rest, including
+"late" ones the list already reflects, arrive afterwards). Whatever the
+timing, the consumer must end with the server's state, every event must
+change what it knows (no duplicates), and no dispatch may go back in time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dispatch_client import Dispatch, DispatchData, DispatchMetadata, Event
+from dispatch_client.watchview import DispatchEvent, WatchView, is_older
+
+T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+
+def dispatch(dispatch_id: int, version: int = 0, kind: str = "X") -> Dispatch:
+    return Dispatch(
+        metadata=DispatchMetadata(
+            dispatch_id=dispatch_id,
+            create_time=T0,
+            update_time=T0 + dt.timedelta(seconds=version),
+        ),
+        data=DispatchData(type=f"{kind}{version}"),
+    )
+
+
+def created(*dispatches: Dispatch) -> list[DispatchEvent]:
+    return [DispatchEvent(Event.CREATED, d) for d in dispatches]
+
+
+def updated(*dispatches: Dispatch) -> list[DispatchEvent]:
+    return [DispatchEvent(Event.UPDATED, d) for d in dispatches]
+
+
+def deleted(*dispatches: Dispatch) -> list[DispatchEvent]:
+    return [DispatchEvent(Event.DELETED, d) for d in dispatches]
+
+
+class TestApply:
+    def test_kinds_follow_the_view(self) -> None:
+        view = WatchView()
+        # An UPDATED for an unknown dispatch heals the view as a CREATED.
+        assert view.apply(updated(dispatch(1))[0]) == created(dispatch(1))[0]
+        # A CREATED for a known dispatch with newer content is an UPDATED to the consumer.
+        assert view.apply(created(dispatch(1, 1))[0]) == updated(dispatch(1, 1))[0]
+        assert view.apply(deleted(dispatch(1, 1))[0]) == deleted(dispatch(1, 1))[0]
+        assert dict(view.dispatches) == {}
+
+    def test_stale_and_duplicate_events_are_dropped(self) -> None:
+        view = WatchView([dispatch(1, version=5)])
+        assert view.apply(updated(dispatch(1, version=5))[0]) is None
+        assert view.apply(updated(dispatch(1, version=4))[0]) is None
+        assert view.apply(created(dispatch(1, version=0))[0]) is None
+        assert view.apply(deleted(dispatch(9))[0]) is None
+        assert dict(view.dispatches) == {1: dispatch(1, version=5)}
+
+    def test_same_update_time_with_new_content_is_applied(self) -> None:
+        view = WatchView([dispatch(1, version=5)])
+        same_time = dispatch(1, version=5, kind="Y")
+        assert view.apply(updated(same_time)[0]) == updated(same_time)[0]
+
+
+class TestCatchUp:
+    def test_into_an_empty_view_everything_listed_is_created_in_list_order(self) -> None:
+        view = WatchView()
+        assert view.catch_up([dispatch(3), dispatch(1)]) == created(dispatch(3), dispatch(1))
+        assert dict(view.dispatches) == {3: dispatch(3), 1: dispatch(1)}
+
+    def test_the_gap_s_changes_then_the_held_events_in_order(self) -> None:
+        view = WatchView([dispatch(1), dispatch(2), dispatch(3), dispatch(5)])
+        events = view.catch_up(
+            # Listed after the new stream opened: 2 changed and 4 appeared during
+            # the gap, 3 was deleted, 5 changed twice since the stream opened.
+            [dispatch(1), dispatch(2, 1), dispatch(4, 2), dispatch(5, 9)],
+            [updated(dispatch(5, 8))[0], updated(dispatch(5, 9))[0], created(dispatch(6, 9))[0]],
+        )
+        assert events == [
+            *updated(dispatch(2, 1)),
+            *created(dispatch(4, 2)),
+            *deleted(dispatch(3)),
+            *updated(dispatch(5, 8), dispatch(5, 9)),
+            *created(dispatch(6, 9)),
+        ]
+        assert set(view.dispatches) == {1, 2, 4, 5, 6}
+
+    def test_a_listed_version_older_than_the_view_s_is_not_taken(self) -> None:
+        view = WatchView([dispatch(1, version=4)])
+        assert view.catch_up([dispatch(1, version=3)]) == []
+        assert view.dispatches[1] == dispatch(1, version=4)
+
+    def test_a_held_deletion_of_a_dispatch_the_list_no_longer_shows(self) -> None:
+        view = WatchView([dispatch(1)])
+        events = view.catch_up([], [updated(dispatch(1, 1))[0], deleted(dispatch(1, 1))[0]])
+        assert events == [*updated(dispatch(1, 1)), *deleted(dispatch(1, 1))]
+        assert dict(view.dispatches) == {}
+
+    def test_late_events_the_list_showed_are_dropped_afterwards(self) -> None:
+        view = WatchView([dispatch(1)])
+        assert view.catch_up([dispatch(1, 2), dispatch(2, 3)]) == [
+            *updated(dispatch(1, 2)),
+            *created(dispatch(2, 3)),
+        ]
+        # The stream delivers them after the list: nothing new.
+        for late in [*updated(dispatch(1, 1), dispatch(1, 2)), *created(dispatch(2, 3))]:
+            assert view.apply(late) is None
+
+
+class TestReset:
+    def test_becomes_exactly_the_snapshot(self) -> None:
+        view = WatchView([dispatch(1), dispatch(2), dispatch(3)])
+        events = view.reset({1: dispatch(1), 2: dispatch(2, 1), 4: dispatch(4)})
+        assert events == [*updated(dispatch(2, 1)), *created(dispatch(4)), *deleted(dispatch(3))]
+        assert dict(view.dispatches) == {1: dispatch(1), 2: dispatch(2, 1), 4: dispatch(4)}
+
+
+# -- properties ------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """A server's events and its state after each of them (`states[k]`: after k events)."""
+
+    events: list[DispatchEvent]
+    states: list[dict[int, Dispatch]]
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> History:
+    existing = draw(st.integers(0, 4))
+    server = {key: dispatch(key) for key in range(1, existing + 1)}
+    events: list[DispatchEvent] = []
+    states = [dict(server)]
+    next_id = existing + 1
+    for step in range(1, draw(st.integers(0, 40)) + 1):
+        action = draw(
+            st.sampled_from(["create", "update", "delete"]) if server else st.just("create")
+        )
+        if action == "create":
+            server[next_id] = dispatch(next_id, step)
+            events += created(server[next_id])
+            next_id += 1
+        else:
+            key = draw(st.sampled_from(sorted(server)))
+            if action == "update":
+                server[key] = dispatch(key, step)
+                events += updated(server[key])
+            else:
+                events += deleted(server.pop(key))
+        states.append(dict(server))
+    return History(events, states)
+
+
+class Consumer:
+    """Applies what a view emits to a dict, checking each event against it."""
+
+    def __init__(self, known: dict[int, Dispatch]) -> None:
+        self.known = dict(known)
+
+    def take(self, events: list[DispatchEvent | None]) -> None:
+        for event in events:
+            if event is None:
+                continue
+            key = event.dispatch.metadata.dispatch_id  # type: ignore[union-attr]
+            before = self.known.get(key)
+            if event.event == Event.CREATED:
+                assert before is None, f"CREATED for known dispatch {key}"
+            elif event.event == Event.UPDATED:
+                assert before is not None, f"UPDATED for unknown dispatch {key}"
+                assert before != event.dispatch, f"duplicate UPDATED of {key}"
+                assert not is_older(event.dispatch, before), f"dispatch {key} went back in time"
+            else:
+                assert before is not None, f"DELETED for unknown dispatch {key}"
+            if event.event == Event.DELETED:
+                del self.known[key]
+            else:
+                self.known[key] = event.dispatch
+
+
+@settings(max_examples=300, deadline=None)
+@given(history=histories(), data=st.data(), starts_knowing=st.booleans())
+def test_any_gaps_at_any_moments_end_in_the_server_s_state(
+    history: History, data: st.DataObject, starts_knowing: bool
+) -> None:
+    n = len(history.events)
+    events = history.events
+    if starts_knowing:
+        # stream(): the list before the first stream, which opens right after it.
+        view = WatchView(history.states[0].values())
+        delivered = 0
+    else:
+        # watch(): nothing known; the first open is caught up like any gap.
+        view = WatchView()
+        delivered = -1
+    consumer = Consumer(dict(view.dispatches))
+    for _ in range(data.draw(st.integers(0, 4), label="gaps")):
+        if delivered >= 0:
+            broke = data.draw(st.integers(delivered, n), label="stream breaks after")
+            consumer.take([view.apply(e) for e in events[delivered:broke]])
+            delivered = broke
+        opened = data.draw(st.integers(max(delivered, 0), n), label="new stream registered at")
+        listed = data.draw(st.integers(opened, n), label="list served at")
+        arrived = data.draw(st.integers(opened, n), label="events received before the list")
+        consumer.take(list(view.catch_up(history.states[listed].values(), events[opened:arrived])))
+        delivered = arrived
+    if delivered < 0:
+        consumer.take(list(view.catch_up(history.states[0].values())))
+        delivered = 0
+    consumer.take([view.apply(e) for e in events[delivered:]])
+    assert dict(view.dispatches) == history.states[n]
+    assert consumer.known == history.states[n]
+
+
+@settings(max_examples=200, deadline=None)
+@given(history=histories(), data=st.data())
+def test_a_reset_to_any_snapshot_then_the_later_events_ends_in_the_server_s_state(
+    history: History, data: st.DataObject
+) -> None:
+    n = len(history.events)
+    seen = data.draw(st.integers(0, n), label="events seen before falling behind")
+    view = WatchView()
+    consumer = Consumer({})
+    consumer.take([view.apply(e) for e in history.events[:seen]])
+    at = data.draw(st.integers(seen, n), label="snapshot taken at")
+    consumer.take(list(view.reset(history.states[at])))
+    consumer.take([view.apply(e) for e in history.events[at:]])
+    assert consumer.known == history.states[n] == dict(view.dispatches)
