@@ -40,6 +40,8 @@ from dispatch_client.errors import DispatchApiError
 from dispatch_client.streaming import DispatchEvent, StreamState, StreamStatus
 from dispatch_client.testing import RunningServer, running_server
 from dispatch_client.wire import (
+    ListMicrogridDispatchesRequest,
+    ListMicrogridDispatchesResponse,
     MicrogridDispatchServiceBase,
     StreamMicrogridDispatchesRequest,
     StreamMicrogridDispatchesResponse,
@@ -283,6 +285,11 @@ class RejectingService(MicrogridDispatchServiceBase):
     def __init__(self, status: Status) -> None:
         self.status = status
         self.calls = 0
+
+    async def list_microgrid_dispatches(
+        self, message: ListMicrogridDispatchesRequest
+    ) -> ListMicrogridDispatchesResponse:
+        return ListMicrogridDispatchesResponse()
 
     async def stream_microgrid_dispatches(
         self, message: StreamMicrogridDispatchesRequest

@@ -118,18 +118,13 @@ async def test_a_watcher_joining_an_open_stream_needs_no_new_one(
     assert server.service.opened_stream_count(1) == 1
 
 
-async def test_watch_converges_after_a_restart_with_changes_made_while_down(
+async def test_watch_and_stream_catch_up_after_a_restart_with_changes_made_while_down(
     tmp_path: Path,
 ) -> None:
     """Kill the server, change the data behind its back, start a new one on the same file and port."""
     db = str(tmp_path / "dispatches.sqlite")
     watchers = [Watcher(), Watcher()]
-    streamed: list[DispatchEvent] = []
-
-    async def stream_into(events: AsyncGenerator[DispatchEvent, None]) -> None:
-        async with aclosing(events):
-            async for event in events:
-                streamed.append(event)
+    streamer = Watcher()
 
     async with running_server(db=db) as first:
         port = first.port
@@ -137,16 +132,18 @@ async def test_watch_converges_after_a_restart_with_changes_made_while_down(
         client = Client(first.url, auth_key="watch-test-key")
         for _ in range(10):
             await writer.create()
+        # stream() tells changes, not the state: its consumer starts from a list.
+        streamer.view = dict(writer.current)
         async with client, anyio.create_task_group() as tg:
             with anyio.fail_after(30):
                 for watcher in watchers:
                     tg.start_soon(watcher.follow, client.watch(1))
-                tg.start_soon(stream_into, client.stream(1))
+                tg.start_soon(streamer.follow, client.stream(1))
                 await converge(client, *watchers)
                 await writer.churn(10)
                 before_restart = len(writer.log)
-                await converge(client, *watchers)
-                await wait_until(lambda: len(streamed) == 10)
+                await converge(client, *watchers, streamer)
+                before = dict(writer.current)
 
                 await first.stop()
                 await wait_until(lambda: client.streams[1].status.state is StreamState.RECONNECTING)
@@ -154,26 +151,37 @@ async def test_watch_converges_after_a_restart_with_changes_made_while_down(
                 async with DispatchService(db=db) as offline:
                     writer.service = offline
                     await writer.churn(25)
+                changed_offline = {
+                    key
+                    for key in before.keys() | writer.current.keys()
+                    if before.get(key) != writer.current.get(key)
+                }
                 async with running_server(db=db, port=port) as second:
                     writer.service = second.service
                     await second.service.wait_for_streams(1, 1)
-                    await wait_until(lambda: client.streams[1].connected)
+                    await wait_until(lambda: client.streams[1].synced)
+                    # Each dispatch that changed is told once, with its latest version.
+                    caught_up = 10 + len(changed_offline)
+                    await wait_until(lambda: len(streamer.events) == caught_up)
                     live_from = len(writer.log)
                     await writer.churn(15)
-                    final = await converge(client, *watchers)
-                    await wait_until(lambda: len(streamed) == 10 + 15)
+                    final = await converge(client, *watchers, streamer)
                     tg.cancel_scope.cancel()
 
     assert final == writer.current
     assert len(writer.log) - before_restart == 40
-    # stream() resumed by itself; what happened while it was down is watch()'s job.
-    assert streamed == writer.log[before_restart - 10 : before_restart] + writer.log[live_from:]
+    assert streamer.events[:10] == writer.log[before_restart - 10 : before_restart]
+    # What happened while it was down: one event per dispatch that changed, before the live ones.
+    assert sorted(dispatch_id(e.dispatch) for e in streamer.events[10:caught_up]) == sorted(
+        changed_offline
+    )
+    assert streamer.events[caught_up:] == writer.log[live_from:]
 
 
-async def test_a_reconnect_during_the_list_makes_it_list_again(
+async def test_a_stream_that_breaks_during_its_catch_up_lists_again_after_re_opening(
     client: Client, server: RunningServer, writer: Writer
 ) -> None:
-    """The first list is served only after the stream broke and came back: it may miss changes."""
+    """The first open's list never comes back: the server stops while serving it."""
     for _ in range(5):
         await writer.create()
     lists = 0
@@ -181,27 +189,32 @@ async def test_a_reconnect_during_the_list_makes_it_list_again(
     async def list_across_a_restart(microgrid_id: int) -> AsyncIterator[Dispatch]:
         nonlocal lists
         lists += 1
-        if lists == 1:
+        if lists == 2:  # the catch-up after the first open (the first list precedes it)
             await server.stop()
-            await wait_until(lambda: hub.streams[1].status.state is StreamState.RECONNECTING)
-            await writer.churn(10)
-            await server.start()
-            await wait_until(lambda: hub.streams[1].connected)
-            await writer.churn(5)
+            await anyio.sleep_forever()  # the break ends this attempt, list included
         async with aclosing(client.dispatches(microgrid_id)) as dispatches:
             async for dispatch in dispatches:
                 yield dispatch
 
     watcher = Watcher()
+    streamer = Watcher()
+    streamer.view = dict(writer.current)
     async with closing_hub(hub_for(client, list_dispatches=list_across_a_restart)) as hub:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(watcher.follow, hub.watch(1))
-                await wait_until(lambda: lists == 2 and bool(watcher.events))
-                await converge(client, watcher)
+                tg.start_soon(streamer.follow, hub.subscribe(1))
+                await wait_until(lambda: lists == 2)
+                await wait_until(lambda: hub.streams[1].status.state is StreamState.RECONNECTING)
+                await writer.churn(10)
+                await server.start()
+                await wait_until(lambda: hub.streams[1].synced)
+                await writer.churn(5)
+                await converge(client, watcher, streamer)
                 tg.cancel_scope.cancel()
-    assert lists == 2
-    assert all(event.event == Event.CREATED for event in watcher.events)
+    assert lists == 3
+    # The watcher's first snapshot came from the list that succeeded.
+    assert all(event.event == Event.CREATED for event in watcher.events[: len(watcher.view)])
 
 
 async def test_resync_overflow_catches_up_by_re_listing(
