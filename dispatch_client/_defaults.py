@@ -15,8 +15,8 @@ PORT = 443
 CALL_TIMEOUT = dt.timedelta(seconds=60)
 """Deadline of each unary call."""
 
-STREAM_TIMEOUT = dt.timedelta(minutes=5)
-"""How long a stream may stay silent before it is re-opened."""
+STREAM_TIMEOUT: dt.timedelta | None = None
+"""The longest a stream's dead connection may go unnoticed; None: keep-alive settings decide."""
 
 KEEP_ALIVE_INTERVAL = dt.timedelta(seconds=60)
 """Time between HTTP/2 pings on an idle connection."""

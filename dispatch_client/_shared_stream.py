@@ -105,6 +105,7 @@ _log = logging.getLogger("dispatch_client.streaming")
 _PROBE_TIMEOUT = 2.0
 """Longest a single reachability probe may take, in seconds."""
 
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """When to re-open a broken stream: exponential backoff with full jitter, cut short once the server is back."""
@@ -197,7 +198,7 @@ class StreamSettings:
     """Seconds an unacknowledged, quiet stream must stay up before it counts as open."""
     on_status: Callable[[StreamStatus], None] | None = None
     """Told of every state change; its failures are logged, never raised."""
-    probe: Callable[[], Awaitable[None]] | None = None
+    probe: Callable[[], Awaitable[object]] | None = None
     """Connects the channel now if it is not (raises if it cannot); see `Backoff.probe`."""
 
     def typed(self, error: BaseException) -> BaseException:

@@ -13,6 +13,7 @@ import builtins
 import datetime as dt
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from contextlib import aclosing
+from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
@@ -27,6 +28,8 @@ from .connection import (
     ChannelOptions,
     Credentials,
     LoopChannel,
+    ServerTarget,
+    bound_keep_alive,
     parse_server_url,
     seconds_or_none,
     server_stream,
@@ -122,8 +125,10 @@ class Client:
             sign_secret: secret to sign every request with (needs `auth_key`).
             connect: call `connect()` now.
             call_timeout: deadline of each unary call (None: no deadline).
-            stream_timeout: how long a stream may stay silent before it is
-                re-opened (None: forever).
+            stream_timeout: the longest a stream's dead connection may go
+                unnoticed before the stream re-opens (keep-alive pings are made
+                frequent enough); streams have no deadline. None: keep-alive
+                settings alone decide (80 s by default).
             channel_defaults: channel options the URL's parameters override.
             stream_buffer_size: events each stream consumer may fall behind
                 by, by default (an int >= 1).
@@ -140,9 +145,7 @@ class Client:
         self._call_timeout = seconds_or_none(call_timeout, "call_timeout")
         self._stream_timeout = seconds_or_none(stream_timeout, "stream_timeout")
         self._channel_defaults = channel_defaults or ChannelOptions()
-        self._conn = LoopChannel(
-            parse_server_url(server_url, self._channel_defaults), self._credentials
-        )
+        self._conn = LoopChannel(self._parse(server_url), self._credentials)
         self._connected = False
         self._hub: StreamHub | None = None
         self._stream_buffer_size = check_positive_int(stream_buffer_size, "stream_buffer_size")
@@ -189,11 +192,15 @@ class Client:
             ValueError: `server_url` is invalid (the client keeps its old URL).
         """
         if server_url is not None and server_url != self._conn.target.url:
-            target = parse_server_url(server_url, self._channel_defaults)
+            target = self._parse(server_url)
             if target.url != self._conn.target.url:
                 self._conn.close()
                 self._conn = LoopChannel(target, self._credentials)
         self._connected = True
+
+    def _parse(self, server_url: str) -> ServerTarget:
+        target = parse_server_url(server_url, self._channel_defaults)
+        return replace(target, options=bound_keep_alive(target.options, self._stream_timeout))
 
     @trio_aware_disconnect
     async def disconnect(self) -> None:
@@ -478,16 +485,11 @@ class Client:
     async def _open_stream(
         self, microgrid_id: int
     ) -> AsyncGenerator[StreamMicrogridDispatchesResponse | None, None]:
-        """Open one StreamMicrogridDispatches call; failures surface as typed errors.
-
-        Yields `None` once the server's initial metadata has arrived: from then
-        on the server has registered the subscription, which lets `watch()`
-        list without a gap between the snapshot and the live events.
-        """
+        """Open one StreamMicrogridDispatches call (typed errors; `None` first: it is registered)."""
         responses = server_stream(
             self.channel,
             requests.stream(microgrid_id),
-            time_limit=self._stream_timeout,
+            open_limit=self._call_timeout,
             server_url=self.server_url,
         )
         async with aclosing(responses):
@@ -507,6 +509,8 @@ class Client:
                 buffer_size=self._stream_buffer_size,
                 backoff=self._stream_backoff,
                 on_status=self._on_stream_status,
+                # Connects the channel if it is not (a no-op while it is), or raises.
+                probe=lambda: self.channel.__connect__(),
             )
         return self._hub
 
@@ -518,11 +522,14 @@ class Client:
         type: str | None = None,
         buffer_size: int | None = None,
         overflow: Literal["error", "drop_oldest"] = "error",
+        on_gap: Literal["catch_up", "raise"] = "catch_up",
     ) -> AsyncGenerator[DispatchEvent, None]:
-        """Yield the live events of one microgrid from its shared stream.
+        """Yield the changes of one microgrid from the moment its shared stream is open.
 
-        Events start with the first iteration; reconnects are invisible here.
-        Close the generator with `contextlib.aclosing()` (or let it end).
+        After every gap (restart, broken connection, a slow client cut off) the
+        changes missed come first, from one re-list per shared stream, then live
+        events: no duplicates, never an older version of a dispatch after a
+        newer one (see `dispatch_client.streaming`). Close it with `aclosing()`.
 
         Args:
             microgrid_id: the microgrid, an int in 0..2**64-1.
@@ -533,6 +540,8 @@ class Client:
             overflow: when the buffer is full, `"error"` raises
                 `StreamOverflow` once the buffered events are read;
                 `"drop_oldest"` drops the oldest buffered event.
+            on_gap: `"catch_up"` as above; `"raise"`: the server's events as
+                they come, and `StreamGap` when the stream breaks.
 
         Yields:
             A `DispatchEvent` (kind and dispatch) per change on the server.
@@ -541,12 +550,13 @@ class Client:
             ValueError: an argument is invalid (at the call).
             ClientNotConnected: the client is not connected.
             StreamOverflow: the consumer fell behind with `overflow="error"`.
+            StreamGap: the stream broke, with `on_gap="raise"`.
             DispatchApiError: the stream failed for good (a status that is
                 not `retryable`, e.g. `Unauthenticated`).
         """
         _check_type(type)
         events = self._stream_hub().subscribe(
-            microgrid_id, buffer_size=buffer_size, overflow=overflow
+            microgrid_id, buffer_size=buffer_size, overflow=overflow, on_gap=on_gap
         )
         return events if type is None else _of_type(events, type)
 
@@ -559,11 +569,7 @@ class Client:
         buffer_size: int | None = None,
         overflow: Literal["error", "resync"] = "error",
     ) -> AsyncGenerator[DispatchEvent, None]:
-        """Yield the current dispatches, then live events that survive reconnects.
-
-        After a reconnect (or an overflow with `"resync"`) it re-lists the
-        microgrid and yields what changed meanwhile, so the consumer's view
-        converges (see `dispatch_client.streaming`).
+        """Yield the current dispatches, then changes; the view converges after every gap.
 
         Args:
             microgrid_id: the microgrid, an int in 0..2**64-1.
@@ -571,8 +577,8 @@ class Client:
                 snapshot, changes and deletion; None for all.
             buffer_size: events this consumer may fall behind by (an int >= 1);
                 None for the client's `stream_buffer_size`.
-            overflow: when the buffer is full, `"error"` raises
-                `StreamOverflow`; `"resync"` re-lists instead.
+            overflow: when the buffer is full, `"error"` raises `StreamOverflow`;
+                `"resync"` yields the difference to the stream's current state.
 
         Yields:
             A CREATED `DispatchEvent` per current dispatch, then one per change.

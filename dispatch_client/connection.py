@@ -49,6 +49,7 @@ __all__ = [
     "LoopChannel",
     "ServerTarget",
     "absorb_leaked_cancel",
+    "bound_keep_alive",
     "grpclib_config",
     "open_channel",
     "parse_server_url",
@@ -313,6 +314,33 @@ def _add_certifi(context: ssl.SSLContext) -> None:
     context.load_verify_locations(certifi.where())
 
 
+def bound_keep_alive(options: ChannelOptions, idle_limit: float | None) -> ChannelOptions:
+    """Cap the keep-alive interval and timeout at half of `idle_limit` each.
+
+    A dead connection is then dropped (an open stream re-opened) within `idle_limit`.
+
+    Args:
+        options: the channel options.
+        idle_limit: seconds; None leaves `options` as they are.
+
+    Returns:
+        The capped options.
+
+    Raises:
+        ValueError: `idle_limit` is given but keep-alive is off.
+    """
+    if idle_limit is None:
+        return options
+    if not options.keep_alive:
+        raise ValueError("stream_timeout needs keep-alive pings, but keep_alive=false")
+    half = dt.timedelta(seconds=idle_limit / 2)
+    return dataclasses.replace(
+        options,
+        keep_alive_interval=min(options.keep_alive_interval, half),
+        keep_alive_timeout=min(options.keep_alive_timeout, half),
+    )
+
+
 def grpclib_config(options: ChannelOptions) -> Configuration:
     """Map the keep-alive options onto grpclib's HTTP/2 ping settings.
 
@@ -570,14 +598,14 @@ async def unary(
 
 
 async def server_stream(
-    channel: Channel, call: Call[Any, _Resp], *, time_limit: float | None, server_url: str
+    channel: Channel, call: Call[Any, _Resp], *, open_limit: float | None, server_url: str
 ) -> AsyncGenerator[_Resp | None, None]:
-    """Open one server-streaming call and yield what it sends.
+    """Open one server-streaming call and yield what it sends, with no deadline on the call.
 
     Args:
         channel: the channel to send on.
         call: the RPC path, request and response type.
-        time_limit: how long the whole call may last, in seconds, or None.
+        open_limit: seconds that connecting and sending the request may take, or None.
         server_url: the server URL, put on errors.
 
     Yields:
@@ -588,15 +616,12 @@ async def server_stream(
         DispatchApiError: the typed error of a failed call (see `errors.map_errors`).
     """
     with map_errors(server_url) as record:
-        async with channel.request(
-            call.path,
-            Cardinality.UNARY_STREAM,
-            type(call.request),
-            call.response_type,
-            timeout=time_limit,
-        ) as stream:
+        kind = (Cardinality.UNARY_STREAM, type(call.request), call.response_type)
+        async with channel.request(call.path, *kind) as stream:
             record.stream = stream
-            await stream.send_message(call.request, end=True)
+            # Not the initial metadata: a server may hold it back until its first message.
+            async with asyncio.timeout(open_limit):
+                await stream.send_message(call.request, end=True)
             await stream.recv_initial_metadata()
             yield None
             async for response in stream:

@@ -79,7 +79,7 @@ class StreamHub:
         backoff: Backoff | None = None,
         on_status: Callable[[StreamStatus], None] | None = None,
         open_grace: float = DEFAULT_OPEN_GRACE,
-        probe: Callable[[], Awaitable[None]] | None = None,
+        probe: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         """Create a hub; nothing is opened until the first consumer iterates.
 

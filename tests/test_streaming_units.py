@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from dispatch_client import Dispatch, StreamMicrogridDispatchesResponse
+from dispatch_client import Dispatch
 from dispatch_client.streaming import Backoff, StreamHub
+from dispatch_client.wire import StreamMicrogridDispatchesResponse
 
 
 async def _no_stream(_: int) -> AsyncIterator[StreamMicrogridDispatchesResponse]:
