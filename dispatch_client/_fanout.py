@@ -34,7 +34,7 @@ from ._proto.frequenz.api.dispatch.v1 import Dispatch
 from .errors import StreamOverflow
 from .watchview import DispatchEvent
 
-__all__ = ["Audience", "Consumer", "Item", "Overflow", "Snapshot"]
+__all__ = ["Audience", "Batch", "Consumer", "Item", "Overflow", "Snapshot"]
 
 Overflow: TypeAlias = Literal["error", "drop_oldest", "resync"]
 
@@ -54,7 +54,17 @@ class Snapshot:
     dispatches: Mapping[int, Dispatch]
 
 
-Item: TypeAlias = DispatchEvent | Snapshot
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Events delivered together, as one buffered item: a catch-up after a gap.
+
+    One item, so a catch-up of any size fits in a buffer that has room for one.
+    """
+
+    events: tuple[DispatchEvent, ...]
+
+
+Item: TypeAlias = DispatchEvent | Snapshot | Batch
 
 
 class Consumer:
@@ -99,7 +109,7 @@ class Consumer:
         """Queue `item` without waiting.
 
         Args:
-            item: an event or a snapshot.
+            item: an event, a batch of them, or a snapshot.
 
         Returns:
             False if the consumer must be detached (it left, or overflowed with

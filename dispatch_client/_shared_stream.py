@@ -77,7 +77,7 @@ import anyio
 from anyio.abc import TaskGroup
 from grpclib.exceptions import StreamTerminatedError
 
-from ._fanout import Audience, Consumer, Item, Overflow, Snapshot
+from ._fanout import Audience, Batch, Consumer, Item, Overflow, Snapshot
 from ._proto.frequenz.api.common.v1alpha8.streaming import Event
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
 from ._tasks import OwnedTask, aclose_quietly
@@ -501,12 +501,12 @@ class SharedStream:
         held, self._held = self._held or [], None
         assert self._told is not None
         if self._hold_told:
-            self._fan_out(Audience.CATCH_UP, self._told.catch_up(snapshot, held))
+            self._fan_out_batch(Audience.CATCH_UP, self._told.catch_up(snapshot, held))
         if self._state is None:
             self._state = WatchView()
             self._state.catch_up(snapshot, held)
         else:
-            self._fan_out(Audience.WATCH, self._state.catch_up(snapshot, held))
+            self._fan_out_batch(Audience.WATCH, self._state.catch_up(snapshot, held))
         for consumer in list(self._consumers):
             if consumer.audience is Audience.WATCH and not consumer.has_snapshot:
                 self._offer(consumer, self._snapshot())
@@ -535,6 +535,14 @@ class SharedStream:
             for consumer in list(self._consumers):
                 if consumer.audience is audience and consumer.has_snapshot:
                     self._offer(consumer, event)
+
+    def _fan_out_batch(self, audience: Audience, events: list[DispatchEvent]) -> None:
+        if not events:
+            return
+        batch = Batch(tuple(events))
+        for consumer in list(self._consumers):
+            if consumer.audience is audience and consumer.has_snapshot:
+                self._offer(consumer, batch)
 
     def _offer(self, consumer: Consumer, item: Item) -> None:
         if not consumer.offer(item):

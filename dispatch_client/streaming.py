@@ -27,7 +27,7 @@ from types import MappingProxyType
 from typing import Literal, TypeAlias
 
 from . import _defaults
-from ._fanout import Audience, Consumer, Overflow, Snapshot
+from ._fanout import Audience, Batch, Consumer, Overflow, Snapshot
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
 from ._shared_stream import (
     Backoff,
@@ -228,6 +228,9 @@ class StreamHub:
             while (item := await consumer.next()) is not None:
                 if isinstance(item, DispatchEvent):
                     yield item
+                elif isinstance(item, Batch):
+                    for event in item.events:
+                        yield event
         finally:
             await stream.leave(consumer)
 
@@ -239,9 +242,11 @@ class StreamHub:
         try:
             while (item := await consumer.next()) is not None:
                 if isinstance(item, Snapshot):
-                    for change in view.reset(item.dispatches):
-                        yield change
-                elif (event := view.apply(item)) is not None:
-                    yield event
+                    changes = view.reset(item.dispatches)
+                else:
+                    events = item.events if isinstance(item, Batch) else (item,)
+                    changes = [c for e in events if (c := view.apply(e)) is not None]
+                for change in changes:
+                    yield change
         finally:
             await stream.leave(consumer)
