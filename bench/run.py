@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = ("ours", "official")
 PURE = "ours-pure"  # our client decoding with betterproto2 only, as without the `fast` extra
 RAW = "raw"  # the generated stub on the same channel: the floor under our facade
-GROUPS = ("unary", "list", "stream", "fleet", "decode", "import")
+GROUPS = ("unary", "list", "stream", "fleet", "restarts", "decode", "import")
 LIST_MICROGRID = 1
 CREATE_MICROGRID = 100
 STREAM_MICROGRID = 1000
@@ -69,6 +69,8 @@ class Config:
     fleet_microgrids: int = 1_000
     fleet_events_each: int = 2
     fleet_rounds: int = 3
+    restarts: int = 5
+    restart_rounds: int = 2
     clients: tuple[str, ...] = CLIENTS
 
     @classmethod
@@ -87,6 +89,7 @@ class Config:
             import_rounds=2,
             fleet_microgrids=50,
             fleet_rounds=1,
+            restart_rounds=1,
             **overrides,
         )
 
@@ -146,6 +149,12 @@ def metrics(config: Config) -> list[Metric]:
         Metric("fleet_open_cpu_ms", f"{fleet}: client CPU to open all", "ms", False, False),
     ]
     rows += [
+        Metric(
+            "stream_lost_restarts",
+            f"changes lost by a stream consumer across {config.restarts} server restarts",
+            "",
+            False,
+        ),
         Metric(
             "decode_ms", f"decode one {config.decode_size:,}-dispatch list response", "ms", False
         ),
@@ -471,6 +480,21 @@ def measure(config: Config, groups: set[str], log: Log, workdir: Path) -> dict[s
             _measure_fleet(config, log, fleet_server, samples, notes)
         finally:
             fleet_server.stop()
+    if "restarts" in groups:
+        from .restarts import measure_restarts
+
+        clients = tuple(c for c in config.clients if c in CLIENTS)
+        for r in range(config.restart_rounds):
+            log(f"restarts round {r + 1}/{config.restart_rounds}")
+            figures = measure_restarts(workdir, clients, restarts=config.restarts, log=log)
+            for client, figure in figures.items():
+                samples[client].setdefault("stream_lost_restarts", []).append(
+                    figure["stream_lost_restarts"]
+                )
+                notes.append(
+                    f"restarts round {r + 1}: {client} lost {figure['stream_lost_restarts']}"
+                    f" of {figure['created']} {figure['errors'] or ''}".rstrip()
+                )
     if "decode" in groups:
         raw = workdir / "list_response.bin"
         write_decode_input(raw, config.decode_size)

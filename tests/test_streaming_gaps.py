@@ -1,0 +1,280 @@
+"""Streams never lose a change silently: lifetime, catch-up after gaps, the opt-out, reconnect speed.
+
+The first two tests are the reproductions of issue 14: a short `stream_timeout`
+used to be the stream's deadline (it re-opened the stream every second and lost
+what changed meanwhile), and a server cutting a slow client off lost every
+change of the gap without a word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from pathlib import Path
+
+import anyio
+import pytest
+from server_process import ServerProcess
+from test_streaming_helpers import Watcher, Writer, collect, current_set, wait_until
+
+from dispatch_client import Event, ResourceExhausted, StreamGap
+from dispatch_client.client import Client
+from dispatch_client.streaming import Backoff, DispatchEvent, StreamState, StreamStatus
+from dispatch_client.testing import RunningServer
+
+pytest_plugins = ["test_streaming_helpers"]
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_stream_leftovers")]
+
+PAYLOAD = {"padding": "x" * 20_000}
+"""Makes each event large enough that 400 of them (8 MB) exceed the 4 MiB HTTP/2 window."""
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Path:
+    return tmp_path / "gaps.sqlite"
+
+
+@pytest.fixture
+async def process(db: Path) -> AsyncIterator[ServerProcess]:
+    server = ServerProcess(db)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def test_a_short_stream_timeout_no_longer_cuts_a_busy_stream(server: RunningServer) -> None:
+    """Reproduction 1: stream_timeout=1 s, one stream(2) consumer, 60 creates 50 ms apart: 60/60."""
+    received: list[DispatchEvent] = []
+    async with (
+        Client(server.url, stream_timeout=dt.timedelta(seconds=1)) as client,
+        Client(server.url) as other,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(collect, client, 2, 60, received)
+        await wait_until(lambda: 2 in client.streams and client.streams[2].synced)
+        stream = client.streams[2]
+        # Quiet for three times the limit: answered keep-alive pings keep it open.
+        await anyio.sleep(3)
+        for _ in range(60):
+            await other.create(2, "REPRO", "NOW", dt.timedelta(minutes=1), [1])
+            await anyio.sleep(0.05)
+        with anyio.fail_after(10):
+            await wait_until(lambda: len(received) == 60)
+        assert stream.open_count == 1
+    assert [e.event for e in received] == [Event.CREATED] * 60
+    assert server.service.opened_stream_count(2) == 1
+
+
+def write_in_another_thread(url: str, count: int, done: threading.Event) -> threading.Thread:
+    async def write() -> None:
+        async with Client(url) as writer:
+            for _ in range(count):
+                await writer.create(
+                    4, "BURST", "NOW", dt.timedelta(minutes=1), [1], payload=PAYLOAD
+                )
+
+    def run() -> None:
+        try:
+            asyncio.run(write())
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=run, name="writer")
+    thread.start()
+    return thread
+
+
+async def test_a_slow_client_cut_off_by_the_server_catches_up_or_is_told(tmp_path: Path) -> None:
+    """Reproduction 2: --stream-buffer 16, the client's loop blocked while 400 changes are made."""
+    server = ServerProcess(tmp_path / "cutoff.sqlite", "--stream-buffer", "16")
+    await server.start()
+    statuses: list[StreamStatus] = []
+    caught_up: list[DispatchEvent] = []
+    told: list[DispatchEvent] = []
+    gaps: list[StreamGap] = []
+
+    async def opted_out(client: Client) -> None:
+        try:
+            async with aclosing(client.stream(4, on_gap="raise")) as events:
+                async for event in events:
+                    told.append(event)
+        except StreamGap as gap:
+            gaps.append(gap)
+
+    try:
+        async with (
+            Client(server.url, on_stream_status=statuses.append) as client,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(collect, client, 4, 400, caught_up)
+            tg.start_soon(opted_out, client)
+            await wait_until(lambda: 4 in client.streams and client.streams[4].synced)
+            done = threading.Event()
+            thread = write_in_another_thread(server.url, 400, done)
+            # The whole event loop stands still (as under a long synchronous call)
+            # until the other thread has made all 400 changes.
+            done.wait(timeout=60)
+            thread.join()
+            with anyio.fail_after(20):
+                await wait_until(lambda: len(caught_up) == 400 and bool(gaps))
+    finally:
+        await server.close()
+    # The server did cut the stream off ...
+    assert any(isinstance(s.error, ResourceExhausted) for s in statuses)
+    # ... and the default consumer still has every change, once each.
+    assert len({e.dispatch.metadata.dispatch_id for e in caught_up if e.dispatch.metadata}) == 400
+    assert [e.event for e in caught_up] == [Event.CREATED] * 400
+    # The one that opted out got what came before the gap, then StreamGap.
+    assert len(told) < 400 and len(gaps) == 1
+    assert "microgrid 4" in str(gaps[0])
+
+
+async def test_on_gap_raise_ends_at_a_restart_while_catch_up_tells_what_was_missed(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(tmp_path / "restart.sqlite")
+    await server.start()
+    raised: list[BaseException] = []
+    before_gap: list[DispatchEvent] = []
+    streamer = Watcher()
+
+    async def opted_out(client: Client) -> None:
+        with pytest.raises(StreamGap) as info:
+            async with aclosing(client.stream(5, on_gap="raise")) as events:
+                async for event in events:
+                    before_gap.append(event)
+        raised.append(info.value)
+
+    try:
+        async with (
+            Client(server.url) as client,
+            Client(server.url) as writer,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(streamer.follow, client.stream(5))
+            tg.start_soon(opted_out, client)
+            await wait_until(lambda: 5 in client.streams and client.streams[5].synced)
+            first = await writer.create(5, "A", "NOW", dt.timedelta(minutes=1), [1])
+            await wait_until(lambda: len(before_gap) == 1)
+            await server.kill()
+            await wait_until(lambda: bool(raised))
+            await server.start()
+            # Made right after the restart, possibly before the stream is back.
+            second = await writer.create(5, "B", "NOW", dt.timedelta(minutes=1), [1])
+            await writer.delete(5, first.metadata.dispatch_id)  # type: ignore[union-attr]
+            with anyio.fail_after(10):
+                await wait_until(lambda: streamer.view == {2: second})
+            tg.cancel_scope.cancel()
+    finally:
+        await server.close()
+    assert [e.event for e in before_gap] == [Event.CREATED]
+    assert "broke" in str(raised[0])
+    assert [(e.event, e.dispatch.metadata.dispatch_id) for e in streamer.events] == [  # type: ignore[union-attr]
+        (Event.CREATED, 1),
+        (Event.CREATED, 2),
+        (Event.DELETED, 1),
+    ]
+
+
+async def test_a_paused_server_is_noticed_within_stream_timeout(process: ServerProcess) -> None:
+    """SIGSTOP: the connection stays open but nothing answers; keep-alive finds it dead."""
+    statuses: list[StreamStatus] = []
+    limit = dt.timedelta(seconds=1)
+    async with (
+        Client(process.url, stream_timeout=limit, on_stream_status=statuses.append) as client,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(collect, client, 6, 10**6, [])
+        await wait_until(lambda: 6 in client.streams and client.streams[6].synced)
+        process.pause()
+        paused = time.monotonic()
+        with anyio.fail_after(5):
+            await wait_until(lambda: statuses[-1].state is StreamState.RECONNECTING)
+        noticed = time.monotonic() - paused
+        process.resume()
+        await wait_until(lambda: client.streams[6].synced)
+        tg.cancel_scope.cancel()
+    assert noticed < 1.0 + 0.5
+
+
+async def measure_resync(process: ServerProcess, client: Client, outage: float) -> float:
+    """Seconds from "the restarted server accepts connections" to "the stream has caught up"."""
+    stream = client.streams[7]
+    before = stream.catch_up_count
+    await process.kill()
+    await anyio.sleep(outage)
+    ready = await process.start()
+    with anyio.fail_after(40):
+        await wait_until(lambda: stream.catch_up_count > before, limit=40)
+    return time.monotonic() - ready
+
+
+async def test_a_server_back_after_a_long_outage_is_noticed_within_a_second(
+    process: ServerProcess,
+) -> None:
+    """The backoff has grown to seconds during the outage; the probe cuts the wait short."""
+    watcher = Watcher()
+    async with Client(process.url) as client, anyio.create_task_group() as tg:
+        tg.start_soon(watcher.follow, client.watch(7))
+        await wait_until(lambda: 7 in client.streams and client.streams[7].synced)
+        resync = await measure_resync(process, client, outage=4.0)
+        tg.cancel_scope.cancel()
+    assert resync < 1.0, resync
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("probe", [Backoff().probe, None], ids=["probe", "no-probe"])
+async def test_resync_times_after_outages_of_many_lengths(
+    process: ServerProcess, probe: float | None
+) -> None:
+    """The figures for the report: 12 outages from 0.2 s to 12 s, default backoff (with its probe or not)."""
+    outages = [0.2, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0]
+    times: list[float] = []
+    async with (
+        Client(process.url, stream_backoff=Backoff(probe=probe)) as client,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(collect, client, 7, 10**6, [])
+        await wait_until(lambda: 7 in client.streams and client.streams[7].synced)
+        for outage in outages:
+            times.append(await measure_resync(process, client, outage))
+        tg.cancel_scope.cancel()
+    ordered = sorted(times)
+    median = (ordered[5] + ordered[6]) / 2
+    print(
+        f"resync (probe={probe}): median {median:.3f} s, max {ordered[-1]:.3f} s; "
+        + ", ".join(f"{o:g}s->{t:.2f}" for o, t in zip(outages, times, strict=True))
+    )
+    if probe is not None:
+        assert median < 1.0
+
+
+async def test_catch_up_events_come_before_live_ones_without_duplicates(
+    client: Client, server: RunningServer, writer: Writer
+) -> None:
+    """After a restart with changes made while down, the catch-up batch precedes live events."""
+    streamer = Watcher()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(streamer.follow, client.stream(1))
+        await wait_until(lambda: 1 in client.streams and client.streams[1].synced)
+        await writer.churn(20)
+        await wait_until(lambda: len(streamer.events) == 20)
+        await server.stop()
+        await wait_until(lambda: client.streams[1].status.state is StreamState.RECONNECTING)
+        await writer.churn(30)
+        missed = len(streamer.events)
+        await server.start()
+        await writer.churn(10)
+        with anyio.fail_after(10):
+            final = await current_set(client)
+            await wait_until(lambda: streamer.view == final)
+        tg.cancel_scope.cancel()
+    assert streamer.events[:missed] == writer.log[:20]
+    assert len(streamer.events) < len(writer.log)  # the gap is told per dispatch, not replayed
