@@ -33,26 +33,22 @@ the server's state and says how: the changes the list shows for dispatches
 without held events (what happened during the gap), then the held events in
 order. Live events then go through `WatchView.apply`, which drops what the
 list already showed (an event can arrive after a list that reflects it), so
-there are no duplicates and no dispatch goes back in time. At the very first
-open `stream()` consumers are not held back: they get events from the moment
-the stream is open, and only watchers wait for the list. A failed list ends
-the attempt like a broken stream. Consumers that opted out (`on_gap="raise"`)
+there are no duplicates and no dispatch goes back in time. When a stream
+opens right after the list that started `told` (normally the very first open),
+`stream()` consumers are not held back: they start at the moment the stream is
+open, and only watchers wait for the list. A failed list ends the attempt like
+a broken stream. Consumers that opted out (`on_gap="raise"`)
 get the server's events as they come and `StreamGap` when a stream that was
 open breaks.
 
 Reconnect. A retryable failure (the error class's `retryable`: UNAVAILABLE,
 DEADLINE_EXCEEDED, a broken connection, the server ending the stream, ...)
-re-opens the stream after a delay drawn uniformly from
-[0, min(maximum, initial * multiplier ** failures)] ("full jitter", so many
-clients do not reconnect in lock step); `failures` resets once a catch-up is
-complete. While the server cannot be reached, the wait is cut short as soon as
-it can be again: every `Backoff.probe` seconds the channel tries to connect
-(cheap: a refused TCP connection, or nothing at all while connected), so an
-outage of any length ends for the consumers within about `probe` seconds plus
-one list. A server that answers with an error is not probed out of its delay.
-Non-retryable statuses (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
-NOT_FOUND, ...) end the consumers. Transitions go to the optional `on_status`
-hook and the log; errors carry the server URL, never the API key.
+re-opens the stream after a backoff delay, cut short once a server that could
+not be reached can be again (see `dispatch_client._reconnect`); the failure
+count resets once a catch-up is complete. Non-retryable statuses
+(UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND, ...) end the
+consumers. Transitions go to the optional `on_status` hook and the log; errors
+carry the server URL, never the API key.
 
 When a stream counts as open. The server acknowledges a stream by sending its
 initial metadata once the subscription is registered (the reference server
@@ -68,32 +64,22 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskGroup
-from grpclib.exceptions import StreamTerminatedError
 
 from ._fanout import Audience, Batch, Consumer, Item, Overflow, Snapshot
 from ._proto.frequenz.api.common.v1alpha8.streaming import Event
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
+from ._reconnect import Backoff, is_retryable, unreachable, wait_to_retry
 from ._tasks import OwnedTask, aclose_quietly
 from .connection import absorb_leaked_cancel
-from .errors import (
-    Cancelled,
-    DispatchApiError,
-    StreamGap,
-    Unavailable,
-    copy_error,
-    map_errors,
-)
+from .errors import Cancelled, StreamGap, Unavailable, copy_error, map_errors
 from .watchview import DispatchEvent, WatchView
 
 __all__ = [
-    "Backoff",
     "SharedStream",
     "StreamSettings",
     "StreamState",
@@ -101,61 +87,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("dispatch_client.streaming")
-
-_PROBE_TIMEOUT = 2.0
-"""Longest a single reachability probe may take, in seconds."""
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """When to re-open a broken stream: exponential backoff with full jitter, cut short once the server is back."""
-
-    initial: float = 0.2
-    """Upper bound of the first delay, in seconds."""
-    maximum: float = 30.0
-    """Upper bound of any delay, in seconds (the cap)."""
-    multiplier: float = 2.0
-    """Growth of the bound per consecutive failure."""
-    jitter: bool = True
-    """Draw each delay uniformly from [0, bound]; False waits exactly the bound."""
-    probe: float | None = 0.5
-    """While the server cannot be reached, seconds between checks whether it can again;
-    once it can, the stream re-opens at once instead of waiting out the delay. None: never
-    cut a delay short."""
-
-    def __post_init__(self) -> None:
-        """Reject settings that would spin or never retry.
-
-        Raises:
-            ValueError: `initial` is not in (0, maximum], `maximum` is not
-                finite, `multiplier` is below 1, or `probe` is not positive.
-        """
-        if not 0 < self.initial <= self.maximum or not math.isfinite(self.maximum):
-            raise ValueError(
-                f"Backoff needs 0 < initial <= maximum < inf, got {self.initial!r}, {self.maximum!r}"
-            )
-        if not self.multiplier >= 1:
-            raise ValueError(f"Backoff multiplier must be >= 1, got {self.multiplier!r}")
-        if self.probe is not None and not (0 < self.probe < math.inf):
-            raise ValueError(
-                f"Backoff probe must be a positive number of seconds or None, got {self.probe!r}"
-            )
-
-    def delay(self, failures: int) -> float:
-        """Return the delay before the next attempt.
-
-        Args:
-            failures: consecutive failed attempts so far.
-
-        Returns:
-            Seconds to wait.
-        """
-        try:
-            bound = min(self.maximum, self.initial * self.multiplier**failures)
-        except OverflowError:
-            bound = self.maximum
-        # Jitter spreads the reconnects of many clients after a server restart.
-        return random.uniform(0.0, bound) if self.jitter else bound
 
 
 class StreamState(enum.Enum):
@@ -209,23 +140,6 @@ class StreamSettings:
         except Exception as mapped:
             return mapped
         return error  # not reached: the block always raises
-
-
-def is_retryable(error: BaseException) -> bool:
-    """Tell whether a stream or list failure is worth trying again after a delay."""
-    return isinstance(error, DispatchApiError) and error.retryable
-
-
-def _unreachable(error: BaseException) -> bool:
-    """Whether `error` says the server could not be reached (rather than answered with an error)."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, OSError | StreamTerminatedError):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
 
 
 async def _collect(dispatches: AsyncIterator[Dispatch]) -> list[Dispatch]:
@@ -436,7 +350,11 @@ class SharedStream:
             self._publish(
                 StreamState.RECONNECTING, failures=self._failures, retry_in=delay, error=error
             )
-            await self._wait(delay, unreachable=_unreachable(error))
+            settings = self._settings
+            if await wait_to_retry(
+                delay, settings.backoff, settings.probe, unreachable=unreachable(error)
+            ):
+                _log.info("server of microgrid %d is reachable again", self.microgrid_id)
 
     async def _attempt(self) -> tuple[bool, BaseException]:
         """List if needed, then read one gRPC stream until it ends; return whether it was open and why it ended."""
@@ -559,35 +477,6 @@ class SharedStream:
                     )
                 )
                 self._detach(consumer)
-
-    async def _wait(self, delay: float, *, unreachable: bool) -> None:
-        """Sleep `delay` seconds, but return as soon as an unreachable server can be reached again."""
-        every = self._settings.backoff.probe
-        probe = self._settings.probe
-        if probe is None or every is None:
-            await anyio.sleep(delay)
-            return
-        deadline = anyio.current_time() + delay
-        # A random first step, so many clients do not probe in lock step.
-        step = random.uniform(0.0, every)
-        while (left := deadline - anyio.current_time()) > 0:
-            await anyio.sleep(min(step, left))
-            step = every
-            left = deadline - anyio.current_time()
-            if left <= 0:
-                return
-            with anyio.move_on_after(min(left, _PROBE_TIMEOUT)) as scope:
-                try:
-                    with absorb_leaked_cancel():
-                        await probe()
-                except Exception:
-                    unreachable = True
-                    continue
-            if scope.cancelled_caught:
-                unreachable = True
-            elif unreachable:
-                _log.info("server of microgrid %d is reachable again", self.microgrid_id)
-                return
 
     def _publish(
         self,

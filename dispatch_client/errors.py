@@ -151,7 +151,7 @@ class InvalidArgument(DispatchApiError, ValueError):
 
 
 class DeadlineExceeded(DispatchApiError):
-    """The call did not finish within its deadline (`call_timeout` / `stream_timeout`)."""
+    """The call, or opening a stream, did not finish within `call_timeout` (a stream has no deadline)."""
 
     status = Status.DEADLINE_EXCEEDED
     retryable = True

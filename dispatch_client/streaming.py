@@ -29,8 +29,8 @@ from typing import Literal, TypeAlias
 from . import _defaults
 from ._fanout import Audience, Batch, Consumer, Overflow, Snapshot
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
+from ._reconnect import Backoff
 from ._shared_stream import (
-    Backoff,
     SharedStream,
     StreamSettings,
     StreamState,
