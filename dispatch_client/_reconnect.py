@@ -7,8 +7,8 @@ step). A long outage grows that bound to its cap, which would leave consumers
 waiting long after the server is back; so while the server cannot be reached,
 `wait_to_retry` probes it every `Backoff.probe` seconds (the channel tries to
 connect: a refused TCP connection is cheap, and a connected channel costs
-nothing) and returns as soon as a probe succeeds. A server that answered with
-an error (it is reachable) is not probed out of its delay.
+nothing) and returns as soon as a probe succeeds. A server found reachable is
+probed no more during that wait: its delay is for an error it answered.
 """
 
 from __future__ import annotations
@@ -133,15 +133,20 @@ async def wait_to_retry(
         left = deadline - anyio.current_time()
         if left <= 0:
             return False
-        with anyio.move_on_after(min(left, _PROBE_TIMEOUT)) as scope:
+        reached = False
+        with anyio.move_on_after(min(left, _PROBE_TIMEOUT)):
             try:
                 with absorb_leaked_cancel():
                     await probe()
+                reached = True
             except Exception:
-                unreachable = True
-                continue
-        if scope.cancelled_caught:
+                pass
+        if not reached:
             unreachable = True
         elif unreachable:
             return True
+        else:
+            # Reachable all along: the delay is for an error the server answered.
+            await anyio.sleep(max(0.0, deadline - anyio.current_time()))
+            return False
     return False

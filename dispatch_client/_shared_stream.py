@@ -329,10 +329,13 @@ class SharedStream:
 
     async def _follow(self) -> BaseException:
         """Keep a gRPC stream open until a non-retryable error ends it; return that error."""
+        cut_short_since_synced = False
         while True:
             self._open_count += 1
             self._publish(StreamState.CONNECTING, failures=self._failures)
             was_open, error = await self._attempt()
+            if self._synced:
+                cut_short_since_synced = False
             self._connected = self._synced = False
             self._held = None
             if not is_retryable(error):
@@ -351,9 +354,13 @@ class SharedStream:
                 StreamState.RECONNECTING, failures=self._failures, retry_in=delay, error=error
             )
             settings = self._settings
-            if await wait_to_retry(
-                delay, settings.backoff, settings.probe, unreachable=unreachable(error)
-            ):
+            # Once a wait was cut short without the stream getting back in sync, a
+            # failure that merely looks like an unreachable server (a connection
+            # reset at once) no longer cuts one short: only a probe that fails
+            # first does, so a server that drops every connection is backed off.
+            down = unreachable(error) and not cut_short_since_synced
+            if await wait_to_retry(delay, settings.backoff, settings.probe, unreachable=down):
+                cut_short_since_synced = True
                 _log.info("server of microgrid %d is reachable again", self.microgrid_id)
 
     async def _attempt(self) -> tuple[bool, BaseException]:

@@ -278,3 +278,31 @@ async def test_catch_up_events_come_before_live_ones_without_duplicates(
         tg.cancel_scope.cancel()
     assert streamer.events[:missed] == writer.log[:20]
     assert len(streamer.events) < len(writer.log)  # the gap is told per dispatch, not replayed
+
+
+async def test_a_server_that_drops_every_connection_is_backed_off_not_hammered() -> None:
+    """Reachable, yet every connection dies at once: probes must not turn into a retry loop."""
+    accepted = 0
+
+    async def drop(connection: anyio.abc.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        await connection.aclose()
+
+    statuses: list[StreamStatus] = []
+    backoff = Backoff(initial=0.05, maximum=0.4, probe=0.01)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, drop)
+        url = f"grpc://127.0.0.1:{port}?ssl=false"
+        async with Client(url, stream_backoff=backoff, on_stream_status=statuses.append) as client:
+            with anyio.move_on_after(2.0):
+                async for _ in client.stream(1):
+                    pass
+        tg.cancel_scope.cancel()
+    attempts = sum(s.state is StreamState.CONNECTING for s in statuses)
+    # Backing off from 0.05 s to 0.4 s for 2 s allows about a dozen attempts (and
+    # one probe each); probing every 0.01 s as if the server were down: 200.
+    assert 3 <= attempts <= 20, attempts
+    assert accepted <= 3 * attempts

@@ -6,9 +6,12 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
+from grpclib.exceptions import StreamTerminatedError
 
-from dispatch_client import Dispatch
+from dispatch_client import Dispatch, ResourceExhausted, Unavailable
+from dispatch_client._reconnect import unreachable, wait_to_retry
 from dispatch_client.streaming import Backoff, StreamHub
 from dispatch_client.wire import StreamMicrogridDispatchesResponse
 
@@ -99,3 +102,69 @@ class TestArguments:
         streams.subscribe(1, buffer_size=4, overflow="drop_oldest")
         streams.watch(1, buffer_size=4, overflow="resync")
         assert streams.streams == {}
+
+
+class Probe:
+    """A reachability probe that fails `down` times, then succeeds; counts its calls."""
+
+    def __init__(self, down: int) -> None:
+        self.down = down
+        self.calls = 0
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        if self.calls <= self.down:
+            raise ConnectionRefusedError("refused")
+
+
+FAST_PROBE = Backoff(probe=0.01)
+
+
+@pytest.mark.anyio
+class TestWaitToRetry:
+    async def test_a_server_back_ends_the_wait_at_once(self) -> None:
+        probe = Probe(down=3)
+        started = anyio.current_time()
+        assert await wait_to_retry(5.0, FAST_PROBE, probe, unreachable=False)
+        assert anyio.current_time() - started < 1.0
+        assert probe.calls == 4
+
+    async def test_a_server_reachable_all_along_is_probed_once_and_waited_for(self) -> None:
+        probe = Probe(down=0)
+        started = anyio.current_time()
+        assert not await wait_to_retry(0.3, FAST_PROBE, probe, unreachable=False)
+        assert anyio.current_time() - started >= 0.3
+        assert probe.calls == 1
+
+    async def test_an_unreachable_server_that_answers_the_first_probe_ends_the_wait(self) -> None:
+        probe = Probe(down=0)
+        assert await wait_to_retry(5.0, FAST_PROBE, probe, unreachable=True)
+        assert probe.calls == 1
+
+    @pytest.mark.parametrize("backoff", [Backoff(probe=None), FAST_PROBE])
+    async def test_without_a_probe_the_delay_is_waited_out(self, backoff: Backoff) -> None:
+        started = anyio.current_time()
+        probe = None if backoff.probe is not None else Probe(down=0)
+        assert not await wait_to_retry(0.2, backoff, probe, unreachable=True)
+        assert anyio.current_time() - started >= 0.2
+
+    async def test_a_hung_probe_counts_as_unreachable_and_is_bounded_by_the_delay(self) -> None:
+        async def hang() -> None:
+            await anyio.sleep_forever()
+
+        started = anyio.current_time()
+        assert not await wait_to_retry(0.3, FAST_PROBE, hang, unreachable=False)
+        assert anyio.current_time() - started < 1.0
+
+
+class TestUnreachable:
+    def test_connection_failures_anywhere_in_the_chain(self) -> None:
+        refused = Unavailable("connection refused")
+        refused.__cause__ = ConnectionRefusedError()
+        broke = Unavailable("connection to the server broke")
+        broke.__cause__ = StreamTerminatedError("Connection lost")
+        assert unreachable(refused) and unreachable(broke)
+
+    def test_an_answer_from_the_server_is_not(self) -> None:
+        assert not unreachable(ResourceExhausted("fell behind"))
+        assert not unreachable(Unavailable("server is shutting down"))
