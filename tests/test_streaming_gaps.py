@@ -306,3 +306,18 @@ async def test_a_server_that_drops_every_connection_is_backed_off_not_hammered()
     # one probe each); probing every 0.01 s as if the server were down: 200.
     assert 3 <= attempts <= 20, attempts
     assert accepted <= 3 * attempts
+
+
+def test_stream_timeout_caps_the_keep_alive_and_needs_it() -> None:
+    client = Client("grpc://h:1?ssl=false", stream_timeout=dt.timedelta(seconds=10), connect=False)
+    assert client.channel_options.keep_alive_interval == dt.timedelta(seconds=5)
+    assert client.channel_options.keep_alive_timeout == dt.timedelta(seconds=5)
+    # Without stream_timeout the URL's (or the default) keep-alive decides alone.
+    plain = Client("grpc://h:1?ssl=false&keep_alive_interval_s=7", connect=False)
+    assert plain.channel_options.keep_alive_interval == dt.timedelta(seconds=7)
+    assert plain.channel_options.keep_alive_timeout == dt.timedelta(seconds=20)
+    with pytest.raises(ValueError, match="stream_timeout"):
+        Client("grpc://h:1?keep_alive=false", stream_timeout=dt.timedelta(seconds=10))
+    # Switching servers keeps the cap.
+    client.connect("grpc://other:2?ssl=false")
+    assert client.channel_options.keep_alive_interval == dt.timedelta(seconds=5)
