@@ -47,7 +47,7 @@ class ServerProcess:
         self.args = args
         self.log = db.with_suffix(".log")
         self.starts = 0
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: anyio.abc.Process | None = None
         self.paused = False
 
     @property
@@ -56,13 +56,15 @@ class ServerProcess:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._process is not None and self._process.returncode is None
 
     async def start(self) -> float:
         """Start the server and wait until it accepts connections; return when it did (monotonic)."""
         assert not self.running
+        if self._process is not None:
+            await self._process.aclose()
         with self.log.open("ab") as log:
-            self._process = subprocess.Popen(
+            self._process = await anyio.open_process(
                 [
                     sys.executable,
                     "-m",
@@ -83,7 +85,7 @@ class ServerProcess:
         self.paused = False
         with anyio.fail_after(READY_LIMIT):
             while not accepts(self.port):
-                if self._process.poll() is not None:
+                if self._process.returncode is not None:
                     raise RuntimeError(
                         f"server exited with {self._process.returncode}: {self.tail()}"
                     )
@@ -111,18 +113,19 @@ class ServerProcess:
 
     async def _end(self, how: signal.Signals) -> None:
         process = self._process
-        if process is None or process.poll() is not None:
+        if process is None or process.returncode is not None:
             return
         if self.paused:
             self.resume()
         process.send_signal(how)
         with anyio.fail_after(15):
-            while process.poll() is None:  # noqa: ASYNC110 - a child process, not an anyio object
-                await anyio.sleep(0.01)
+            await process.wait()
 
     async def close(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             await self.kill()
+        if self._process is not None:
+            await self._process.aclose()
 
     def tail(self, lines: int = 20) -> str:
         try:

@@ -40,6 +40,8 @@ from dispatch_client.testing import running_server
 from dispatch_client.wire import (
     GetMicrogridDispatchRequest,
     GetMicrogridDispatchResponse,
+    ListMicrogridDispatchesRequest,
+    ListMicrogridDispatchesResponse,
     StreamMicrogridDispatchesRequest,
     StreamMicrogridDispatchesResponse,
 )
@@ -279,6 +281,11 @@ class _Refusing:
     async def stream(self, stream: Stream[Any, Any]) -> None:
         await self._fail(stream, Status.PERMISSION_DENIED)
 
+    async def list(self, stream: Stream[Any, Any]) -> None:
+        # A shared stream lists once before it opens (its catch-up baseline).
+        await stream.recv_message()
+        await stream.send_message(ListMicrogridDispatchesResponse())
+
     def __mapping__(self) -> dict[str, Handler]:
         prefix = "/frequenz.api.dispatch.v1.MicrogridDispatchService/"
         return {
@@ -287,6 +294,12 @@ class _Refusing:
                 Cardinality.UNARY_UNARY,
                 GetMicrogridDispatchRequest,
                 GetMicrogridDispatchResponse,
+            ),
+            prefix + "ListMicrogridDispatches": Handler(
+                self.list,
+                Cardinality.UNARY_UNARY,
+                ListMicrogridDispatchesRequest,
+                ListMicrogridDispatchesResponse,
             ),
             prefix + "StreamMicrogridDispatches": Handler(
                 self.stream,
