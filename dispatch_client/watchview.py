@@ -20,6 +20,9 @@ ways in:
   its re-sync after it fell behind); returns CREATED/UPDATED/DELETED for the
   difference.
 
+An event of a kind this client does not know (a newer server's) passes through
+unchanged and changes nothing: what it means for the view is not known.
+
 The async shells that list, buffer and fan out are `dispatch_client._shared_stream`
 and `dispatch_client.streaming`.
 """
@@ -35,6 +38,8 @@ from ._proto.frequenz.api.dispatch.v1 import Dispatch
 from .validation import dispatch_id_of
 
 __all__ = ["DispatchEvent", "WatchView", "is_older"]
+
+_KNOWN = frozenset({Event.CREATED, Event.UPDATED, Event.DELETED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +103,11 @@ class WatchView:
         Returns:
             The event to emit, its kind following the view, or None if it tells
             the consumer nothing new (a duplicate, an older version, or a
-            deletion of a dispatch it does not know).
+            deletion of a dispatch it does not know). An event of an unknown
+            kind is returned as it is.
         """
+        if event.event not in _KNOWN:
+            return event
         dispatch_id = dispatch_id_of(event.dispatch)
         known = self._view.get(dispatch_id)
         if event.event == Event.DELETED:
@@ -133,7 +141,7 @@ class WatchView:
             No version older than the view's is ever emitted.
         """
         buffered = list(buffered)
-        moving = {dispatch_id_of(event.dispatch) for event in buffered}
+        moving = {dispatch_id_of(e.dispatch) for e in buffered if e.event in _KNOWN}
         listed = {dispatch_id_of(d): d for d in snapshot}
         events: list[DispatchEvent] = []
         for dispatch_id, dispatch in listed.items():

@@ -234,3 +234,12 @@ def test_a_reset_to_any_snapshot_then_the_later_events_ends_in_the_server_s_stat
     consumer.take(list(view.reset(history.states[at])))
     consumer.take([view.apply(e) for e in history.events[at:]])
     assert consumer.known == history.states[n] == dict(view.dispatches)
+
+
+def test_an_event_of_an_unknown_kind_passes_through_and_changes_nothing() -> None:
+    newer = DispatchEvent(Event(9), dispatch(1, 3))
+    view = WatchView([dispatch(1)])
+    assert view.apply(newer) is newer
+    assert dict(view.dispatches) == {1: dispatch(1)}
+    # Nor does it hide the listed change of its dispatch in a catch-up.
+    assert view.catch_up([dispatch(1, 2)], [newer]) == [*updated(dispatch(1, 2)), newer]
