@@ -180,10 +180,11 @@ class Official:
 class Raw:
     """The raw stack under our client: the generated grpclib stub, called directly.
 
-    The same channel our client opens (grpclib, our codec, the same auth
-    metadata), with every request built once before it is timed and no
-    facade: no argument checks, no error mapping, no deadline. What our
-    client costs above this row is the cost of its facade.
+    A stock grpclib `Channel` with our codec (upb decoding and encoding) and
+    the same `key` metadata, every request built once before it is timed, and
+    no facade: no argument checks, no error mapping, no deadline. What our
+    client costs above this row is the cost of its facade, less what its own
+    channel saves (joined writes, see `dispatch_client.connection`).
     """
 
     name = "raw"
