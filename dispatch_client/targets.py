@@ -194,6 +194,10 @@ def to_target(value: TargetLike, field: str = "target") -> TargetComponents:
             types, or holds an entry that is neither, or an unknown enum value.
     """
     try:
+        if type(value) in (list, tuple) and value and all(type(i) is int for i in value):
+            # Plain ids, the common case: target_from_ids checks each one's
+            # range, which is all the walk below would check.
+            return target_from_ids(value)
         target = _to_target(value)
         check_message(target, field)
     except ValueError as error:
