@@ -9,7 +9,7 @@ to mean "Li-ion batteries".
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from ._proto.frequenz.api.common.v1alpha8.microgrid.electrical_components import (
     BatteryType,
@@ -194,10 +194,10 @@ def to_target(value: TargetLike, field: str = "target") -> TargetComponents:
             types, or holds an entry that is neither, or an unknown enum value.
     """
     try:
-        if type(value) in (list, tuple) and value and all(type(i) is int for i in value):
+        if isinstance(value, list | tuple) and value and all(type(i) is int for i in value):
             # Plain ids, the common case: target_from_ids checks each one's
             # range, which is all the walk below would check.
-            return target_from_ids(value)
+            return target_from_ids(cast("list[int]", value))
         target = _to_target(value)
         check_message(target, field)
     except ValueError as error:
