@@ -23,12 +23,13 @@ because the snapshot reflects every change the dropped events carried.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import anyio.lowlevel
 
 from ._proto.frequenz.api.dispatch.v1 import Dispatch
 from .errors import StreamOverflow
@@ -37,6 +38,9 @@ from .watchview import DispatchEvent
 __all__ = ["Audience", "Batch", "Consumer", "Item", "Overflow", "Snapshot"]
 
 Overflow: TypeAlias = Literal["error", "drop_oldest", "resync"]
+
+YIELD_EVERY = 64
+"""A consumer reading buffered items yields to the event loop once per this many."""
 
 
 class Audience(enum.Enum):
@@ -101,9 +105,18 @@ class Consumer:
         """No more items will come: the stream ended, or this consumer overflowed or left."""
         self.error: BaseException | None = None
         self._snapshot = snapshot
-        self._send: MemoryObjectSendStream[Item]
-        self._receive: MemoryObjectReceiveStream[Item]
-        self._send, self._receive = anyio.create_memory_object_stream[Item](buffer_size)
+        # A deque and one waiter rather than a memory object stream: anyio's
+        # receive() yields to the event loop before every item, once per event
+        # per consumer, which was most of the fan-out's cost.
+        self._items: deque[Item] = deque()
+        self._waiter: anyio.Event | None = None
+        self._streak = 0
+
+    def _put(self, item: Item) -> None:
+        self._items.append(item)
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
 
     def offer(self, item: Item) -> bool:
         """Queue `item` without waiting.
@@ -117,22 +130,19 @@ class Consumer:
         """
         if isinstance(item, Snapshot):
             self.has_snapshot = True
-        try:
-            self._send.send_nowait(item)
-            return True
-        except anyio.WouldBlock:
-            pass
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        if self.ended:
             return False
+        if len(self._items) < self.buffer_size:
+            self._put(item)
+            return True
         if self.overflow == "drop_oldest":
-            self._receive.receive_nowait()
-            self._send.send_nowait(item)
+            self._items.popleft()
+            self._put(item)
             return True
         if self.overflow == "resync" and self._snapshot is not None:
             # The stream's state already includes `item` and every dropped event.
-            for _ in self.drain_nowait():
-                pass
-            self._send.send_nowait(item if isinstance(item, Snapshot) else self._snapshot())
+            self._items.clear()
+            self._put(item if isinstance(item, Snapshot) else self._snapshot())
             return True
         self.end(
             StreamOverflow(
@@ -148,29 +158,36 @@ class Consumer:
         if self.error is None:
             self.error = error
         self.ended = True
-        self._send.close()
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
 
     def close(self) -> None:
-        """Release both ends of the buffer (the consumer left)."""
-        self.ended = True
-        self._send.close()
-        self._receive.close()
+        """Release the buffer (the consumer left)."""
+        self.end()
+        self._items.clear()
 
     async def next(self) -> Item | None:
         """Return the next item, None at a clean end, or raise the error that ended the stream."""
-        try:
-            return await self._receive.receive()
-        except anyio.EndOfStream:
-            pass
-        # Raised outside the handler so the error keeps its own cause, not EndOfStream.
+        while True:
+            if self._items:
+                self._streak += 1
+                if self._streak < YIELD_EVERY:
+                    return self._items.popleft()
+                # A consumer far behind still lets the loop (and a cancellation) in now and then.
+                self._streak = 0
+                await anyio.lowlevel.checkpoint()
+                continue
+            if self.ended:
+                break
+            self._streak = 0
+            self._waiter = anyio.Event()
+            await self._waiter.wait()
         if self.error is not None:
             raise self.error
         return None
 
     def drain_nowait(self) -> Iterator[Item]:
         """Yield what is buffered right now without waiting."""
-        while True:
-            try:
-                yield self._receive.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                return
+        while self._items:
+            yield self._items.popleft()
