@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -49,6 +50,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 import psycopg
+import psycopg.sql
 import psycopg_pool
 
 from .._proto.frequenz.api.common.v1alpha8.streaming import Event
@@ -78,14 +80,26 @@ from .store_api import (
     redact,
 )
 
-__all__ = ["CHANNEL", "POSTGRESQL", "PgDispatchStore", "migrate"]
+__all__ = ["CHANNEL", "POSTGRESQL", "PgDispatchStore", "channel_for", "migrate"]
 
 _log = logging.getLogger(__name__)
 _D = TypeVar("_D")
 _INT64_MAX = 2**63 - 1
 
 CHANNEL = "dispatch_events"
-"""The NOTIFY channel; payload: the `dispatch_events.seq` of a committed change."""
+"""The NOTIFY channel of a store in schema `public`; payload: the `dispatch_events.seq`
+of a committed change. Channels belong to the database, not to a schema: a store
+in another schema (`?options=-csearch_path=...`) uses `channel_for(schema)`, so
+two stores sharing a database never read each other's seqs as their own."""
+
+
+def channel_for(schema: str) -> str:
+    """The NOTIFY channel of the store whose tables are in `schema`."""
+    if schema == "public":
+        return CHANNEL
+    # A channel name is at most 63 bytes; a schema name may be that long itself.
+    return f"{CHANNEL}_{hashlib.sha256(schema.encode()).hexdigest()[:16]}"
+
 
 _MIGRATION_TABLE = "_yoyo_migration"
 _DELIVERY_TIMEOUT_S = 2.0
@@ -233,6 +247,7 @@ class PgDispatchStore:
         self._listening_changed = asyncio.Event()
         self._next_nonce_prune = 0
         self._background: set[asyncio.Task[None]] = set()
+        self._channel = CHANNEL
 
     def __repr__(self) -> str:
         return f"PgDispatchStore({describe_db(self.url)!r}, open={self.is_open})"
@@ -286,6 +301,8 @@ class PgDispatchStore:
                 self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
             ) as conn:
                 current = await _schema_is_current(conn)
+                cursor = await conn.execute("SELECT current_schema()")
+                self._channel = channel_for(str(_first(await cursor.fetchone())))
                 if not current:
                     await _check_may_migrate(conn)
         except psycopg.OperationalError as error:
@@ -535,8 +552,8 @@ class PgDispatchStore:
                 cursor = await conn.execute(
                     "WITH e AS (INSERT INTO dispatch_events (microgrid_id, kind, dispatch)"
                     " VALUES (%s, %s, %s) RETURNING seq)"
-                    f" SELECT seq, pg_notify('{CHANNEL}', seq::text) FROM e",
-                    (signed(microgrid_id), int(kind), bytes(dispatch)),
+                    " SELECT seq, pg_notify(%s, seq::text) FROM e",
+                    (signed(microgrid_id), int(kind), bytes(dispatch), self._channel),
                 )
                 seq = _one(await cursor.fetchone())
                 self._waiters[seq] = asyncio.Event()
@@ -603,7 +620,9 @@ class PgDispatchStore:
                     self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
                 )
                 async with conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(
+                        psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel))
+                    )
                     if lost:
                         await self._renew_pool()
                     attempt, lost = 0, False
@@ -639,7 +658,9 @@ class PgDispatchStore:
                     seq = int(notify.payload)
                 except ValueError:
                     # Anyone with access to the database may NOTIFY this channel.
-                    _log.warning("ignored a foreign notification on %s: %.40r", CHANNEL, notify)
+                    _log.warning(
+                        "ignored a foreign notification on %s: %.40r", self._channel, notify
+                    )
                     continue
                 self._notified.put_nowait(seq)
             with anyio.move_on_after(self._timeout) as probe:
@@ -755,6 +776,11 @@ def _protect_password(url: str) -> None:
         logger = logging.getLogger(name)
         if _PASSWORDS not in logger.filters:
             logger.addFilter(_PASSWORDS)
+
+
+def _first(row: Sequence[Any] | None) -> Any:
+    assert row is not None
+    return row[0]
 
 
 def _one(row: Sequence[Any] | None) -> int:
