@@ -10,10 +10,18 @@ in a task of a task group it owns:
   conflate: a handler busy elsewhere sees the latest version next, not every
   one in between, which is what an executor wants (the current instruction).
 - When the run stops, the handler's task is cancelled (a cancel scope per run).
-- A handler that raises is logged and called again after `retry_interval`
-  while the run goes on; an update of the run during that wait calls it again
-  at once with the new version. A handler that returns is not called again for
-  this run (the next run of the same dispatch or group calls it anew).
+- A handler that raises an `Exception` is logged and called again after
+  `retry_interval` while the run goes on; an update of the run during that wait
+  calls it again at once with the new version. So is one that raises the
+  cancellation exception without having been cancelled (say, it awaited a
+  future someone else cancelled): left alone, the task group would take that
+  for a cancellation of all of `manage()`. A handler that returns is not called
+  again for this run (the next run of the same dispatch or group calls it anew).
+- A handler that raises a `BaseException` that is no `Exception` (such as
+  `KeyboardInterrupt` or `SystemExit`), or a handler that is not async (its call
+  returns no awaitable), ends `manage()`: the other handlers are cancelled and
+  that exception (for the latter a `TypeError`) is raised by `manage()` as is,
+  not wrapped in an exception group.
 - `manage()` runs until cancelled, or until `running()` ends because the client
   disconnected; then it cancels the handlers still running and returns. An
   error that ends `running()` (say, the server rejects the key) is raised here
@@ -26,6 +34,7 @@ bridge (`dispatch_client._trio`) and the handlers run as trio tasks.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import aclosing
@@ -149,13 +158,34 @@ Handler = Callable[[Run], Awaitable[None]]
 """What `manage()` calls for each run: `async def handler(run: Run) -> None`."""
 
 
+class _Supervisor:
+    """What ends `manage()` early: the first fatal error, which cancels every task."""
+
+    def __init__(self, tasks: TaskGroup) -> None:
+        self.failure: BaseException | None = None
+        self._tasks = tasks
+
+    def fail(self, error: BaseException) -> None:
+        if self.failure is None:
+            self.failure = error
+        self._tasks.cancel_scope.cancel()
+
+
+def _cancelled_from_outside() -> bool:
+    """Whether a scope around the current task has been cancelled or is past its deadline."""
+    return anyio.current_effective_deadline() <= anyio.current_time()
+
+
 class _Execution:
     """One run's handler task: calls, retries, and the cancel scope that ends it."""
 
-    def __init__(self, run: Run, handler: Handler, retry_interval: float) -> None:
+    def __init__(
+        self, run: Run, handler: Handler, retry_interval: float, supervisor: _Supervisor
+    ) -> None:
         self.run = run
         self._handler = handler
         self._retry_interval = retry_interval
+        self._supervisor = supervisor
         self._scope = anyio.CancelScope()
 
     def stop(self) -> None:
@@ -168,13 +198,35 @@ class _Execution:
             while True:
                 run._begin_attempt()
                 try:
-                    await self._handler(run)
+                    awaitable = self._handler(run)
+                    if not inspect.isawaitable(awaitable):
+                        self._supervisor.fail(
+                            TypeError(
+                                f"handler must be an async callable taking a Run: {self._handler!r}"
+                                f" returned {awaitable!r}, not an awaitable"
+                            )
+                        )
+                        return
+                    await awaitable
+                except anyio.get_cancelled_exc_class():
+                    if _cancelled_from_outside():
+                        raise
+                    _log.exception(
+                        "the handler of run %r raised a cancellation without being cancelled;"
+                        " calling it again in %g s or on an update",
+                        run.key,
+                        self._retry_interval,
+                    )
                 except Exception:
                     _log.exception(
                         "the handler of run %r failed; calling it again in %g s or on an update",
                         run.key,
                         self._retry_interval,
                     )
+                except BaseException as error:
+                    # KeyboardInterrupt, SystemExit and the like end manage(), raised as they are.
+                    self._supervisor.fail(error)
+                    return
                 else:
                     _log.debug("the handler of run %r returned", run.key)
                     return
@@ -220,25 +272,29 @@ async def manage(
 
     Raises:
         ValueError: An argument is not what is allowed (before anything starts).
+        TypeError: The handler is not async (its call returned no awaitable),
+            or the merge callable returned an unhashable key.
         DispatchApiError: The stream of changes failed for good (after the
             handlers were cancelled).
+        BaseException: What a handler raised that is no `Exception` (say,
+            `KeyboardInterrupt`), as is, after the other handlers were cancelled.
     """
     retry = _check(type, handler, retry_interval)
     merge_key(merge)  # Raises for a bad strategy before anything starts.
     transitions = client.running(microgrid_id, type=type, merge=merge)
     executions: dict[Hashable, _Execution] = {}
-    failure: Exception | None = None
     async with anyio.create_task_group() as tasks:
+        # Errors are raised once the handlers are gone, not wrapped in an exception group.
+        supervisor = _Supervisor(tasks)
         try:
             async with aclosing(transitions):
                 async for transition in transitions:
-                    _follow(transition, executions, tasks, handler, retry)
+                    _follow(transition, executions, tasks, handler, retry, supervisor)
         except Exception as error:
-            # Raised once the handlers are gone, not wrapped in the task group's ExceptionGroup.
-            failure = error
+            supervisor.fail(error)
         tasks.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
+    if supervisor.failure is not None:
+        raise supervisor.failure
 
 
 def _follow(
@@ -247,9 +303,10 @@ def _follow(
     tasks: TaskGroup,
     handler: Handler,
     retry: float,
+    supervisor: _Supervisor,
 ) -> None:
     if transition.kind is Transition.STARTED:
-        execution = _Execution(Run(transition), handler, retry)
+        execution = _Execution(Run(transition), handler, retry, supervisor)
         executions[transition.key] = execution
         tasks.start_soon(execution.execute, name=f"dispatch run {transition.key!r}")
         return

@@ -304,6 +304,8 @@ class RunTracker:
         Raises:
             TypeError: The merge callable returned something unhashable.
             ValueError: `now` is not an aware datetime.
+            Exception: What the merge callable raised, with a note naming the
+                dispatch; the state is left as it was.
         """
         dispatch = event.dispatch
         wanted = event.event != Event.DELETED and self._wanted(dispatch)
@@ -334,7 +336,12 @@ class RunTracker:
         return self._settle(changes)
 
     def _group(self, dispatch: Dispatch) -> Hashable:
-        group = self._key(dispatch)
+        try:
+            group = self._key(dispatch)
+        except Exception as error:
+            # The user's own error, raised as is; the note says which dispatch triggered it.
+            error.add_note(f"raised by the merge callable for dispatch {dispatch_id_of(dispatch)}")
+            raise
         try:
             hash(group)
         except TypeError:

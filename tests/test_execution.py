@@ -9,8 +9,9 @@ running, retries after a failed start, ...), written anew for `manage()`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -335,6 +336,77 @@ async def test_a_handler_that_returns_is_not_called_again(client: Client) -> Non
         await client.update(MG, dispatch_id(dispatch), {"payload": {"power": 3}})
         await anyio.sleep(0.5)
     assert [(c.attempt, c.how) for c in recorder.calls] == [(1, "returned")]
+
+
+class Halt(BaseException):
+    """A BaseException of the application's own."""
+
+
+def _stray_cancellation() -> BaseException:
+    # What a handler sees when it awaits a future someone else cancelled (asyncio).
+    return asyncio.CancelledError()
+
+
+# Whatever a handler raises, manage() either calls it again (an Exception, or a
+# cancellation nobody asked for, which the task group would otherwise take for
+# the end of manage()) or ends, raising exactly that exception (anything else).
+RAISED_BY_HANDLERS: list[tuple[str, Callable[[], BaseException], bool]] = [
+    ("runtime-error", lambda: RuntimeError("boom"), True),
+    ("exception-group", lambda: ExceptionGroup("two", [ValueError(1), KeyError(2)]), True),
+    ("stray-cancellation", _stray_cancellation, True),
+    ("system-exit", lambda: SystemExit(3), False),
+    ("own-base-exception", Halt, False),
+    ("base-exception-group", lambda: BaseExceptionGroup("halt", [Halt()]), False),
+    # Last: were it to escape, pytest would stop the whole session.
+    ("keyboard-interrupt", KeyboardInterrupt, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "retried"),
+    [pytest.param(make, retried, id=name) for name, make, retried in RAISED_BY_HANDLERS],
+)
+async def test_what_a_handler_raises_is_retried_or_ends_manage_as_is(
+    client: Client, make: Callable[[], BaseException], retried: bool
+) -> None:
+    raised: list[BaseException] = []
+    calls: list[int] = []
+
+    async def handler(run: Run) -> None:
+        calls.append(run.attempt)
+        if run.attempt == 1:
+            raised.append(make())
+            raise raised[0]
+        await anyio.sleep_forever()
+
+    await create(client, "NOW", None)
+    if retried:
+        with anyio.move_on_after(1) as scope:
+            await client.manage(MG, "CHARGE", handler, retry_interval=timedelta(seconds=0.05))
+        # Still managing (never returned by itself), the handler called again.
+        assert scope.cancelled_caught and calls == [1, 2]
+    else:
+        with anyio.fail_after(2), pytest.raises(BaseException) as caught:
+            await client.manage(MG, "CHARGE", handler, retry_interval=timedelta(seconds=0.05))
+        assert caught.value is raised[0] and calls == [1]
+    await wait_until(lambda: not client.streams and not stream_tasks(), limit=2)
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        pytest.param(lambda run: None, id="sync-function"),
+        pytest.param(lambda run: run.attempt, id="returns-an-int"),
+    ],
+)
+async def test_a_handler_that_is_not_async_ends_manage_with_a_type_error(
+    client: Client, handler: Any
+) -> None:
+    await create(client, "NOW", None, target=[1])
+    await create(client, "NOW", None, target=[2])
+    with anyio.fail_after(2), pytest.raises(TypeError, match="handler must be an async callable"):
+        await client.manage(MG, "CHARGE", handler)
+    await wait_until(lambda: not client.streams and not stream_tasks(), limit=2)
 
 
 @pytest.fixture

@@ -114,6 +114,28 @@ def test_an_unhashable_key_fails_and_changes_nothing() -> None:
     assert tracker.runs == {} and tracker.next_change is None
 
 
+@pytest.mark.parametrize(
+    "merge",
+    [
+        pytest.param(lambda d: {1: "only one"}[ident(d)], id="raises-for-one-dispatch"),
+        pytest.param(lambda d: (ident(d), [ident(d)]) if ident(d) == 2 else 1, id="unhashable"),
+    ],
+)
+def test_a_merge_callable_failing_for_one_dispatch_names_it_and_changes_nothing(
+    merge: Callable[[Dispatch], Hashable],
+) -> None:
+    tracker = RunTracker(merge=lambda d: 1 if ident(d) == 1 else merge(d))
+    assert brief(tracker.observe(DispatchEvent(CREATED, make(1, T0, HOUR)), T0)) == [
+        (STARTED, 1, T0, [1])
+    ]
+    with pytest.raises((KeyError, TypeError)) as caught:
+        tracker.observe(DispatchEvent(CREATED, make(2, T0, HOUR)), T0 + SECOND)
+    # Which dispatch: in the message (unhashable) or a note (the callable's own error).
+    assert "dispatch 2" in str(caught.value) + "".join(getattr(caught.value, "__notes__", []))
+    assert list(tracker.runs) == [1]
+    assert brief(tracker.advance(T0 + HOUR)) == [(STOPPED, 1, T0 + HOUR, [])]
+
+
 # -- per dispatch: UPDATED ----------------------------------------------------------------
 
 
