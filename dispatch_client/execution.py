@@ -70,13 +70,13 @@ class Run:
         """Start following the run that `started` (a STARTED transition) began."""
         self._key = started.key
         self._started_at = started.at
-        self._members: dict[int, Dispatch] = {}
-        # Member ids, least recently joined or changed first.
-        self._recency: list[int] = []
+        # Member ids, least recently joined or changed first (a dict: ordered, O(1) membership).
+        self._recency: dict[int, None] = {}
         self._version = 0
         self._seen = 0
         self._attempt = 0
         self._changed = anyio.Event()
+        self._latest = started
         self._apply(started)
 
     def __repr__(self) -> str:
@@ -98,12 +98,16 @@ class Run:
     @property
     def dispatch(self) -> Dispatch:
         """The current version of the dispatch (merged: the member that joined or changed last)."""
-        return self._members[self._recency[-1]]
+        latest = self._latest.dispatch
+        wanted = next(reversed(self._recency))
+        if wanted == _dispatch_id(latest):
+            return latest
+        return next(m for m in self._latest.members if _dispatch_id(m) == wanted)
 
     @property
     def members(self) -> tuple[Dispatch, ...]:
         """Every dispatch running in this run, current versions, in the order they joined."""
-        return tuple(self._members.values())
+        return self._latest.members
 
     @property
     def attempt(self) -> int:
@@ -136,12 +140,22 @@ class Run:
             await self._changed.wait()
 
     def _apply(self, transition: RunTransition) -> None:
-        self._members = {_dispatch_id(m): m for m in transition.members}
+        # O(1) per transition: each transition of `RunTracker` changes exactly
+        # its cause (joined, changed or left), and `members` comes built. A
+        # rebuild from all members, O(members) per transition, made 1000
+        # members joining at one instant cost seconds.
+        self._latest = transition
         cause = _dispatch_id(transition.dispatch)
-        self._recency = [i for i in self._recency if i in self._members and i != cause]
-        self._recency[:0] = [i for i in self._members if i not in self._recency and i != cause]
-        if cause in self._members:
-            self._recency.append(cause)
+        self._recency.pop(cause, None)
+        running = len(transition.members)
+        if running == len(self._recency) + 1:
+            self._recency[cause] = None
+        elif running != len(self._recency):
+            # Not one change of its cause: start over from the members.
+            ids = [_dispatch_id(m) for m in transition.members]
+            self._recency = dict.fromkeys(i for i in ids if i != cause)
+            if cause in ids:
+                self._recency[cause] = None
 
     def _update(self, transition: RunTransition) -> None:
         self._apply(transition)
