@@ -648,8 +648,10 @@ class Client:
         """Call `await handler(run)` in a task of its own for each run of `type`, until cancelled.
 
         The task is cancelled when the run stops; `run.dispatch` is the current
-        version and `run.updates()` yields new ones. A handler that raises is
-        called again after `retry_interval` while the run goes on. Returns when
+        version and `run.updates()` yields new ones. A handler that raises an
+        `Exception` is called again after `retry_interval` while the run goes
+        on; one that raises a `BaseException` that is no `Exception` (say,
+        `KeyboardInterrupt`) ends `manage()` with it. Returns when
         the client disconnects; no task outlives it. Works under asyncio and
         trio alike (the handlers run in the caller's event loop). See
         `dispatch_client.execution`.
@@ -663,8 +665,11 @@ class Client:
 
         Raises:
             ValueError: an argument is invalid (before anything starts).
+            TypeError: the handler is not async (its call returned no awaitable),
+                or the merge callable returned an unhashable key.
             ClientNotConnected: the client is not connected.
             DispatchApiError: the stream of changes failed for good.
+            BaseException: what a handler raised that is no `Exception`, as is.
         """
         from .execution import manage
 
