@@ -35,11 +35,13 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from test_server_auth import SECRET, _signed
 from test_server_stream import receive, subscribed
-from test_server_support import connect, create
+from test_server_support import connect, create, make_data
 
 from dispatch_client.server import DispatchServer, DispatchService
 from dispatch_client.server.stores import check_db, db_secrets, describe_db, redact
+from dispatch_client.wire import CreateMicrogridDispatchRequest, ListMicrogridDispatchesRequest
 
 pytestmark = pytest.mark.anyio
 pytest_plugins = ["test_server_support"]
@@ -177,6 +179,36 @@ async def test_stores_in_two_schemas_of_one_database_do_not_hear_each_other(
             created = await create(stub_b, 1, type="ONLY_B")
             (event,) = await receive(stream_b, 1)
             assert event.dispatch == created
+
+
+@pytest.mark.parametrize(
+    "sabotage",
+    [
+        pytest.param("ALTER TABLE dispatches RENAME TO dispatches_away", id="table-renamed"),
+        pytest.param("ALTER TABLE used_nonces RENAME TO used_nonces_away", id="nonces-renamed"),
+        pytest.param("ALTER TABLE dispatch_events RENAME TO events_away", id="events-renamed"),
+    ],
+)
+async def test_a_database_refusing_statements_is_unavailable_never_unknown(
+    postgres_server: Any, sabotage: str
+) -> None:
+    url = postgres_server.create_database(f"refuse_{time.monotonic_ns()}")
+    store = pg_store.PgDispatchStore(url)
+    async with (
+        DispatchService(store=store) as service,
+        DispatchServer(service, sign_secret=SECRET) as server,
+        connect(server) as stub,  # type: ignore[arg-type]
+    ):
+        request = ListMicrogridDispatchesRequest(microgrid_id=1)
+        await stub.list_microgrid_dispatches(request, metadata=_signed(nonce="before"))
+        _execute(url, sabotage)
+        with pytest.raises(GRPCError) as error:
+            await stub.list_microgrid_dispatches(request, metadata=_signed(nonce="after"))
+            await stub.create_microgrid_dispatch(
+                CreateMicrogridDispatchRequest(microgrid_id=1, dispatch_data=make_data()),
+                metadata=_signed(nonce="create", method="CreateMicrogridDispatch"),
+            )
+        assert error.value.status == Status.UNAVAILABLE, error.value
 
 
 # -- no password anywhere ------------------------------------------------------------------

@@ -354,15 +354,15 @@ class PgDispatchStore:
         """Stop listening and close the pool; idempotent."""
         pool, self._pool = self._pool, None
         tasks, self._tasks = self._tasks, []
-        tasks += self._background
-        self._background.clear()
         for task in tasks:
             task.cancel()
         with anyio.CancelScope(shield=True):
-            for task in tasks:
+            # Old pools being closed finish closing (bounded by their own timeout).
+            for task in [*tasks, *self._background]:
                 # A task that failed has said so in the log already.
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            self._background.clear()
             self._set_listening(False)
             for waiter in self._waiters.values():
                 waiter.set()
@@ -534,6 +534,18 @@ class PgDispatchStore:
             raise StoreUnavailableError(
                 f"the dispatch database is unreachable: {redact(str(error), self.url)}"
             ) from error
+        except psycopg.Error as error:
+            # The database refuses what worked before: a read-only standby after
+            # a failover, revoked privileges, a table dropped or renamed. Not the
+            # request's fault: UNAVAILABLE (another replica may do better), never
+            # grpclib's UNKNOWN.
+            _log.error(
+                "the dispatch database refused a statement: %s", redact(str(error), self.url)
+            )
+            raise StoreUnavailableError(
+                f"the dispatch database refused the operation"
+                f" ({type(error).__name__}: {redact(str(error), self.url)})"
+            ) from error
 
     @asynccontextmanager
     async def _transaction(
@@ -607,7 +619,9 @@ class PgDispatchStore:
             raise
         old, self._pool = self._pool, fresh
         if old is not None:
-            task = asyncio.create_task(old.close(), name="dispatch-pg-close-old-pool")
+            task = asyncio.create_task(
+                old.close(timeout=self._timeout), name="dispatch-pg-close-old-pool"
+            )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
