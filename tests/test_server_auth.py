@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -122,22 +123,26 @@ def _signed(
 @pytest.mark.parametrize(
     ("metadata", "fragment"),
     [
-        ([("key", KEY)], "not signed"),
-        ([m for m in _signed() if m[0] != "nonce"], "'nonce'"),
-        ([m for m in _signed() if m[0] != "ts"], "'ts'"),
-        (_signed(secret="wrong secret"), "signature does not match"),
-        (_signed(method="GetMicrogridDispatch"), "signature does not match"),
-        ([("key", "other key"), *_signed()[1:]], "signature does not match"),
-        ([*_signed()[:3], ("sig", "AAAA")], "signature does not match"),
-        (_signed(ts=int(time.time()) - 3600), "away from the server's clock"),
-        (_signed(ts=int(time.time()) + 3600), "away from the server's clock"),
-        ([("key", KEY), ("ts", "soon"), ("nonce", "n"), ("sig", "s")], "unix seconds"),
+        # Built when the test runs: a signature made at collection time goes
+        # stale (ts outside the clock window) when the suite runs long.
+        (lambda: [("key", KEY)], "not signed"),
+        (lambda: [m for m in _signed() if m[0] != "nonce"], "'nonce'"),
+        (lambda: [m for m in _signed() if m[0] != "ts"], "'ts'"),
+        (lambda: _signed(secret="wrong secret"), "signature does not match"),
+        (lambda: _signed(method="GetMicrogridDispatch"), "signature does not match"),
+        (lambda: [("key", "other key"), *_signed()[1:]], "signature does not match"),
+        (lambda: [*_signed()[:3], ("sig", "AAAA")], "signature does not match"),
+        (lambda: _signed(ts=int(time.time()) - 3600), "away from the server's clock"),
+        (lambda: _signed(ts=int(time.time()) + 3600), "away from the server's clock"),
+        (lambda: [("key", KEY), ("ts", "soon"), ("nonce", "n"), ("sig", "s")], "unix seconds"),
     ],
 )
-async def test_bad_signatures_are_rejected(metadata: list[tuple[str, str]], fragment: str) -> None:
+async def test_bad_signatures_are_rejected(
+    metadata: Callable[[], list[tuple[str, str]]], fragment: str
+) -> None:
     async with running_server(sign_secret=SECRET) as server, connect(server) as stub:
         with expect_error(Status.UNAUTHENTICATED, fragment) as info:
-            await _list(stub, metadata)
+            await _list(stub, metadata())
         _no_secrets_in(str(info.value))
 
 
