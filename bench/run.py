@@ -151,8 +151,8 @@ def metrics(config: Config) -> list[Metric]:
     rows += [
         Metric(
             "stream_lost_restarts",
-            f"changes lost by a stream consumer across {config.restarts} server restarts",
-            "",
+            f"stream consumer across {config.restarts} server restarts: lost",
+            "changes",
             False,
         ),
         Metric(
