@@ -447,16 +447,14 @@ class SharedStream:
         self._fan_out(Audience.RAW, [event])
         assert self._told is not None
         if self._held is None or not self._hold_told:
-            self._fan_out(Audience.CATCH_UP, [self._told.apply(event)])
+            self._fan_out(Audience.CATCH_UP, self._told.apply(event))
         if self._held is not None:
             self._held.append(event)
         elif self._state is not None:
-            self._fan_out(Audience.WATCH, [self._state.apply(event)])
+            self._fan_out(Audience.WATCH, self._state.apply(event))
 
-    def _fan_out(self, audience: Audience, events: Iterable[DispatchEvent | None]) -> None:
+    def _fan_out(self, audience: Audience, events: Iterable[DispatchEvent]) -> None:
         for event in events:
-            if event is None:
-                continue
             for consumer in list(self._consumers):
                 if consumer.audience is audience and consumer.has_snapshot:
                     self._offer(consumer, event)

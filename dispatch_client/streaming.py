@@ -245,7 +245,7 @@ class StreamHub:
                     changes = view.reset(item.dispatches)
                 else:
                     events = item.events if isinstance(item, Batch) else (item,)
-                    changes = [c for e in events if (c := view.apply(e)) is not None]
+                    changes = [c for e in events for c in view.apply(e)]
                 for change in changes:
                     yield change
         finally:

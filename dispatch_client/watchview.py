@@ -23,6 +23,12 @@ ways in:
 An event of a kind this client does not know (a newer server's) passes through
 unchanged and changes nothing: what it means for the view is not known.
 
+A dispatch is known by its id and its `create_time`. An id may come back
+naming another dispatch (a server restarted on another database counts its
+ids from 1 again), whose versions may well be older than the one held: that
+is a replacement, told as DELETED (the old one) then CREATED (the new one),
+never dropped as "older" and never told as an UPDATED.
+
 The async shells that list, buffer and fan out are `dispatch_client._shared_stream`
 and `dispatch_client.streaming`.
 """
@@ -37,7 +43,7 @@ from ._proto.frequenz.api.common.v1alpha8.streaming import Event
 from ._proto.frequenz.api.dispatch.v1 import Dispatch
 from .validation import dispatch_id_of
 
-__all__ = ["DispatchEvent", "WatchView", "is_older"]
+__all__ = ["DispatchEvent", "WatchView", "is_older", "is_same_dispatch"]
 
 _KNOWN = frozenset({Event.CREATED, Event.UPDATED, Event.DELETED})
 
@@ -63,6 +69,22 @@ def is_older(candidate: Dispatch, known: Dispatch) -> bool:
     new = candidate.metadata.update_time if candidate.metadata is not None else None
     old = known.metadata.update_time if known.metadata is not None else None
     return new is not None and old is not None and new < old
+
+
+def is_same_dispatch(candidate: Dispatch, known: Dispatch) -> bool:
+    """Tell whether two dispatches with the same id are versions of one dispatch, by `create_time`.
+
+    Args:
+        candidate: the version just received.
+        known: the version held so far.
+
+    Returns:
+        False only if both carry a creation time and they differ (the id was
+        reused, e.g. by a server restarted on another database).
+    """
+    new = candidate.metadata.create_time if candidate.metadata is not None else None
+    old = known.metadata.create_time if known.metadata is not None else None
+    return new is None or old is None or new == old
 
 
 class WatchView:
@@ -94,34 +116,41 @@ class WatchView:
         """Return what the consumer knows right now, by dispatch id (a copy)."""
         return dict(self._view)
 
-    def apply(self, event: DispatchEvent) -> DispatchEvent | None:
+    def apply(self, event: DispatchEvent) -> list[DispatchEvent]:
         """Apply a live event.
 
         Args:
             event: as received from the stream.
 
         Returns:
-            The event to emit, its kind following the view, or None if it tells
-            the consumer nothing new (a duplicate, an older version, or a
-            deletion of a dispatch it does not know). An event of an unknown
-            kind is returned as it is.
+            The events to emit, their kinds following the view: none if it
+            tells the consumer nothing new (a duplicate, an older version, or
+            a deletion of a dispatch it does not know), DELETED then CREATED
+            if its id now names another dispatch, else one. An event of an
+            unknown kind is returned as it is.
         """
         if event.event not in _KNOWN:
-            return event
-        dispatch_id = dispatch_id_of(event.dispatch)
+            return [event]
+        dispatch = event.dispatch
+        dispatch_id = dispatch_id_of(dispatch)
         known = self._view.get(dispatch_id)
         if event.event == Event.DELETED:
             if known is None:
-                return None
+                return []
             del self._view[dispatch_id]
-            return DispatchEvent(Event.DELETED, event.dispatch)
+            # The version the consumer knows if the id now names another dispatch.
+            gone = dispatch if is_same_dispatch(dispatch, known) else known
+            return [DispatchEvent(Event.DELETED, gone)]
         if known is None:
-            self._view[dispatch_id] = event.dispatch
-            return DispatchEvent(Event.CREATED, event.dispatch)
-        if known == event.dispatch or is_older(event.dispatch, known):
-            return None
-        self._view[dispatch_id] = event.dispatch
-        return DispatchEvent(Event.UPDATED, event.dispatch)
+            self._view[dispatch_id] = dispatch
+            return [DispatchEvent(Event.CREATED, dispatch)]
+        if not is_same_dispatch(dispatch, known):
+            self._view[dispatch_id] = dispatch
+            return [DispatchEvent(Event.DELETED, known), DispatchEvent(Event.CREATED, dispatch)]
+        if known == dispatch or is_older(dispatch, known):
+            return []
+        self._view[dispatch_id] = dispatch
+        return [DispatchEvent(Event.UPDATED, dispatch)]
 
     def catch_up(
         self, snapshot: Iterable[Dispatch], buffered: Iterable[DispatchEvent] = ()
@@ -137,7 +166,8 @@ class WatchView:
         Returns:
             The events to emit: first the changes the list shows for dispatches
             without buffered events (CREATED and UPDATED in the list's order,
-            then DELETED), then the buffered events as `apply` returns them.
+            DELETED then CREATED where an id names another dispatch now, then
+            DELETED), then the buffered events as `apply` returns them.
             No version older than the view's is ever emitted.
         """
         buffered = list(buffered)
@@ -150,6 +180,11 @@ class WatchView:
             known = self._view.get(dispatch_id)
             if known is None:
                 events.append(DispatchEvent(Event.CREATED, dispatch))
+            elif not is_same_dispatch(dispatch, known):
+                events += [
+                    DispatchEvent(Event.DELETED, known),
+                    DispatchEvent(Event.CREATED, dispatch),
+                ]
             elif known != dispatch and not is_older(dispatch, known):
                 events.append(DispatchEvent(Event.UPDATED, dispatch))
             else:
@@ -159,8 +194,7 @@ class WatchView:
         for dispatch_id in gone:
             events.append(DispatchEvent(Event.DELETED, self._view.pop(dispatch_id)))
         for event in buffered:
-            if (emitted := self.apply(event)) is not None:
-                events.append(emitted)
+            events += self.apply(event)
         return events
 
     def reset(self, dispatches: Mapping[int, Dispatch]) -> list[DispatchEvent]:
@@ -170,7 +204,8 @@ class WatchView:
             dispatches: the state to take on, by dispatch id.
 
         Returns:
-            CREATED and UPDATED in the order of `dispatches`, then DELETED
+            CREATED and UPDATED (DELETED then CREATED where an id names
+            another dispatch now) in the order of `dispatches`, then DELETED
             (with the last version the view held).
         """
         events: list[DispatchEvent] = []
@@ -178,6 +213,11 @@ class WatchView:
             known = self._view.get(dispatch_id)
             if known is None:
                 events.append(DispatchEvent(Event.CREATED, dispatch))
+            elif not is_same_dispatch(dispatch, known):
+                events += [
+                    DispatchEvent(Event.DELETED, known),
+                    DispatchEvent(Event.CREATED, dispatch),
+                ]
             elif known != dispatch:
                 events.append(DispatchEvent(Event.UPDATED, dispatch))
         for dispatch_id, known in self._view.items():

@@ -18,17 +18,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatch_client import Dispatch, DispatchData, DispatchMetadata, Event
-from dispatch_client.watchview import DispatchEvent, WatchView, is_older
+from dispatch_client.watchview import DispatchEvent, WatchView, is_older, is_same_dispatch
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
 
-def dispatch(dispatch_id: int, version: int = 0, kind: str = "X") -> Dispatch:
+def dispatch(
+    dispatch_id: int, version: int = 0, kind: str = "X", born: dt.datetime = T0
+) -> Dispatch:
     return Dispatch(
         metadata=DispatchMetadata(
             dispatch_id=dispatch_id,
-            create_time=T0,
-            update_time=T0 + dt.timedelta(seconds=version),
+            create_time=born,
+            update_time=born + dt.timedelta(seconds=version),
         ),
         data=DispatchData(type=f"{kind}{version}"),
     )
@@ -50,24 +52,24 @@ class TestApply:
     def test_kinds_follow_the_view(self) -> None:
         view = WatchView()
         # An UPDATED for an unknown dispatch heals the view as a CREATED.
-        assert view.apply(updated(dispatch(1))[0]) == created(dispatch(1))[0]
+        assert view.apply(updated(dispatch(1))[0]) == created(dispatch(1))
         # A CREATED for a known dispatch with newer content is an UPDATED to the consumer.
-        assert view.apply(created(dispatch(1, 1))[0]) == updated(dispatch(1, 1))[0]
-        assert view.apply(deleted(dispatch(1, 1))[0]) == deleted(dispatch(1, 1))[0]
+        assert view.apply(created(dispatch(1, 1))[0]) == updated(dispatch(1, 1))
+        assert view.apply(deleted(dispatch(1, 1))[0]) == deleted(dispatch(1, 1))
         assert dict(view.dispatches) == {}
 
     def test_stale_and_duplicate_events_are_dropped(self) -> None:
         view = WatchView([dispatch(1, version=5)])
-        assert view.apply(updated(dispatch(1, version=5))[0]) is None
-        assert view.apply(updated(dispatch(1, version=4))[0]) is None
-        assert view.apply(created(dispatch(1, version=0))[0]) is None
-        assert view.apply(deleted(dispatch(9))[0]) is None
+        assert view.apply(updated(dispatch(1, version=5))[0]) == []
+        assert view.apply(updated(dispatch(1, version=4))[0]) == []
+        assert view.apply(created(dispatch(1, version=0))[0]) == []
+        assert view.apply(deleted(dispatch(9))[0]) == []
         assert dict(view.dispatches) == {1: dispatch(1, version=5)}
 
     def test_same_update_time_with_new_content_is_applied(self) -> None:
         view = WatchView([dispatch(1, version=5)])
         same_time = dispatch(1, version=5, kind="Y")
-        assert view.apply(updated(same_time)[0]) == updated(same_time)[0]
+        assert view.apply(updated(same_time)[0]) == updated(same_time)
 
 
 class TestCatchUp:
@@ -112,7 +114,49 @@ class TestCatchUp:
         ]
         # The stream delivers them after the list: nothing new.
         for late in [*updated(dispatch(1, 1), dispatch(1, 2)), *created(dispatch(2, 3))]:
-            assert view.apply(late) is None
+            assert view.apply(late) == []
+
+
+class TestAnIdThatNamesAnotherDispatch:
+    """A server restarted on another database counts its ids from 1 again, with older times."""
+
+    OLD = T0 + dt.timedelta(days=1)
+
+    def test_catch_up_tells_deleted_then_created_not_nothing(self) -> None:
+        # break14: the consumer knew dispatches 1..3 of database A; the server came
+        # back on database B, whose 1..2 were made earlier: they were kept as "older".
+        view = WatchView([dispatch(k, born=self.OLD) for k in (1, 2, 3)])
+        events = view.catch_up([dispatch(1), dispatch(2, 1)])
+        assert events == [
+            *deleted(dispatch(1, born=self.OLD)),
+            *created(dispatch(1)),
+            *deleted(dispatch(2, born=self.OLD)),
+            *created(dispatch(2, 1)),
+            *deleted(dispatch(3, born=self.OLD)),
+        ]
+        assert dict(view.dispatches) == {1: dispatch(1), 2: dispatch(2, 1)}
+
+    def test_a_live_or_held_event_of_the_other_dispatch_replaces_the_known_one(self) -> None:
+        view = WatchView([dispatch(1, 5, born=self.OLD)])
+        assert view.apply(updated(dispatch(1, 2))[0]) == [
+            *deleted(dispatch(1, 5, born=self.OLD)),
+            *created(dispatch(1, 2)),
+        ]
+        assert view.apply(updated(dispatch(1, 1))[0]) == []
+        view = WatchView([dispatch(1, 5, born=self.OLD)])
+        assert view.apply(deleted(dispatch(1))[0]) == deleted(dispatch(1, 5, born=self.OLD))
+        view = WatchView([dispatch(1, 5, born=self.OLD)])
+        assert view.catch_up([dispatch(1, 3)], updated(dispatch(1, 3))) == [
+            *deleted(dispatch(1, 5, born=self.OLD)),
+            *created(dispatch(1, 3)),
+        ]
+
+    def test_reset_tells_deleted_then_created(self) -> None:
+        view = WatchView([dispatch(1, born=self.OLD)])
+        assert view.reset({1: dispatch(1)}) == [
+            *deleted(dispatch(1, born=self.OLD)),
+            *created(dispatch(1)),
+        ]
 
 
 class TestReset:
@@ -135,9 +179,9 @@ class History:
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> History:
+def histories(draw: st.DrawFn, born: dt.datetime = T0) -> History:
     existing = draw(st.integers(0, 4))
-    server = {key: dispatch(key) for key in range(1, existing + 1)}
+    server = {key: dispatch(key, born=born) for key in range(1, existing + 1)}
     events: list[DispatchEvent] = []
     states = [dict(server)]
     next_id = existing + 1
@@ -146,13 +190,13 @@ def histories(draw: st.DrawFn) -> History:
             st.sampled_from(["create", "update", "delete"]) if server else st.just("create")
         )
         if action == "create":
-            server[next_id] = dispatch(next_id, step)
+            server[next_id] = dispatch(next_id, step, born=born)
             events += created(server[next_id])
             next_id += 1
         else:
             key = draw(st.sampled_from(sorted(server)))
             if action == "update":
-                server[key] = dispatch(key, step)
+                server[key] = dispatch(key, step, born=born)
                 events += updated(server[key])
             else:
                 events += deleted(server.pop(key))
@@ -166,10 +210,8 @@ class Consumer:
     def __init__(self, known: dict[int, Dispatch]) -> None:
         self.known = dict(known)
 
-    def take(self, events: list[DispatchEvent | None]) -> None:
+    def take(self, events: list[DispatchEvent]) -> None:
         for event in events:
-            if event is None:
-                continue
             key = event.dispatch.metadata.dispatch_id  # type: ignore[union-attr]
             before = self.known.get(key)
             if event.event == Event.CREATED:
@@ -178,6 +220,9 @@ class Consumer:
                 assert before is not None, f"UPDATED for unknown dispatch {key}"
                 assert before != event.dispatch, f"duplicate UPDATED of {key}"
                 assert not is_older(event.dispatch, before), f"dispatch {key} went back in time"
+                assert is_same_dispatch(event.dispatch, before), (
+                    f"UPDATED of {key} by another dispatch"
+                )
             else:
                 assert before is not None, f"DELETED for unknown dispatch {key}"
             if event.event == Event.DELETED:
@@ -205,7 +250,7 @@ def test_any_gaps_at_any_moments_end_in_the_server_s_state(
     for _ in range(data.draw(st.integers(0, 4), label="gaps")):
         if delivered >= 0:
             broke = data.draw(st.integers(delivered, n), label="stream breaks after")
-            consumer.take([view.apply(e) for e in events[delivered:broke]])
+            consumer.take([c for e in events[delivered:broke] for c in view.apply(e)])
             delivered = broke
         opened = data.draw(st.integers(max(delivered, 0), n), label="new stream registered at")
         listed = data.draw(st.integers(opened, n), label="list served at")
@@ -215,9 +260,38 @@ def test_any_gaps_at_any_moments_end_in_the_server_s_state(
     if delivered < 0:
         consumer.take(list(view.catch_up(history.states[0].values())))
         delivered = 0
-    consumer.take([view.apply(e) for e in events[delivered:]])
+    consumer.take([c for e in events[delivered:] for c in view.apply(e)])
     assert dict(view.dispatches) == history.states[n]
     assert consumer.known == history.states[n]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    old=histories(born=T0 + dt.timedelta(days=1)),
+    history=histories(),
+    data=st.data(),
+    watcher=st.booleans(),
+)
+def test_a_gap_in_which_the_server_moved_to_another_database_ends_in_its_state(
+    old: History, history: History, data: st.DataObject, watcher: bool
+) -> None:
+    """break14: every id the old database had may name another, older dispatch now."""
+    n = len(history.events)
+    known = old.states[data.draw(st.integers(0, len(old.events)), label="old state known")]
+    view = WatchView(known.values())
+    consumer = Consumer(dict(view.dispatches))
+    opened = data.draw(st.integers(0, n), label="new stream registered at")
+    listed = data.draw(st.integers(opened, n), label="list served at")
+    arrived = data.draw(st.integers(opened, n), label="events received before the list")
+    if watcher:
+        consumer.take(view.reset(history.states[listed]))
+        arrived = listed
+    else:
+        consumer.take(
+            view.catch_up(history.states[listed].values(), history.events[opened:arrived])
+        )
+    consumer.take([c for e in history.events[arrived:] for c in view.apply(e)])
+    assert consumer.known == history.states[n] == dict(view.dispatches)
 
 
 @settings(max_examples=200, deadline=None)
@@ -229,17 +303,17 @@ def test_a_reset_to_any_snapshot_then_the_later_events_ends_in_the_server_s_stat
     seen = data.draw(st.integers(0, n), label="events seen before falling behind")
     view = WatchView()
     consumer = Consumer({})
-    consumer.take([view.apply(e) for e in history.events[:seen]])
+    consumer.take([c for e in history.events[:seen] for c in view.apply(e)])
     at = data.draw(st.integers(seen, n), label="snapshot taken at")
     consumer.take(list(view.reset(history.states[at])))
-    consumer.take([view.apply(e) for e in history.events[at:]])
+    consumer.take([c for e in history.events[at:] for c in view.apply(e)])
     assert consumer.known == history.states[n] == dict(view.dispatches)
 
 
 def test_an_event_of_an_unknown_kind_passes_through_and_changes_nothing() -> None:
     newer = DispatchEvent(Event(9), dispatch(1, 3))
     view = WatchView([dispatch(1)])
-    assert view.apply(newer) is newer
+    assert view.apply(newer) == [newer]
     assert dict(view.dispatches) == {1: dispatch(1)}
     # Nor does it hide the listed change of its dispatch in a catch-up.
     assert view.catch_up([dispatch(1, 2)], [newer]) == [*updated(dispatch(1, 2)), newer]

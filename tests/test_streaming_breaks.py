@@ -1,0 +1,111 @@
+"""Inputs that broke the stream catch-up once (issue 14, tried as a new user would), kept as cases.
+
+Each case runs the reference server as a process of its own, killed and
+restarted on the same port, and holds every consumer to what `list()` says at
+the end, checking each event against what that consumer knew (`Ledger`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from pathlib import Path
+
+import anyio
+import pytest
+from server_process import ServerProcess
+from test_streaming_helpers import wait_until
+
+from dispatch_client import Dispatch, Event
+from dispatch_client.client import Client
+from dispatch_client.streaming import DispatchEvent
+from dispatch_client.watchview import is_older, is_same_dispatch
+
+pytest_plugins = ["test_streaming_helpers"]
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_stream_leftovers")]
+
+MG = 3
+
+
+class Ledger:
+    """A consumer's events applied to a dict, each checked against what it knew."""
+
+    def __init__(self) -> None:
+        self.known: dict[int, Dispatch] = {}
+        self.kinds: list[tuple[Event, int, str]] = []
+
+    def apply(self, event: DispatchEvent) -> None:
+        assert event.dispatch.metadata is not None and event.dispatch.data is not None
+        key = event.dispatch.metadata.dispatch_id
+        before = self.known.get(key)
+        if event.event == Event.CREATED:
+            assert before is None, f"CREATED for known dispatch {key}"
+        elif event.event == Event.UPDATED:
+            assert before is not None, f"UPDATED for unknown dispatch {key}"
+            assert before != event.dispatch, f"duplicate UPDATED of {key}"
+            assert not is_older(event.dispatch, before), f"{key} went back in time"
+            assert is_same_dispatch(event.dispatch, before), f"UPDATED of {key} by another one"
+        else:
+            assert before is not None, f"DELETED for unknown dispatch {key}"
+        if event.event == Event.DELETED:
+            del self.known[key]
+        else:
+            self.known[key] = event.dispatch
+        self.kinds.append((event.event, key, event.dispatch.data.type))
+
+    async def follow(self, events: AsyncGenerator[DispatchEvent, None]) -> None:
+        async with aclosing(events):
+            async for event in events:
+                self.apply(event)
+
+
+async def listed(client: Client) -> dict[int, Dispatch]:
+    return {d.metadata.dispatch_id: d async for d in client.dispatches(MG) if d.metadata}
+
+
+async def test_a_server_back_on_another_database_is_caught_up_as_deleted_then_created(
+    tmp_path: Path,
+) -> None:
+    """break14: ids 1..5 of the new database were older than the 1..8 seen: kept stale for ever."""
+    other = ServerProcess(tmp_path / "other.sqlite")
+    await other.start()
+    try:
+        async with Client(other.url) as client:
+            for _ in range(5):
+                await client.create(MG, "OTHER", "NOW", dt.timedelta(minutes=5), [1])
+    finally:
+        await other.close()
+    # The first database's dispatches are made later: newer update times, same ids.
+    await anyio.sleep(0.05)
+    first = ServerProcess(tmp_path / "first.sqlite", port=other.port)
+    await first.start()
+    second = ServerProcess(tmp_path / "other.sqlite", port=other.port)
+    ledgers = {"stream": Ledger(), "watch": Ledger()}
+    try:
+        async with (
+            Client(first.url) as client,
+            Client(first.url) as producer,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(ledgers["stream"].follow, client.stream(MG))
+            tg.start_soon(ledgers["watch"].follow, client.watch(MG))
+            await wait_until(lambda: MG in client.streams and client.streams[MG].synced)
+            for _ in range(8):
+                await producer.create(MG, "FIRST", "NOW", dt.timedelta(minutes=5), [1])
+            await wait_until(lambda: all(len(x.known) == 8 for x in ledgers.values()))
+            await first.kill()
+            await second.start()
+            truth = await listed(producer)
+            with anyio.fail_after(10):
+                await wait_until(lambda: all(x.known == truth for x in ledgers.values()))
+            tg.cancel_scope.cancel()
+    finally:
+        await first.close()
+        await second.close()
+    for ledger in ledgers.values():
+        after = ledger.kinds[8:]
+        assert sorted(after) == sorted(
+            [(Event.DELETED, key, "FIRST") for key in range(1, 9)]
+            + [(Event.CREATED, key, "OTHER") for key in range(1, 6)]
+        )
