@@ -19,7 +19,10 @@ from test_streaming_helpers import wait_until
 
 from dispatch_client import Dispatch, Event
 from dispatch_client.client import Client
+from dispatch_client.server.app import DispatchServer
+from dispatch_client.server.service import DispatchService
 from dispatch_client.streaming import DispatchEvent
+from dispatch_client.testing import RunningServer
 from dispatch_client.watchview import is_older, is_same_dispatch
 
 pytest_plugins = ["test_streaming_helpers"]
@@ -109,3 +112,32 @@ async def test_a_server_back_on_another_database_is_caught_up_as_deleted_then_cr
             [(Event.DELETED, key, "FIRST") for key in range(1, 9)]
             + [(Event.CREATED, key, "OTHER") for key in range(1, 6)]
         )
+
+
+async def test_a_server_clock_set_back_still_stamps_each_version_after_the_last() -> None:
+    """break14: a server back with its clock 30 s behind: its updates were dropped as "older"."""
+    now = [dt.datetime.now(dt.UTC)]
+    ledgers = {"stream": Ledger(), "watch": Ledger()}
+    async with (
+        DispatchService(clock=lambda: now[0]) as service,
+        DispatchServer(service, host="127.0.0.1", port=0) as server,
+    ):
+        url = RunningServer(server).url
+        async with Client(url) as client, Client(url) as producer, anyio.create_task_group() as tg:
+            tg.start_soon(ledgers["stream"].follow, client.stream(MG))
+            tg.start_soon(ledgers["watch"].follow, client.watch(MG))
+            await wait_until(lambda: MG in client.streams and client.streams[MG].synced)
+            made = await producer.create(MG, "CLOCK", "NOW", dt.timedelta(minutes=5), [1])
+            assert made.metadata is not None
+            key = made.metadata.dispatch_id
+            await producer.update(MG, key, {"duration": dt.timedelta(seconds=111)})
+            now[0] -= dt.timedelta(seconds=30)
+            last = await producer.update(MG, key, {"duration": dt.timedelta(seconds=222)})
+            assert last.metadata is not None and made.metadata.update_time is not None
+            assert last.metadata.update_time is not None
+            assert last.metadata.update_time > made.metadata.update_time
+            truth = await listed(producer)
+            assert truth[key] == last
+            with anyio.fail_after(5):
+                await wait_until(lambda: all(x.known == truth for x in ledgers.values()))
+            tg.cancel_scope.cancel()

@@ -99,6 +99,20 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _after(current: Dispatch, now: dt.datetime) -> dt.datetime:
+    """The update time of a new version of `current`: `now`, or just after the last one.
+
+    Clients order a dispatch's versions by update time (a stream's catch-up
+    keeps the newer one), so it must grow even when this server's clock is
+    behind the one that stamped the last version (a restart after the clock
+    was set back, a replica whose clock is behind).
+    """
+    last = current.metadata.update_time if current.metadata is not None else None
+    if last is None or now > last:
+        return now
+    return last + dt.timedelta(microseconds=1)
+
+
 def _invalid(message: str) -> NoReturn:
     raise GRPCError(Status.INVALID_ARGUMENT, message)
 
@@ -338,7 +352,7 @@ class DispatchService(MicrogridDispatchServiceBase):
                 )
             except ValueError as error:
                 _invalid(str(error))
-            return Replacement(data, now, await _end_time(data))
+            return Replacement(data, _after(current, now), await _end_time(data))
 
         async def write() -> Dispatch | None:
             return await self.store.update(mid, did, change)
