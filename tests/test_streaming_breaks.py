@@ -22,7 +22,7 @@ from dispatch_client.client import Client
 from dispatch_client.server.app import DispatchServer
 from dispatch_client.server.service import DispatchService
 from dispatch_client.streaming import DispatchEvent
-from dispatch_client.testing import RunningServer
+from dispatch_client.testing import RunningServer, running_server
 from dispatch_client.watchview import is_older, is_same_dispatch
 
 pytest_plugins = ["test_streaming_helpers"]
@@ -71,19 +71,16 @@ async def test_a_server_back_on_another_database_is_caught_up_as_deleted_then_cr
     tmp_path: Path,
 ) -> None:
     """break14: ids 1..5 of the new database were older than the 1..8 seen: kept stale for ever."""
-    other = ServerProcess(tmp_path / "other.sqlite")
-    await other.start()
-    try:
-        async with Client(other.url) as client:
-            for _ in range(5):
-                await client.create(MG, "OTHER", "NOW", dt.timedelta(minutes=5), [1])
-    finally:
-        await other.close()
+    async with (
+        running_server(db=str(tmp_path / "other.sqlite")) as other,
+        Client(other.url) as client,
+    ):
+        for _ in range(5):
+            await client.create(MG, "OTHER", "NOW", dt.timedelta(minutes=5), [1])
     # The first database's dispatches are made later: newer update times, same ids.
-    await anyio.sleep(0.05)
-    first = ServerProcess(tmp_path / "first.sqlite", port=other.port)
+    first = ServerProcess(tmp_path / "first.sqlite")
     await first.start()
-    second = ServerProcess(tmp_path / "other.sqlite", port=other.port)
+    second = ServerProcess(tmp_path / "other.sqlite", port=first.port)
     ledgers = {"stream": Ledger(), "watch": Ledger()}
     try:
         async with (
