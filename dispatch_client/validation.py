@@ -14,8 +14,9 @@ Limits (the same on both sides):
   (`MIN_TIME`..`MAX_TIME`), the range of a protobuf Timestamp;
 - a filter list (`dispatch_ids`, `queries`, `targets`) holds at most
   `MAX_FILTER_ITEMS` (1000) items;
-- a payload is nested at most `MAX_PAYLOAD_DEPTH` (5) levels and encodes to at
-  most `MAX_PAYLOAD_BYTES` (50 KiB);
+- a payload holds only what JSON can (every `Value` has a kind set, numbers
+  are finite), is nested at most `MAX_PAYLOAD_DEPTH` (5) levels and encodes to
+  at most `MAX_PAYLOAD_BYTES` (50 KiB);
 - recurrence: `count` 1..4096, `interval` 1..10000 (0 means 1), by* values in
   their calendar ranges, and an `until_time` not before the start;
 - a duration is at most `MAX_DURATION_SECONDS` (2**32-1 s, a uint32).
@@ -612,6 +613,30 @@ def payload_measure(payload: Struct) -> tuple[int, int]:
     return depth, sizes[id(payload)]
 
 
+def _check_json_values(payload: Struct, field: str) -> None:
+    """Refuse Values JSON cannot hold: one with no kind set, or a NaN/infinite number.
+
+    Either would be stored and then break every reader: betterproto2's
+    `to_dict()` raises on a Value without a kind, and JSON has no NaN.
+    Iterative, like `payload_measure`, so the depth is no concern here.
+    """
+    stack: list[tuple[Struct | ListValue, str]] = [(payload, field)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, Struct):
+            items = [(f"{path}[{shown(key)}]", value) for key, value in node.fields.items()]
+        else:
+            items = [(f"{path}[{index}]", value) for index, value in enumerate(node.values)]
+        for where, value in items:
+            which, inner = betterproto2.which_one_of(value, "kind")
+            if not which:
+                raise ValueError(f"{where} is a Value with no kind set (null, bool, number, ...)")
+            if isinstance(inner, float) and not math.isfinite(inner):
+                raise ValueError(f"{where} is {inner}; JSON numbers must be finite")
+            if isinstance(inner, Struct | ListValue):
+                stack.append((inner, where))
+
+
 def check_payload(payload: Struct, field: str = "payload") -> None:
     """Check a payload's types, nesting depth and encoded size.
 
@@ -620,12 +645,14 @@ def check_payload(payload: Struct, field: str = "payload") -> None:
         field: its name, used in error messages.
 
     Raises:
-        ValueError: a value of the wrong type, nesting deeper than
-            `MAX_PAYLOAD_DEPTH` or more than `MAX_PAYLOAD_BYTES` encoded.
+        ValueError: a value of the wrong type, a Value with no kind set, a
+            NaN or infinite number, nesting deeper than `MAX_PAYLOAD_DEPTH` or
+            more than `MAX_PAYLOAD_BYTES` encoded.
     """
     if not isinstance(payload, Struct):
         raise ValueError(f"{field} must be a Struct, got {type(payload).__name__}")
     check_message(payload, field)
+    _check_json_values(payload, field)
     _check_payload_extent(payload, field)
 
 

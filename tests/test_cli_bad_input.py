@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 import signal
@@ -40,6 +41,7 @@ from dispatch_client import (
     TargetComponentsCategoryTypeSet,
     TargetComponentsIdSet,
 )
+from dispatch_client._proto.google.protobuf import ListValue, Struct, Value
 from dispatch_client.cli import cli
 from dispatch_client.cli.parsing import parse_time
 from dispatch_client.testing import RunningServer, running_server
@@ -220,6 +222,18 @@ def odd_dispatches() -> dict[str, DispatchData]:
                 end_criteria=RecurrenceRuleEndCriteria(count=4096),
             )
         ),
+        # Payload values JSON cannot hold, and text a terminal would obey.
+        "payload NaN and -inf": data(
+            payload=Struct(
+                fields={"n": Value(number_value=math.nan), "i": Value(number_value=-math.inf)}
+            )
+        ),
+        "payload Value without kind": data(
+            payload=Struct(
+                fields={"k": Value(), "l": Value(list_value=ListValue(values=[Value()]))}
+            )
+        ),
+        "control characters in type": data(type="\x1b[2J\nY\u202e"),
         "until before start": data(
             recurrence=RecurrenceRule(
                 freq=RecurrenceRuleFrequency.HOURLY,
@@ -227,6 +241,15 @@ def odd_dispatches() -> dict[str, DispatchData]:
             )
         ),
     }
+
+
+def strict_json(line: str) -> object:
+    """json.loads, refusing the NaN / Infinity that JSON does not have."""
+
+    def refuse(constant: str) -> object:
+        raise AssertionError(f"not JSON: {constant} in {line}")
+
+    return json.loads(line, parse_constant=refuse)
 
 
 @pytest.fixture
@@ -243,22 +266,35 @@ async def test_every_command_over_odd_dispatches(odd_server: RunningServer, tmp_
     table = clean(await run(server, "list", MG), 0)
     assert "frequency 9 (unknown)" in table
     assert "99 (unknown)" in table and "BATTERY:7 (unknown)" in table
+    assert "\\x1b[2J" in table and "\x1b" not in table  # shown escaped, not obeyed
     clean(await run(server, "list", MG, "--running"), 0)
-    for line in clean(await run(server, "--json", "list", MG), 0).splitlines():
-        json.loads(line)
+    listed = await run(server, "--json", "list", MG)
+    clean(listed, 0)
+    for line in listed.stdout.splitlines():
+        strict_json(line)
     detail = clean(await run(server, "get", MG, *ids), 0)
     assert "weekday 8 (unknown)" in detail
     assert "recurrence.freq 9 is not a known RecurrenceRuleFrequency" in detail  # the warning
-    clean(await run(server, "--json", "get", MG, *ids), 0)
+    assert '"n": "NaN"' in detail and '"k": null' in detail
+    assert "\x1b" not in detail and "\u202e" not in detail
+    got = await run(server, "--json", "get", MG, *ids)
+    clean(got, 0)
+    for line in got.stdout.splitlines():
+        strict_json(line)
     for flags in ([], ["--all"], ["--json"], ["--hours", "8000"]):
-        clean(await run(server, "timeline", MG, *flags), 0)
+        output = clean(await run(server, "timeline", MG, *flags), 0)
+        assert "\x1b" not in output
     for dispatch_id in ids:
         result = await run(server, "ical", MG, dispatch_id, "-o", str(tmp_path / "x.ics"))
         output = clean(result, 0, 1)
         if result.exit_code:
             assert "cannot be exported" in output
     watched = clean(await run(server, "watch", MG, "--max-events", str(len(ids))), 0)
-    assert "frequency 9 (unknown)" in watched
+    assert "frequency 9 (unknown)" in watched and "\x1b" not in watched
+    watched = await run(server, "--json", "watch", MG, "--max-events", str(len(ids)))
+    clean(watched, 0)
+    for line in watched.stdout.splitlines():
+        strict_json(line)
     clean(await run(server, "update", MG, "1", "--duration", "2h"), 0, 1)
     clean(await run(server, "update", MG, "2", "--inactive"), 0, 1)
     clean(await run(server, "delete", MG, ids[-1]), 0)

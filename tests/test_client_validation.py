@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -225,3 +226,57 @@ def test_without_upb_the_payload_size_comes_from_the_walk(monkeypatch: pytest.Mo
     assert len(measured) == 1
     with pytest.raises(ValueError, match=f"{MAX_PAYLOAD_BYTES + 1} bytes encoded"):
         build(payload={"s": "x" * (MAX_PAYLOAD_BYTES - 15 + 1)})
+
+
+def _values() -> st.SearchStrategy[Value]:
+    """Any Value a Struct may hold on the wire: kindless ones and every double included."""
+    leaves = st.one_of(
+        st.just(Value()),
+        st.just(Value(null_value=NullValue.NULL_VALUE)),
+        st.booleans().map(lambda b: Value(bool_value=b)),
+        st.floats().map(lambda f: Value(number_value=f)),  # NaN and +-inf too
+        st.text(max_size=5).map(lambda s: Value(string_value=s)),
+    )
+    return st.recursive(
+        leaves,
+        lambda inner: (
+            st.lists(inner, max_size=3).map(lambda v: Value(list_value=ListValue(values=v)))
+            | st.dictionaries(st.text(max_size=3), inner, max_size=3).map(
+                lambda f: Value(struct_value=Struct(fields=f))
+            )
+        ),
+        max_leaves=10,
+    )
+
+
+@given(st.dictionaries(st.text(max_size=3), _values(), max_size=3))
+def test_an_accepted_struct_payload_is_json(fields: dict[str, Value]) -> None:
+    # The kind: a ready Struct (the client's argument, the server's request) holding a
+    # Value JSON has no form for (no kind set, NaN, +-inf) was accepted, stored, and then
+    # broke every reader (to_dict() raising, NaN in --json output).
+    payload = Struct(fields=fields)
+    try:
+        validation.check_payload(payload)
+    except ValueError as error:
+        assert str(error).startswith("payload")
+        return
+    json.dumps(payload.to_dict(), allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (Value(), r"payload\['k'\] is a Value with no kind set"),
+        (Value(number_value=float("nan")), r"payload\['k'\] is nan; JSON numbers must be finite"),
+        (Value(number_value=float("-inf")), r"payload\['k'\] is -inf"),
+        (
+            Value(list_value=ListValue(values=[Value(string_value="a"), Value()])),
+            r"payload\['k'\]\[1\] is a Value with no kind set",
+        ),
+    ],
+)
+def test_struct_payloads_json_cannot_hold_are_refused_before_sending(
+    value: Value, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        build(payload=Struct(fields={"k": value}))

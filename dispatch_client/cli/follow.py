@@ -16,6 +16,7 @@ from ..errors import DispatchApiError
 from ..server.config import StopSignal, cancel_on_signal
 from ..validation import enum_label
 from .base import Settings, command_json_option, connect, microgrid_argument
+from .output import message_dict
 from .parsing import duration_param
 
 __all__ = ["stream_command", "watch_command"]
@@ -78,9 +79,11 @@ async def _follow(
                 async with aclosing(events):
                     async for event in events:
                         announce()
-                        document = StreamMicrogridDispatchesResponse(
-                            dispatch=event.dispatch, event=event.event
-                        ).to_dict()
+                        document = message_dict(
+                            StreamMicrogridDispatchesResponse(
+                                dispatch=event.dispatch, event=event.event
+                            )
+                        )
                         out.event(enum_label(Event, event.event), event.dispatch, document)
                         seen += 1
                         if max_events is not None and seen >= max_events:

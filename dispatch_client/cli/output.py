@@ -7,13 +7,16 @@ gives back the message.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
+import math
 import re
 import sys
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import betterproto2
 from rich.console import Console
@@ -30,6 +33,7 @@ from .._proto.frequenz.api.dispatch.v1 import (
     RecurrenceRuleWeekday,
     TargetComponents,
 )
+from .._proto.google.protobuf import NullValue, Struct, Value
 from ..validation import dispatch_id_of, enum_label, known_member, to_utc
 from .parsing import format_duration
 from .timeline import Glyphs
@@ -39,6 +43,8 @@ __all__ = [
     "describe_recurrence",
     "describe_target",
     "format_time",
+    "message_dict",
+    "printable",
 ]
 
 _FREQ_UNIT = {
@@ -159,6 +165,82 @@ def _short_time(value: dt.datetime | None, fmt: str) -> str:
     return "-" if value is None else to_utc(value, "time").strftime(fmt)
 
 
+def printable(text: str) -> str:
+    r"""Return `text` with control characters escaped, for showing server text to people.
+
+    A dispatch type is whatever a client stored: an escape sequence in it
+    would recolour or clear the terminal, a newline would break a table row.
+
+    Args:
+        text: text received from the server.
+
+    Returns:
+        `text`, each control or format character (Unicode category C*) as
+        `\xNN` / `\uNNNN`.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch == " " or unicodedata.category(ch)[0] != "C" else ascii(ch)[1:-1] for ch in text
+    )
+
+
+def _json_safe_values(message: betterproto2.Message) -> None:
+    """Make every payload Value in `message` one the JSON mapping can write, in place.
+
+    betterproto2's `to_dict()` raises on a Value with no kind set, and JSON
+    has no NaN: a server other than ours may send either. Such values become
+    null and the strings "NaN", "Infinity", "-Infinity".
+    """
+    stack: list[Any] = [message]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Value):
+            which, inner = betterproto2.which_one_of(node, "kind")
+            if not which:
+                node.null_value = NullValue.NULL_VALUE
+            elif isinstance(inner, float) and not math.isfinite(inner):
+                node.number_value = None
+                node.string_value = (
+                    "NaN" if math.isnan(inner) else ("-" if inner < 0 else "") + "Infinity"
+                )
+        if isinstance(node, betterproto2.Message):
+            meta: Any = cast(Any, node)._betterproto
+            for name in meta.meta_by_field_name:
+                value = getattr(node, name, None)
+                if isinstance(value, betterproto2.Message):
+                    stack.append(value)
+                elif isinstance(value, list | tuple):
+                    stack.extend(v for v in value if isinstance(v, betterproto2.Message))
+                elif isinstance(value, dict):
+                    stack.extend(v for v in value.values() if isinstance(v, betterproto2.Message))
+
+
+def message_dict(message: betterproto2.Message) -> dict[str, Any]:
+    """Return the protobuf JSON mapping of `message`, also when its payload has odd values.
+
+    Args:
+        message: a generated message, e.g. a `Dispatch`.
+
+    Returns:
+        `message.to_dict()`; if that fails on a payload Value JSON cannot hold,
+        the mapping of a copy where such values are replaced (see
+        `_json_safe_values`).
+    """
+    try:
+        document: dict[str, Any] = message.to_dict()
+        json.dumps(document, allow_nan=False)
+        return document
+    except ValueError:
+        safe = copy.deepcopy(message)
+        _json_safe_values(safe)
+        return safe.to_dict()
+
+
+def _payload_text(payload: Struct) -> str:
+    return json.dumps(_plain(message_dict(payload)), sort_keys=True)
+
+
 def _plain(value: Any) -> Any:
     """Undo Struct's doubles for display: 5000.0 reads better as 5000."""
     if isinstance(value, float) and value.is_integer():
@@ -214,7 +296,7 @@ class Output:
         Args:
             message: any generated message, e.g. a `Dispatch`.
         """
-        self.json_line(message.to_dict())
+        self.json_line(message_dict(message))
 
     # --- human ---
 
@@ -279,7 +361,7 @@ class Output:
         rows = [
             (
                 str(dispatch_id_of(d)),
-                d.data.type,
+                printable(d.data.type),
                 _short_time(d.data.start_time, start_format),
                 format_duration(d.data.duration),
                 describe_target(d.data.target),
@@ -319,14 +401,14 @@ class Output:
         grid.add_column(overflow="fold")
         grid.add_row("Dispatch", str(dispatch_id_of(dispatch)))
         if data is not None:
-            grid.add_row("Type", data.type)
+            grid.add_row("Type", printable(data.type))
             grid.add_row("Start", format_time(data.start_time) + " UTC")
             grid.add_row("Duration", format_duration(data.duration))
             grid.add_row("Target", describe_target(data.target))
             grid.add_row("Recurrence", describe_recurrence(data.recurrence))
             grid.add_row("Status", _status(dispatch))  # "off": inactive, it will not run
             if data.payload is not None and data.payload.fields:
-                grid.add_row("Payload", json.dumps(_plain(data.payload.to_dict()), sort_keys=True))
+                grid.add_row("Payload", _payload_text(data.payload))
         if next_run is not None:
             grid.add_row("Next run", format_time(next_run) + " UTC")
         if meta is not None:
@@ -353,7 +435,7 @@ class Output:
         text.append(f" #{dispatch_id_of(dispatch)}")
         if data is not None:
             text.append(
-                f" {data.type} start {format_time(data.start_time)}"
+                f" {printable(data.type)} start {format_time(data.start_time)}"
                 f" for {format_duration(data.duration)}"
                 f" on {describe_target(data.target)}"
                 f" ({describe_recurrence(data.recurrence)}"

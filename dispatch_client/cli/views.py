@@ -13,6 +13,7 @@ import asyncclick as click
 from .._proto.frequenz.api.common.v1alpha8.types import Interval
 from ..validation import dispatch_id_of
 from .base import Settings, command_json_option, connect, microgrid_argument
+from .output import message_dict, printable
 from .parsing import uint64_param
 from .timeline import Glyphs, Row, render
 
@@ -76,14 +77,14 @@ async def timeline_command(
         except ValueError as error:
             # e.g. a frequency from a newer server: this row cannot be drawn, the others can.
             if out.json_mode:
-                out.json_line({"dispatch": dispatch.to_dict(), "error": str(error)})
+                out.json_line({"dispatch": message_dict(dispatch), "error": str(error)})
             else:
                 unreadable.append(f"#{dispatch_id_of(dispatch)}: {error}")
             continue
         if out.json_mode:
             out.json_line(
                 {
-                    "dispatch": dispatch.to_dict(),
+                    "dispatch": message_dict(dispatch),
                     "runs": [Interval(start_time=s, end_time=e).to_dict() for s, e in window_runs],
                 }
             )
@@ -91,7 +92,9 @@ async def timeline_command(
         if not window_runs:
             idle += 1
             continue
-        label = f"#{dispatch_id_of(dispatch)} {data.type}" + ("" if data.is_active else " (off)")
+        label = f"#{dispatch_id_of(dispatch)} {printable(data.type)}" + (
+            "" if data.is_active else " (off)"
+        )
         rows.append(Row(label=label, runs=window_runs, dry_run=data.is_dry_run))
     if out.json_mode:
         return

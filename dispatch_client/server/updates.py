@@ -42,10 +42,17 @@ def round_to_second(value: dt.datetime) -> dt.datetime:
         value: an aware datetime.
 
     Returns:
-        `value` with `microsecond=0`, one second later when it had >= 500 ms.
+        `value` with `microsecond=0`, one second later when it had >= 500 ms,
+        except in the last second of 9999-12-31, which has no later second to
+        round to and is rounded down.
     """
     whole = value.replace(microsecond=0)
-    return whole + dt.timedelta(seconds=1) if value.microsecond >= 500_000 else whole
+    if value.microsecond < 500_000:
+        return whole
+    try:
+        return whole + dt.timedelta(seconds=1)
+    except OverflowError:
+        return whole
 
 
 def check_mask(paths: list[str]) -> None:
