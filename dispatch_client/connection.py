@@ -37,6 +37,7 @@ from ._fastdecode import ResponseCodec
 from ._logsafe import protect_logs
 from .errors import CallRecord, DispatchApiError, UnknownError, map_errors
 from .errors import _typed as typed_error
+from .validation import shown
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Callable, Coroutine
@@ -167,7 +168,7 @@ def seconds_or_none(value: dt.timedelta | None, name: str) -> float | None:
     if value is None:
         return None
     if not isinstance(value, dt.timedelta) or value <= dt.timedelta(0):
-        raise ValueError(f"{name} must be a positive timedelta or None, got {value!r}")
+        raise ValueError(f"{name} must be a positive timedelta or None, got {shown(value)}")
     return value.total_seconds()
 
 

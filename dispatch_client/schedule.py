@@ -78,7 +78,7 @@ from ._proto.frequenz.api.common.v1alpha8.streaming import Event
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, TargetComponents
 from ._tasks import CLOSE_TIMEOUT, OwnedTask, aclose_quietly
 from .recurrence import is_running, next_run, until
-from .validation import dispatch_id_of, to_utc
+from .validation import dispatch_id_of, shown, to_utc
 from .watchview import DispatchEvent
 
 __all__ = [
@@ -269,7 +269,7 @@ class RunTracker:
             ValueError: `type` is not a str or None, or `merge` is not a strategy.
         """
         if type is not None and not isinstance(type, str):
-            raise ValueError(f"type must be a str or None, not {type!r}")
+            raise ValueError(f"type must be a str or None, not {shown(type)}")
         self._type = type
         self._key = merge_key(merge)
         self._tracked: dict[int, _Tracked] = {}
@@ -531,7 +531,7 @@ def running(
     """
     tracker = RunTracker(type=type, merge=merge)
     if not callable(clock):
-        raise ValueError(f"clock must be callable, not {clock!r}")
+        raise ValueError(f"clock must be callable, not {shown(clock)}")
     return _running(events, tracker, clock)
 
 

@@ -37,7 +37,7 @@ from ._shared_stream import (
     StreamStatus,
 )
 from .errors import StreamGap
-from .validation import check_positive_int, check_uint64
+from .validation import check_positive_int, check_uint64, shown
 from .watchview import DispatchEvent, WatchView
 
 __all__ = [
@@ -107,7 +107,7 @@ class StreamHub:
         """
         check_positive_int(buffer_size, "buffer_size")
         if not open_grace >= 0:
-            raise ValueError(f"open_grace must be >= 0, got {open_grace!r}")
+            raise ValueError(f"open_grace must be >= 0, got {shown(open_grace)}")
         self._settings = StreamSettings(
             open_stream=open_stream,
             list_dispatches=list_dispatches,
@@ -156,9 +156,11 @@ class StreamHub:
         """
         size = self._consumer_buffer(microgrid_id, buffer_size)
         if overflow not in _SUBSCRIBE_POLICIES:
-            raise ValueError(f"overflow must be one of {_SUBSCRIBE_POLICIES}, not {overflow!r}")
+            raise ValueError(
+                f"overflow must be one of {_SUBSCRIBE_POLICIES}, not {shown(overflow)}"
+            )
         if on_gap not in _GAP_POLICIES:
-            raise ValueError(f"on_gap must be one of {_GAP_POLICIES}, not {on_gap!r}")
+            raise ValueError(f"on_gap must be one of {_GAP_POLICIES}, not {shown(on_gap)}")
         audience = Audience.CATCH_UP if on_gap == "catch_up" else Audience.RAW
         return self._subscribe(microgrid_id, size, overflow, audience)
 
@@ -186,7 +188,9 @@ class StreamHub:
         """
         size = self._consumer_buffer(microgrid_id, buffer_size)
         if overflow not in _WATCH_POLICIES:
-            raise ValueError(f"watch() overflow must be one of {_WATCH_POLICIES}, not {overflow!r}")
+            raise ValueError(
+                f"watch() overflow must be one of {_WATCH_POLICIES}, not {shown(overflow)}"
+            )
         return self._watch(microgrid_id, size, overflow)
 
     async def aclose(self) -> None:

@@ -414,6 +414,18 @@ def _check_scalar(
     return None
 
 
+def _check_one_of(message: betterproto2.Message, meta: Any, path: str) -> None:
+    """Refuse a message with two members of one oneof set (betterproto2 lets you build it)."""
+    for group, fields in meta.oneof_field_by_group.items():
+        members = sorted(f.name for f in fields if getattr(message, f.name, None) is not None)
+        if len(members) > 1:
+            prefix = f"{path}: " if path else ""
+            raise ValueError(
+                f"{prefix}{' and '.join(members)} are both set, but they are one of"
+                f" '{group}' (set at most one)"
+            )
+
+
 def check_message(message: betterproto2.Message, field: str, *, skip: Iterable[str] = ()) -> None:
     """Check that every field of `message`, nested ones included, holds what the schema says.
 
@@ -430,13 +442,15 @@ def check_message(message: betterproto2.Message, field: str, *, skip: Iterable[s
 
     Raises:
         ValueError: naming the first field path whose value does not fit,
-            e.g. `recurrence.freq 9 is not a known RecurrenceRuleFrequency`.
+            e.g. `recurrence.freq 9 is not a known RecurrenceRuleFrequency`,
+            or two members of one oneof that are both set.
     """
     skipped = frozenset(skip)
     stack: list[tuple[betterproto2.Message, str]] = [(message, field)]
     while stack:
         current, path = stack.pop()
         meta: Any = cast(Any, current)._betterproto
+        _check_one_of(current, meta, path)
         for name, fmeta in meta.meta_by_field_name.items():
             if current is message and name in skipped:
                 continue

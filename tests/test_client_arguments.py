@@ -92,7 +92,18 @@ scalars = st.one_of(
     st.sampled_from([dt.timedelta.max, dt.timedelta.min, dt.timedelta(0)]),
     enum_values,
     st.just(object()),
+    st.builds(lambda: Made("unprintable", lambda: UNPRINTABLE)),
 )
+
+
+class Unprintable:
+    """A value whose repr raises: an error message must not call it."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+UNPRINTABLE = Unprintable()
 
 
 def nested(depth: int) -> dict[str, Any]:
@@ -175,6 +186,26 @@ messages = st.one_of(
     st.integers(0, 600).map(lambda n: Made("nested", nested, n)),
     st.integers(0, 600).map(lambda n: Made("deep_struct", deep_struct, n)),
     st.just(Made("self_containing", self_containing)),
+    # Two members of one oneof (betterproto2 builds them; which_one_of then raises).
+    st.builds(RecurrenceRuleEndCriteria, count=st.integers(1, 5), until_time=datetimes),
+    st.builds(
+        lambda v: RecurrenceRule(freq=RecurrenceRuleFrequency.DAILY, end_criteria=v),
+        st.builds(RecurrenceRuleEndCriteria, count=st.integers(1, 5), until_time=datetimes),
+    ),
+    st.builds(
+        lambda ids, cats: TargetComponents(
+            component_ids=TargetComponentsIdSet(ids=ids),
+            component_categories=TargetComponentsCategorySet(categories=cats),
+        ),
+        st.lists(st.integers(0, 5), max_size=2),
+        st.lists(st.sampled_from(list(ElectricalComponentCategory)), max_size=2),
+    ),
+    # Values JSON has no form for: no kind, two kinds, NaN and infinities.
+    st.builds(
+        lambda v: Struct(fields={"x": v}),
+        st.sampled_from([Value(), Value(number_value=1, string_value="a")])
+        | st.floats().map(lambda f: Value(number_value=f)),
+    ),
     st.builds(lambda v: Struct(fields={"x": v}), scalars),
     st.builds(lambda v: Struct(fields={"x": Value(list_value=ListValue(values=[v]))}), scalars),
 )
@@ -389,3 +420,51 @@ async def test_until_before_the_start_is_refused_by_client_and_server(
             created.metadata.dispatch_id,
             {"recurrence.end_criteria": start - dt.timedelta(days=1)},
         )
+
+
+# -- stream(), watch(), running() ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "argument"),
+    [
+        ("stream", "microgrid_id"),
+        ("stream", "buffer_size"),
+        ("stream", "overflow"),
+        ("watch", "microgrid_id"),
+        ("watch", "buffer_size"),
+        ("watch", "overflow"),
+        ("running", "microgrid_id"),
+        ("running", "type"),
+    ],
+)
+@SLOW_OK
+@given(value=anything)
+@example(value=Made("unprintable", lambda: UNPRINTABLE))
+async def test_stream_watch_running_arguments(
+    client: Client, method: str, argument: str, value: Any
+) -> None:
+    value = made(value)
+    kwargs = {} if argument == "microgrid_id" else {argument: value}
+    microgrid = value if argument == "microgrid_id" else 1
+    try:
+        generator = getattr(client, method)(microgrid, **kwargs)
+    except (ValueError, TypeError) as error:
+        assert argument in str(error) or argument == "microgrid_id", error
+        return
+    await generator.aclose()  # accepted: nothing to read, just leave
+
+
+@pytest.mark.parametrize(
+    "argument", ["call_timeout", "stream_timeout", "stream_buffer_size", "server_url"]
+)
+@pytest.mark.parametrize(
+    "value", [UNPRINTABLE, -1, dt.timedelta(seconds=-1), 2**64, float("nan"), "1", None]
+)
+def test_client_options_refused_by_name(argument: str, value: Any) -> None:
+    kwargs: dict[str, Any] = {"server_url": "grpc://127.0.0.1:1?ssl=false", "connect": False}
+    kwargs[argument] = value
+    try:
+        Client(**kwargs)
+    except (ValueError, TypeError) as error:
+        assert argument.split("_")[-1] in str(error) or "URL" in str(error), error
