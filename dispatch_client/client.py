@@ -38,7 +38,7 @@ from .connection import (
 from .errors import ClientNotConnected, UnknownError
 from .requests import START_TIME_GRACE, SortSpec
 from .targets import TargetLike
-from .validation import check_positive_int
+from .validation import check_positive_int, shown
 
 if TYPE_CHECKING:
     from grpclib.client import Channel
@@ -54,7 +54,7 @@ _Resp = TypeVar("_Resp")
 
 def _check_type(type: object) -> None:
     if type is not None and (not isinstance(type, str) or not type):
-        raise ValueError(f"type must be a non-empty str or None, got {type!r}")
+        raise ValueError(f"type must be a non-empty str or None, got {shown(type)}")
 
 
 async def _of_type(

@@ -468,3 +468,10 @@ def test_client_options_refused_by_name(argument: str, value: Any) -> None:
         Client(**kwargs)
     except (ValueError, TypeError) as error:
         assert argument.split("_")[-1] in str(error) or "URL" in str(error), error
+
+
+async def test_an_unprintable_key_or_type_is_named_not_repr_d(client: Client) -> None:
+    with pytest.raises(ValueError, match="new_fields key <Unprintable instance"):
+        await client.update(1, 1, {UNPRINTABLE: 1})
+    with pytest.raises(ValueError, match="type must be"):
+        client.running(1, UNPRINTABLE)  # type: ignore[arg-type]
