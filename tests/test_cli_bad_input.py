@@ -367,3 +367,27 @@ def test_serve_stream_and_watch_exit_130_on_ctrl_c(signum: int, status: int) -> 
     finally:
         code, stderr = stop(server, signum)
     assert code == status and "Traceback" not in stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["list", MG], ["--json", "get", MG, "1"], ["timeline", MG]])
+async def test_output_the_system_cannot_write_is_one_line_exit_1(
+    odd_server: RunningServer, args: list[str]
+) -> None:
+    # stdout on a full disk (/dev/full): an OSError from the write, a traceback before.
+    environment = {**os.environ, "DISPATCH_API_URL": odd_server.url}
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        with anyio.fail_after(30):
+            done = await anyio.run_process(
+                [sys.executable, "-m", "dispatch_client.cli", *args],
+                stdout=full,
+                env=environment,
+                check=False,
+            )
+    finally:
+        os.close(full)
+    stderr = done.stderr.decode()
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert done.returncode == 1
+    assert stderr.strip() == "Error: OSError: [Errno 28] No space left on device"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
@@ -62,6 +63,17 @@ class ApiFailure(click.ClickException):
         super().__init__(f"{type(error).__name__}: {error.message}{where}")
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit does not fail on it a second time."""
+    with suppress(OSError):
+        sys.stdout.flush()
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (e.g. a test runner's buffer)
+        pass
+
+
 class OneLineErrors(click.Group):
     """A group whose errors print as a single `Error: ...` line.
 
@@ -102,6 +114,12 @@ class OneLineErrors(click.Group):
         except click.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(130)
+        except OSError as error:
+            # The environment failed, not the command (stdout on a full disk, a
+            # port in use): one line naming it, exit 1, no traceback.
+            _quiet_stdout()
+            click.echo(f"Error: {type(error).__name__}: {error}", err=True)
+            sys.exit(1)
         # Without standalone mode click returns an Exit's code (e.g. 0 after
         # --help) or the command's return value (None for ours).
         sys.exit(result if isinstance(result, int) else 0)
