@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import importlib.util
 import logging
+import re
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,6 +121,10 @@ class ServerTarget:
     ssl_context: ssl.SSLContext | None = dataclasses.field(default=None, compare=False)
 
 
+_HEADER_VALUE = re.compile(r"[ -~]+")
+"""What a gRPC metadata value may hold (grpclib's own rule): printable ASCII and space."""
+
+
 class Credentials:
     """The API key and sign secret, kept out of every repr.
 
@@ -138,11 +143,19 @@ class Credentials:
             sign_secret: the request-signing secret, a non-empty str or None.
 
         Raises:
-            ValueError: a secret is empty or not a str, or `sign_secret` has no key.
+            ValueError: a secret is empty or not a str, the key has a character
+                other than printable ASCII (it travels as a header), or
+                `sign_secret` has no key. The message never shows either value.
         """
         for name, value in (("auth_key", key), ("sign_secret", sign_secret)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"{name} must be a non-empty str")
+        if key is not None and not _HEADER_VALUE.fullmatch(key):
+            # grpclib would refuse it at the first call, with the key in its message.
+            raise ValueError(
+                "auth_key has a character a gRPC header cannot carry (allowed: printable"
+                " ASCII, space to '~'); the key is not shown"
+            )
         if sign_secret is not None and key is None:
             raise ValueError("sign_secret needs an auth_key to sign")
         self.key = key

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from grpclib.events import SendRequest, listen
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dispatch_client import (
     Client,
@@ -146,3 +148,35 @@ async def test_secrets_never_appear_in_errors_reprs_or_logs(
     for text in [*texts, *map(_all_text, errors), caplog.text]:
         assert KEY not in text
         assert SECRET not in text
+
+
+@pytest.mark.parametrize(
+    "tail",
+    ["a\nb", "\r\nx-evil: 1", "ключ", "\x00", "é", "\x7f", "tab\there"],
+)
+async def test_a_key_no_header_can_carry_is_refused_without_showing_it(
+    dispatch_server: RunningServer, tail: str
+) -> None:
+    # grpclib refused such a key at the first call with "Invalid metadata value:
+    # '<the key>'": the secret in an error message, and only once sending.
+    key = "SECRET-KEY-" + tail
+    with pytest.raises(ValueError, match="auth_key has a character") as error:
+        Client(dispatch_server.url, auth_key=key, connect=False)
+    rendered = "".join(traceback.format_exception(error.value))
+    assert "SECRET-KEY" not in rendered and tail not in rendered.replace("auth_key", "")
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(tail=st.text(min_size=1, max_size=12))
+async def test_no_key_appears_in_any_error(dispatch_server: RunningServer, tail: str) -> None:
+    key = "SECRET-KEY-" + tail
+    try:
+        async with Client(dispatch_server.url, auth_key=key) as client:
+            await client.get(1, 1)
+    except NotFound:
+        return
+    except Exception as error:  # every failure, whatever its type
+        rendered = "".join(traceback.format_exception(error))
+        assert "SECRET-KEY" not in rendered, rendered

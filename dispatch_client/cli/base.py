@@ -213,7 +213,13 @@ async def connect(settings: Settings) -> AsyncIterator[Client]:
             sign_secret=settings.sign_secret or None,
         )
     except ValueError as error:
-        hint = "'--sign-secret'" if "sign_secret" in str(error) else "'--url' / DISPATCH_API_URL"
+        message = str(error)
+        if "sign_secret" in message:
+            hint = "'--sign-secret'"
+        elif "auth_key" in message:
+            hint = "'--key'"
+        else:
+            hint = "'--url' / DISPATCH_API_URL"
         raise click.BadParameter(str(error), param_hint=hint) from None
     async with client:
         yield client
