@@ -431,6 +431,7 @@ async def test_until_before_the_start_is_refused_by_client_and_server(
         ("stream", "microgrid_id"),
         ("stream", "buffer_size"),
         ("stream", "overflow"),
+        ("stream", "on_gap"),
         ("watch", "microgrid_id"),
         ("watch", "buffer_size"),
         ("watch", "overflow"),
