@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import time
 
@@ -18,6 +19,18 @@ KEY_HEADER = "key"
 TS_HEADER = "ts"
 NONCE_HEADER = "nonce"
 SIG_HEADER = "sig"
+
+
+_HEADER_VALUE = re.compile(r"[ -~]+")
+
+
+def is_header_safe(value: str) -> bool:
+    """Return whether `value` can travel as a gRPC metadata value (printable ASCII, space).
+
+    An API key is sent as one; grpclib refuses anything else at the call,
+    with the value in its message.
+    """
+    return _HEADER_VALUE.fullmatch(value) is not None
 
 
 def method_name(path: str) -> str:

@@ -15,7 +15,6 @@ import dataclasses
 import datetime as dt
 import importlib.util
 import logging
-import re
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from grpclib.protocol import H2Protocol
 from h2.connection import H2Connection
 
 from . import _defaults
-from ._auth import auth_metadata
+from ._auth import auth_metadata, is_header_safe
 from ._fastdecode import ResponseCodec
 from ._logsafe import protect_logs
 from .errors import CallRecord, DispatchApiError, UnknownError, map_errors
@@ -121,10 +120,6 @@ class ServerTarget:
     ssl_context: ssl.SSLContext | None = dataclasses.field(default=None, compare=False)
 
 
-_HEADER_VALUE = re.compile(r"[ -~]+")
-"""What a gRPC metadata value may hold (grpclib's own rule): printable ASCII and space."""
-
-
 class Credentials:
     """The API key and sign secret, kept out of every repr.
 
@@ -150,7 +145,7 @@ class Credentials:
         for name, value in (("auth_key", key), ("sign_secret", sign_secret)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"{name} must be a non-empty str")
-        if key is not None and not _HEADER_VALUE.fullmatch(key):
+        if key is not None and not is_header_safe(key):
             # grpclib would refuse it at the first call, with the key in its message.
             raise ValueError(
                 "auth_key has a character a gRPC header cannot carry (allowed: printable"

@@ -7,6 +7,7 @@ test_server_persistence.py and test_cli.py.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import anyio
@@ -144,6 +145,11 @@ def test_any_valid_argv_parses_the_same(parts: list[list[str]]) -> None:
         ),
         pytest.param(["--log-level", "loud"], "--log-level", id="log-level-unknown"),
         pytest.param(["--no-such-option"], "--no-such-option", id="unknown-option"),
+        # Secrets that could never work: accepted and served before.
+        pytest.param(["--key", ""], "--key", id="key-empty"),
+        pytest.param(["--key", "a\nb"], "--key", id="key-newline"),
+        pytest.param(["--key", "ключ"], "--key", id="key-not-ascii"),
+        pytest.param(["--sign-secret", ""], "--sign-secret", id="sign-secret-empty"),
     ],
 )
 def test_same_bad_input_refused_naming_the_option(
@@ -151,3 +157,29 @@ def test_same_bad_input_refused_naming_the_option(
 ) -> None:
     assert named in argparse_error(argv, capsys)
     assert named in click_error(argv)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "db",
+    [
+        pytest.param("{tmp}/missing-folder/x.db", id="folder-missing"),
+        pytest.param("{tmp}", id="a-directory"),
+        pytest.param("{tmp}/not-a-db.txt", id="not-a-database"),
+    ],
+)
+async def test_a_database_path_that_cannot_be_opened_is_one_line_exit_1(
+    db: str, tmp_path: Path
+) -> None:
+    # sqlite3 errors escaped the startup as an ExceptionGroup traceback.
+    (tmp_path / "not-a-db.txt").write_text("hello, not SQLite\n" * 100)
+    path = db.format(tmp=tmp_path)
+    with anyio.fail_after(30):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "dispatch_client.server", "--port", "0", "--db", path],
+            check=False,
+        )
+    stderr = done.stderr.decode()
+    assert done.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert f"cannot open the SQLite database {path!r}" in stderr.strip().splitlines()[-1]

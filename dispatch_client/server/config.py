@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from .._auth import is_header_safe
 from .app import DispatchServer, serve, server_ssl_context
 from .service import DEFAULT_STREAM_BUFFER_SIZE
 from .stores import check_db
@@ -75,7 +76,8 @@ class ServerConfig:
         """Check the values together.
 
         Raises:
-            ValueError: a value is out of range, `db` is a PostgreSQL URL that
+            ValueError: a value is out of range, a key is empty or not printable
+                ASCII, the sign secret is empty, `db` is a PostgreSQL URL that
                 does not parse (or its driver is missing), only one of the TLS
                 files is given, a TLS file does not exist, or the log level is unknown;
                 the message names the command-line option.
@@ -87,6 +89,17 @@ class ServerConfig:
         if isinstance(self.shutdown_grace, bool) or self.shutdown_grace < 0:
             raise ValueError(f"--shutdown-grace must be at least 0, got {self.shutdown_grace!r}")
         check_db(self.db)
+        for key in self.keys:
+            # A key no header can carry could never be presented by a client.
+            if not isinstance(key, str) or not key or not is_header_safe(key):
+                raise ValueError(
+                    "--key must be non-empty printable ASCII (it travels as a gRPC"
+                    " header); the value is not shown"
+                )
+        if self.sign_secret is not None and (
+            not isinstance(self.sign_secret, str) or not self.sign_secret
+        ):
+            raise ValueError("--sign-secret must not be empty")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together; give both or neither")
         for option, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):

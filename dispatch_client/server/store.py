@@ -166,6 +166,15 @@ class DispatchStore:
             await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
 
     def _connect(self) -> sqlite3.Connection:
+        # A path that is no database (a directory, another file, a missing
+        # folder) is the caller's environment failing: an OSError naming it,
+        # as for a port in use, not an sqlite3 error from deep inside.
+        try:
+            return self._connect_sqlite()
+        except sqlite3.Error as error:
+            raise OSError(f"cannot open the SQLite database {self.path!r}: {error}") from error
+
+    def _connect_sqlite(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions, each write opens its own.
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
