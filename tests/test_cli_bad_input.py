@@ -391,3 +391,10 @@ async def test_output_the_system_cannot_write_is_one_line_exit_1(
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert done.returncode == 1
     assert stderr.strip() == "Error: OSError: [Errno 28] No space left on device"
+
+
+async def test_a_url_with_credentials_is_named_as_the_url() -> None:
+    # The message says "pass auth_key= instead": it once made the error name --key.
+    result = await run(None, "--url", "grpc://user:pw@127.0.0.1:1?ssl=false", "list", MG)
+    output = clean(result, 2)
+    assert "'--url'" in output and "'--key'" not in output

@@ -189,3 +189,26 @@ def test_no_checks_when_nothing_is_configured() -> None:
     checker = RequestAuthenticator()
     assert not checker.enabled
     checker.check(MultiDict(), "ListMicrogridDispatches")
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        # A str for keys was a set of one-character keys: "s" was accepted.
+        ({"keys": "SECRETKEY"}, TypeError),
+        ({"keys": ["ok", ""]}, ValueError),
+        ({"keys": ["SECRET\nKEY"]}, ValueError),
+        ({"keys": ["SECRETключ"]}, ValueError),
+        ({"keys": [5]}, ValueError),
+        # An empty secret silently turned signing off.
+        ({"sign_secret": ""}, ValueError),
+        ({"db": 5}, TypeError),
+    ],
+)
+async def test_server_credentials_that_could_never_work_are_refused(
+    options: dict[str, object], error: type[Exception]
+) -> None:
+    with pytest.raises(error) as raised:
+        async with running_server(**options):  # type: ignore[arg-type]
+            pass
+    assert "SECRET" not in str(raised.value)

@@ -18,6 +18,7 @@ from test_server_support import (
 
 from dispatch_client import (
     BatteryType,
+    Client,
     ElectricalComponentCategory,
     InverterType,
     RecurrenceRule,
@@ -32,7 +33,7 @@ from dispatch_client import (
     TargetComponentsIdSet,
 )
 from dispatch_client._proto.google.protobuf import FieldMask
-from dispatch_client.testing import RunningServer
+from dispatch_client.testing import RunningServer, running_server
 from dispatch_client.wire import (
     DeleteMicrogridDispatchRequest,
     DispatchFilter,
@@ -454,3 +455,14 @@ async def test_token_is_tied_to_its_sort_options(world: Fixture) -> None:
             sort_options=SortOptions(sort_field=SortField.START_TIME),
             pagination_params=PaginationParams(page_token=first.pagination_info.next_page_token),
         )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("query", ["#\u0661", "#\u06f1", "#\uff11"])
+async def test_an_id_query_takes_ascii_digits_only(query: str) -> None:
+    # re's \d took other scripts' digits and int() read them: "#" + ARABIC-INDIC
+    # DIGIT ONE found dispatch 1.
+    async with running_server() as server, Client(server.url) as client:
+        await client.create(1, "T", "NOW", None, [1])
+        assert [d async for d in client.dispatches(1, filter_queries=[query])] == []
+        assert len([d async for d in client.dispatches(1, filter_queries=["#1"])]) == 1

@@ -216,7 +216,7 @@ async def connect(settings: Settings) -> AsyncIterator[Client]:
         message = str(error)
         if "sign_secret" in message:
             hint = "'--sign-secret'"
-        elif "auth_key" in message:
+        elif message.startswith("auth_key"):
             hint = "'--key'"
         else:
             hint = "'--url' / DISPATCH_API_URL"

@@ -23,6 +23,7 @@ from .._auth import (
     NONCE_HEADER,
     SIG_HEADER,
     TS_HEADER,
+    is_header_safe,
     method_name,
     signature,
     signatures_match,
@@ -75,6 +76,11 @@ class RequestAuthenticator:
         nonces: where used nonces are kept; None keeps them in this object's memory.
         open_services: full names of services whose calls are not checked
             (e.g. "grpc.health.v1.Health", which load balancers probe without credentials).
+
+    Raises:
+        TypeError: `keys` is one str rather than a collection of them.
+        ValueError: a key is empty or not printable ASCII (no client could
+            send it), or `sign_secret` is empty; the value is never shown.
     """
 
     def __init__(
@@ -88,8 +94,19 @@ class RequestAuthenticator:
         nonces: NonceStore | None = None,
         open_services: Iterable[str] = (),
     ) -> None:
+        if isinstance(keys, str | bytes):
+            # frozenset("secret") would accept each of its characters as a key.
+            raise TypeError("keys must be a collection of API keys, not one str")
         self._keys = None if keys is None else frozenset(keys)
-        self._secret = sign_secret or None
+        for key in self._keys or ():
+            if not isinstance(key, str) or not key or not is_header_safe(key):
+                raise ValueError(
+                    "keys: every API key must be a non-empty str of printable ASCII"
+                    " (it travels as a gRPC header); the value is not shown"
+                )
+        if sign_secret is not None and (not isinstance(sign_secret, str) or not sign_secret):
+            raise ValueError("sign_secret must be a non-empty str, or None for unsigned calls")
+        self._secret = sign_secret
         self._window = clock_window_s
         self._max_nonces = max_nonces
         self._clock = clock

@@ -33,7 +33,8 @@ _SORT_COLUMNS = {
     SortField.START_TIME: "start_time",
     SortField.LAST_UPDATE_TIME: "update_time",
 }
-_ID_QUERY = re.compile(r"#(\d+)")
+# ASCII digits only: re's \d also takes other scripts' digits, and int() reads them.
+_ID_QUERY = re.compile(r"#([0-9]+)")
 _UINT32_MAX = 2**32 - 1
 _INT64_MAX = 2**63 - 1
 

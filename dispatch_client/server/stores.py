@@ -89,7 +89,12 @@ def store_for(db: str) -> Store:
 
     Raises:
         ImportError: a PostgreSQL URL without the `postgresql` extra installed.
+        TypeError: `db` is not a str.
     """
+    if not isinstance(db, str):
+        raise TypeError(
+            f"db must be a str (a file name, ':memory:' or a URL), got {type(db).__name__}"
+        )
     if is_postgresql_url(db):
         try:
             from .pg_store import PgDispatchStore
