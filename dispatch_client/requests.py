@@ -428,6 +428,12 @@ def _filter(
     for query in queries:
         if not isinstance(query, str):
             raise ValueError(f"filter_queries must be strings, got {shown(query)}")
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate, e.g. "\ud800"
+            raise ValueError(
+                f"filter_queries item {shown(query)} is not valid Unicode text: {error.reason}"
+            ) from None
     targets = _items(target_components, "target_components")
     ids = _items(dispatch_ids, "dispatch_ids")
     return DispatchFilter(

@@ -322,6 +322,8 @@ async def test_create_arguments(client: Client, argument: str, value: Any) -> No
 @pytest.mark.parametrize("argument", LIST_ARGUMENTS)
 @SLOW_OK
 @given(value=anything | long_lists)
+@example(value="\ud800")  # named by the filter's field path, not the argument, before
+@example(value=["ok", "\udfff"])
 async def test_list_arguments(client: Client, argument: str, value: Any) -> None:
     value = made(value)
 
