@@ -22,7 +22,9 @@ What the stream knows. The reader keeps two `WatchView`s: `told`, what its
 `watch()` consumers get as snapshots. Before the first gRPC stream opens, the
 microgrid is listed once: that list is what `stream()` consumers are taken to
 know (it predates the stream, so `told` is never ahead of what they were told,
-which is what makes a later catch-up complete).
+which is what makes every catch-up, the first open's included, complete: a
+consumer iterating before the stream opened gets every change from that list
+on).
 
 Catch-up after every gap. The stream only carries changes made after the
 server registered it, and a list is a snapshot at the moment it is served. So
@@ -33,11 +35,12 @@ the server's state and says how: the changes the list shows for dispatches
 without held events (what happened during the gap), then the held events in
 order. Live events then go through `WatchView.apply`, which drops what the
 list already showed (an event can arrive after a list that reflects it), so
-there are no duplicates and no dispatch goes back in time. When a stream
-opens right after the list that started `told` (normally the very first open),
-`stream()` consumers are not held back: they start at the moment the stream is
-open, and only watchers wait for the list. A failed list ends the attempt like
-a broken stream. Consumers that opted out (`on_gap="raise"`)
+there are no duplicates and no dispatch goes back in time. The very first
+open is no exception for `stream()` consumers: a change committed after the
+list that started `told` but before the server registered the stream is in
+no event, only in the list after the open, so they are held back for it too
+(the cost is the same: watchers need that list anyway). A failed list ends
+the attempt like a broken stream. Consumers that opted out (`on_gap="raise"`)
 get the server's events as they come and `StreamGap` when a stream that was
 open breaks.
 
@@ -185,9 +188,6 @@ class SharedStream:
         """The server's state for watchers; None until the first list after an open."""
         self._held: list[DispatchEvent] | None = None
         """Events received while a catch-up list is in flight; None when not catching up."""
-        self._hold_told = False
-        """Whether stream() consumers wait for the catch-up too (not at the very first open)."""
-        self._fresh_list = False
         self._list_failure: BaseException | None = None
 
     def __repr__(self) -> str:
@@ -365,7 +365,6 @@ class SharedStream:
 
     async def _attempt(self) -> tuple[bool, BaseException]:
         """List if needed, then read one gRPC stream until it ends; return whether it was open and why it ended."""
-        self._fresh_list = self._told is None
         if self._told is None:
             try:
                 self._told = WatchView(await self._list())
@@ -409,9 +408,6 @@ class SharedStream:
         self._connected = True
         _log.info("dispatch stream of microgrid %d connected", self.microgrid_id)
         self._publish(StreamState.CONNECTED, failures=self._failures)
-        # Right after the list that started `told`, stream() consumers take the
-        # events as they come; after any other open they may have missed some.
-        self._hold_told = not self._fresh_list
         self._held = []
         tg.start_soon(self._catch_up, tg)
 
@@ -425,8 +421,7 @@ class SharedStream:
             return
         held, self._held = self._held or [], None
         assert self._told is not None
-        if self._hold_told:
-            self._fan_out_batch(Audience.CATCH_UP, self._told.catch_up(snapshot, held))
+        self._fan_out_batch(Audience.CATCH_UP, self._told.catch_up(snapshot, held))
         if self._state is None:
             self._state = WatchView()
             self._state.catch_up(snapshot, held)
@@ -446,11 +441,11 @@ class SharedStream:
         event = DispatchEvent(response.event, response.dispatch)
         self._fan_out(Audience.RAW, [event])
         assert self._told is not None
-        if self._held is None or not self._hold_told:
-            self._fan_out(Audience.CATCH_UP, self._told.apply(event))
         if self._held is not None:
             self._held.append(event)
-        elif self._state is not None:
+            return
+        self._fan_out(Audience.CATCH_UP, self._told.apply(event))
+        if self._state is not None:
             self._fan_out(Audience.WATCH, self._state.apply(event))
 
     def _fan_out(self, audience: Audience, events: Iterable[DispatchEvent]) -> None:

@@ -15,14 +15,26 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from server_process import ServerProcess
-from test_streaming_helpers import Watcher, Writer, collect, current_set, wait_until
+from test_streaming_helpers import (
+    Watcher,
+    Writer,
+    closing_hub,
+    collect,
+    current_set,
+    dispatch_id,
+    hub_for,
+    wait_until,
+)
 
 from dispatch_client import Event, ResourceExhausted, StreamGap
 from dispatch_client.client import Client
+from dispatch_client.server.app import DispatchServer
+from dispatch_client.server.service import DispatchService
 from dispatch_client.streaming import Backoff, DispatchEvent, StreamState, StreamStatus
 from dispatch_client.testing import RunningServer
 
@@ -321,3 +333,66 @@ def test_stream_timeout_caps_the_keep_alive_and_needs_it() -> None:
     # Switching servers keeps the cap.
     client.connect("grpc://other:2?ssl=false")
     assert client.channel_options.keep_alive_interval == dt.timedelta(seconds=5)
+
+
+class LateRegisteringService(DispatchService):
+    """A servicer whose stream handler waits for `registering` before it subscribes.
+
+    It makes the window between a client's list and the server registering its
+    stream as long as a test needs, to commit changes inside it.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entered = anyio.Event()
+        self.registering = anyio.Event()
+
+    async def _serve_stream(self, stream: Any, request: Any) -> None:
+        self.entered.set()
+        await self.registering.wait()
+        await super()._serve_stream(stream, request)
+
+
+async def test_a_change_before_the_first_stream_is_registered_reaches_stream_consumers(
+    tmp_path: Path,
+) -> None:
+    """The first open is a gap too: changes between the first list and the registration are told.
+
+    The consumer iterates before the stream opens; its baseline is the list taken
+    before the stream request. A create, an update and a delete committed after
+    that list but before the server registered the stream are in no event, only
+    in the list after the open: they come as catch-up, before the live events.
+    """
+    async with LateRegisteringService(db=str(tmp_path / "late.sqlite")) as service:
+        writer = Writer(service)
+        kept = await writer.create("KEPT")
+        gone = await writer.create("GONE")
+        async with (
+            DispatchServer(service) as dispatch_server,
+            Client(dispatch_server.url) as client,
+            # A long grace: only the server's acknowledgement makes the stream count as open.
+            closing_hub(hub_for(client, acked=True, open_grace=30.0)) as hub,
+            anyio.create_task_group() as tg,
+        ):
+            streamer = Watcher()
+            streamer.view = {dispatch_id(kept): kept, dispatch_id(gone): gone}
+            tg.start_soon(streamer.follow, hub.subscribe(1))
+            with anyio.fail_after(10):
+                # The stream request is sent only after the list that is the baseline.
+                await service.entered.wait()
+            created = await writer.create("IN THE WINDOW")
+            updated = await writer.update(dispatch_id(kept), duration=120)
+            await writer.delete(dispatch_id(gone))
+            service.registering.set()
+            await wait_until(lambda: 1 in hub.streams and hub.streams[1].synced)
+            live = await writer.create("LIVE")
+            with anyio.fail_after(10):
+                await wait_until(lambda: dispatch_id(live) in streamer.view)
+            tg.cancel_scope.cancel()
+    assert [(e.event, dispatch_id(e.dispatch)) for e in streamer.events] == [
+        (Event.CREATED, dispatch_id(created)),
+        (Event.UPDATED, dispatch_id(updated)),
+        (Event.DELETED, dispatch_id(gone)),
+        (Event.CREATED, dispatch_id(live)),
+    ]
+    assert streamer.view == writer.current
