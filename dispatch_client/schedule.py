@@ -69,13 +69,14 @@ import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final, Literal, TypeAlias
+from typing import Final
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._proto.frequenz.api.common.v1alpha8.streaming import Event
-from ._proto.frequenz.api.dispatch.v1 import Dispatch, TargetComponents
+from ._proto.frequenz.api.dispatch.v1 import Dispatch
+from ._run_groups import MERGE_STRATEGIES, Merge, merge_key, target_key
 from ._tasks import CLOSE_TIMEOUT, OwnedTask, aclose_quietly
 from .recurrence import is_running, next_run, until
 from .validation import dispatch_id_of, shown, to_utc
@@ -113,13 +114,6 @@ class Transition(enum.Enum):
     """It stopped running."""
 
 
-Merge: TypeAlias = Literal["type", "type+target"] | Callable[[Dispatch], Hashable] | None
-"""How `running()` groups dispatches into runs: see `RunTracker`."""
-
-MERGE_STRATEGIES = ("type", "type+target")
-"""The merge strategies named by a string."""
-
-
 @dataclass(frozen=True, slots=True)
 class RunTransition:
     """A run started, changed or stopped at `at`."""
@@ -134,68 +128,6 @@ class RunTransition:
     members: tuple[Dispatch, ...] = ()
     """The dispatches running in the run after this transition, current versions, in the
     order they joined; empty after STOPPED."""
-
-
-def target_key(target: TargetComponents | None) -> tuple[str, frozenset[Hashable]]:
-    """Return a hashable form of `target`: its kind and the set of what it names.
-
-    Order and repeats do not matter: `[1, 2]` and `[2, 1, 1]` name the same
-    components. Kinds are `"ids"`, `"categories"`, `"types"` and `"none"`.
-    """
-    if target is None:
-        return ("none", frozenset())
-    if target.component_ids is not None:
-        return ("ids", frozenset(target.component_ids.ids))
-    if target.component_categories is not None:
-        return ("categories", frozenset(int(c) for c in target.component_categories.categories))
-    if target.component_categories_types is not None:
-        return (
-            "types",
-            frozenset(
-                (int(c.category), c.battery, c.inverter, c.ev_charger)
-                for c in target.component_categories_types.categories
-            ),
-        )
-    return ("none", frozenset())
-
-
-def _by_type(dispatch: Dispatch) -> tuple[str, bool]:
-    data = dispatch.data
-    return ("", False) if data is None else (data.type, bool(data.is_dry_run))
-
-
-def _by_type_and_target(dispatch: Dispatch) -> tuple[str, bool, tuple[str, frozenset[Hashable]]]:
-    data = dispatch.data
-    return (*_by_type(dispatch), target_key(None if data is None else data.target))
-
-
-def merge_key(merge: Merge) -> Callable[[Dispatch], Hashable]:
-    """Return the function that gives a dispatch's group key under `merge`.
-
-    Args:
-        merge: None (each dispatch is its own run, keyed by its id), `"type"`
-            (key: type and dry-run flag), `"type+target"` (type, dry-run flag
-            and `target_key` of the target) or a callable `Dispatch -> Hashable`.
-
-    Returns:
-        The key function.
-
-    Raises:
-        ValueError: `merge` is none of these.
-    """
-    if merge is None:
-        return dispatch_id_of
-    if isinstance(merge, str):
-        if merge == "type":
-            return _by_type
-        if merge == "type+target":
-            return _by_type_and_target
-    elif callable(merge):
-        return merge
-    raise ValueError(
-        f"merge must be None, {' or '.join(map(repr, MERGE_STRATEGIES))}"
-        f" or a callable Dispatch -> Hashable, not {merge!r}"
-    )
 
 
 @dataclass(eq=False, slots=True)

@@ -17,6 +17,7 @@ from dispatch_client import (
     RecurrenceRule,
     Weekday,
     _fastdecode,
+    _payload,
     requests,
     validation,
 )
@@ -204,7 +205,7 @@ def test_the_payload_is_checked_once_without_encoding_it(monkeypatch: pytest.Mon
         return lambda message: measured.append(message) or encode(message)
 
     monkeypatch.setattr(Struct, "__bytes__", counting_bytes)
-    monkeypatch.setattr(validation, "payload_measure", counting_measure)
+    monkeypatch.setattr(_payload, "payload_measure", counting_measure)
     monkeypatch.setattr(_fastdecode, "encoder", counting_encoder)
     request = build(payload={"power_w": 5000.0, "mode": "charge"})
     assert encoded == []
@@ -221,7 +222,7 @@ def test_without_upb_the_payload_size_comes_from_the_walk(monkeypatch: pytest.Mo
         return original_measure(payload)
 
     monkeypatch.setattr(_fastdecode, "available", lambda: False)
-    monkeypatch.setattr(validation, "payload_measure", counting_measure)
+    monkeypatch.setattr(_payload, "payload_measure", counting_measure)
     build(payload={"power_w": 5000.0})
     assert len(measured) == 1
     with pytest.raises(ValueError, match=f"{MAX_PAYLOAD_BYTES + 1} bytes encoded"):
