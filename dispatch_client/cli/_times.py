@@ -1,0 +1,268 @@
+"""Times and durations for dispatch-cli: ISO 8601, 'now', phrases like 'in 10 min', '1h30m'.
+
+Re-exported by `dispatch_client.cli.parsing`, which is where callers import them from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from ..validation import MAX_DURATION_SECONDS, to_utc
+
+_ONLY_DIGITS = re.compile(r"\s*[+-]?\d+(\.\d+)?\s*")
+
+TIME_HELP = "ISO 8601 (2025-01-31T14:00Z), 'now', or a phrase like 'in 10 min' / 'tomorrow 08:00'"
+DURATION_HELP = "e.g. 90s, 15m, 1h30m, 2d or ISO 8601 like PT1H30M"
+
+
+def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
+    """Parse a point in time to an aware UTC datetime.
+
+    Accepts ISO 8601, `now`, and English phrases via dateparser (`in 10 min`,
+    `tomorrow 08:00`, `friday 9am CET`). Times without an offset are UTC;
+    ambiguous phrases resolve to the future.
+
+    Args:
+        text: the time as typed.
+        now: the aware instant phrases are relative to; None for the clock.
+
+    Returns:
+        The instant, with `tzinfo=UTC`.
+
+    Raises:
+        ValueError: empty text, a bare number (ambiguous) or text that is not a
+            time; the message shows the accepted forms.
+    """
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError(f"empty time; use {TIME_HELP}")
+    now = now or dt.datetime.now(dt.UTC)
+    if stripped.lower() == "now":
+        return to_utc(now, "now")
+    # A bare number is ambiguous (a day? an hour? epoch seconds?) and dateparser
+    # guesses wildly (`5` -> May 5th), so refuse it.
+    if _ONLY_DIGITS.fullmatch(stripped):
+        raise ValueError(f"{text!r} is ambiguous; use {TIME_HELP}")
+    parsed: dt.datetime | None
+    try:
+        parsed = dt.datetime.fromisoformat(stripped)
+    except ValueError:
+        parsed = _parse_phrase(stripped, now)
+    if parsed is None:
+        raise ValueError(f"could not understand {text!r} as a time; use {TIME_HELP}")
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return to_utc(parsed, "time")
+
+
+def _parse_phrase(text: str, now: dt.datetime) -> dt.datetime | None:
+    # Imported here: dateparser is slow to import and only phrases need it.
+    import dateparser
+
+    settings: dict[str, Any] = {
+        "TIMEZONE": "UTC",
+        "TO_TIMEZONE": "UTC",
+        "RETURN_AS_TIMEZONE_AWARE": True,
+        "PREFER_DATES_FROM": "future",
+    }
+    # dateparser resolves bare times ("08:00") to January 1st when given a
+    # RELATIVE_BASE, so only pass one when the caller pinned `now` explicitly
+    # far from the real clock (tests); otherwise dateparser's own clock is right.
+    real_now = dt.datetime.now(dt.UTC)
+    if abs(now - real_now) > dt.timedelta(seconds=5):
+        settings["RELATIVE_BASE"] = now.astimezone(dt.UTC).replace(tzinfo=None)
+    result = dateparser.parse(text, languages=["en"], settings=settings)
+    if not isinstance(result, dt.datetime):
+        return None
+    _check_understood(text, result)
+    return result
+
+
+# A time of day as written: 8:00, 08:00:30, 9.30, 9am, 9:30 p.m., 25h. Only
+# counted as one with minutes, am/pm or "h"; "10" in "in 10 min" is no time.
+_CLOCK = re.compile(
+    r"(?<![\w:.+-])(?P<h>\d{1,2})(?:[:.](?P<m>\d{2}))?(?::(?P<s>\d{2}))?"
+    r"(?:\s*(?P<suffix>[ap]\.?m\.?|h))?(?![\w:])",
+    re.IGNORECASE,
+)
+# 0830 / 2500: a bare 3-4 digit number next to a day word reads as a time too.
+_BARE_CLOCK = re.compile(r"(?<![\w:.+-])(?P<h>\d{1,2})(?P<m>\d{2})(?![\w:.])")
+_MONTH_WORD = re.compile(
+    r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\b", re.IGNORECASE
+)
+_SIGNED = re.compile(r"(?<![\w:.])[+-]\d")
+
+
+def _check_understood(text: str, result: dt.datetime) -> None:
+    """Refuse a phrase dateparser did not understand exactly.
+
+    dateparser drops what it cannot read and answers anyway: "tomorrow 25:00"
+    is tomorrow at the current time, "tomorrow 8:00 PST" is 08:00 UTC. So
+    every time of day written must be valid and be the result's time of day
+    in the zone the phrase names (UTC when none), and a zone needs a time.
+
+    Raises:
+        ValueError: naming the part of the phrase that was not understood.
+    """
+    from dateparser.timezone_parser import pop_tz_offset_from_string
+
+    rest, zone = pop_tz_offset_from_string(text)
+    clocks = [(m.group(0), m.groupdict()) for m in _CLOCK.finditer(rest) if _is_clock(m)]
+    if not _MONTH_WORD.search(rest):
+        clocks += [
+            (m.group(0), {**m.groupdict(), "s": None, "suffix": None})
+            for m in _BARE_CLOCK.finditer(rest)
+        ]
+    signed = _SIGNED.search(rest)
+    if signed is not None:
+        token = rest[signed.start() :].split()[0]
+        raise ValueError(f"could not understand {token!r} in {text!r}; use {TIME_HELP}")
+    if zone is not None and not clocks:
+        raise ValueError(f"{text!r} names a time zone but no time of day; use {TIME_HELP}")
+    local = result.astimezone(zone) if zone is not None else result.astimezone(dt.UTC)
+    for token, parts in clocks:
+        wanted = _time_of_day(token.strip(), parts)
+        if wanted is None:
+            raise ValueError(f"{token.strip()!r} in {text!r} is not a time of day (00:00..23:59)")
+        if (local.hour, local.minute, local.second) != wanted:
+            raise ValueError(
+                f"could not understand {token.strip()!r} in {text!r} exactly; use {TIME_HELP}"
+            )
+
+
+def _is_clock(match: re.Match[str]) -> bool:
+    return match.group("m") is not None or match.group("suffix") is not None
+
+
+def _time_of_day(token: str, parts: dict[str, str | None]) -> tuple[int, int, int] | None:
+    hour, minute, second = (int(parts[k] or 0) for k in ("h", "m", "s"))
+    suffix = (parts.get("suffix") or "").replace(".", "").lower()
+    if suffix in ("am", "pm"):
+        if not 1 <= hour <= 12:
+            return None
+        hour = hour % 12 + (12 if suffix == "pm" else 0)
+    if hour > 23 or minute > 59 or second > 59:
+        return None
+    return hour, minute, second
+
+
+# --- duration -------------------------------------------------------------
+
+_UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_UNIT_ALIASES = {
+    "w": "w",
+    "wk": "w",
+    "week": "w",
+    "weeks": "w",
+    "d": "d",
+    "day": "d",
+    "days": "d",
+    "h": "h",
+    "hr": "h",
+    "hrs": "h",
+    "hour": "h",
+    "hours": "h",
+    "m": "m",
+    "min": "m",
+    "mins": "m",
+    "minute": "m",
+    "minutes": "m",
+    "s": "s",
+    "sec": "s",
+    "secs": "s",
+    "second": "s",
+    "seconds": "s",
+}
+_COMPACT_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)\s*")
+_ISO_DURATION = re.compile(
+    r"P(?:(?P<w>\d+(?:\.\d+)?)W)?(?:(?P<d>\d+(?:\.\d+)?)D)?"
+    r"(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?",
+    re.IGNORECASE,
+)
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """Parse a duration to a whole number of seconds.
+
+    Accepts `90` (seconds), `90s`, `15m`, `1h30m`, `1h 30min`, `2d` and ISO 8601
+    (`PT1H30M`, `P1DT2H`). Years and months are refused: their length varies.
+
+    Args:
+        text: the duration as typed.
+
+    Returns:
+        The duration, a whole number of seconds.
+
+    Raises:
+        ValueError: not a duration, years or months, a unit given twice, a
+            fraction of a second, or longer than 2**32-1 s.
+    """
+    stripped = text.strip()
+    allowed = f"use {DURATION_HELP}"
+    if not stripped:
+        raise ValueError(f"empty duration; {allowed}")
+    if stripped.isdigit():
+        seconds = float(stripped)
+    elif stripped[0] in "pP":
+        seconds = _parse_iso_duration(stripped, allowed)
+    else:
+        seconds = _parse_compact_duration(stripped.lower(), allowed)
+    if seconds != int(seconds):
+        raise ValueError(f"{text!r} is not a whole number of seconds; {allowed}")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"{text!r} is too long (at most {MAX_DURATION_SECONDS} s)")
+    return dt.timedelta(seconds=int(seconds))
+
+
+def _parse_iso_duration(text: str, allowed: str) -> float:
+    upper = text.upper()
+    if re.search(r"\d[YM]", upper[1:].partition("T")[0]):
+        raise ValueError(f"{text!r} uses years/months, which vary in length; {allowed}")
+    match = _ISO_DURATION.fullmatch(text)
+    if match is None or not any(match.groupdict().values()) or upper.endswith("T"):
+        raise ValueError(f"{text!r} is not a duration; {allowed}")
+    return sum(float(v) * _UNIT_SECONDS[k] for k, v in match.groupdict().items() if v)
+
+
+def _parse_compact_duration(text: str, allowed: str) -> float:
+    total = 0.0
+    seen: set[str] = set()
+    position = 0
+    while position < len(text):
+        match = _COMPACT_PART.match(text, position)
+        if match is None:
+            raise ValueError(f"{text!r} is not a duration; {allowed}")
+        unit = _UNIT_ALIASES.get(match.group(2))
+        if unit is None:
+            raise ValueError(
+                f"unknown unit {match.group(2)!r} in {text!r}; units: w, d, h, m, s; {allowed}"
+            )
+        if unit in seen:
+            raise ValueError(f"unit {unit!r} given twice in {text!r}; {allowed}")
+        seen.add(unit)
+        total += float(match.group(1)) * _UNIT_SECONDS[unit]
+        position = match.end()
+    return total
+
+
+def format_duration(seconds: int | None) -> str:
+    """Format seconds the way `parse_duration` reads them.
+
+    Args:
+        seconds: the duration in whole seconds, or None for unlimited.
+
+    Returns:
+        e.g. "1h30m" or "0s"; "∞" for None.
+    """
+    if seconds is None:
+        return "∞"
+    if seconds == 0:
+        return "0s"
+    parts = []
+    for unit in ("d", "h", "m", "s"):
+        amount, seconds = divmod(seconds, _UNIT_SECONDS[unit])
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return "".join(parts)
