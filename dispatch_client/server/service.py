@@ -72,7 +72,7 @@ from .._proto.frequenz.api.dispatch.v1 import (
 )
 from ..recurrence import series_end
 from ..validation import check_dispatch_data
-from .decoding import decode_request
+from ._handlers import _decoding, _Encoded, _invalid, _quiet_cancellations, _RawRequest, _unary
 from .fanout import Fanout, Subscription
 from .listing import list_query, pagination_info
 from .records import ListQuery, encode_message_field
@@ -111,10 +111,6 @@ def _after(current: Dispatch, now: dt.datetime) -> dt.datetime:
     if last is None or now > last:
         return now
     return last + dt.timedelta(microseconds=1)
-
-
-def _invalid(message: str) -> NoReturn:
-    raise GRPCError(Status.INVALID_ARGUMENT, message)
 
 
 def _not_found(microgrid_id: int, dispatch_id: int) -> NoReturn:
@@ -537,90 +533,3 @@ class DispatchService(MicrogridDispatchServiceBase):
             )
         except ValueError as error:
             _invalid(str(error))
-
-
-class _RawRequest:
-    """A request's bytes as received: the codec hands them over undecoded."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    @classmethod
-    def FromString(cls, data: bytes) -> _RawRequest:
-        """Wrap the bytes; the protobuf method grpclib's codec calls to decode."""
-        return cls(data)
-
-
-def _decoding(
-    serve: Callable[[grpclib.server.Stream[Any, Any], Any], Awaitable[None]],
-    request_type: type[Any],
-) -> Callable[[grpclib.server.Stream[Any, Any]], Awaitable[None]]:
-    """Wrap a handler taking `(stream, request)`: receive, decode and check the request first.
-
-    This is the handlers' error boundary: a request that cannot be decoded,
-    and any `ValueError`/`OverflowError` a handler lets escape (a check
-    forgotten, never expected), answer INVALID_ARGUMENT instead of grpclib's
-    UNKNOWN "Internal Server Error".
-    """
-
-    async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
-        try:
-            raw = await stream.recv_message()
-        except NotImplementedError:  # grpclib's answer to a compressed message
-            raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported") from None
-        if raw is None:
-            _invalid(f"the call carries no {request_type.__name__}")
-        try:
-            request = decode_request(request_type, raw.data)
-        except ValueError as error:
-            _invalid(str(error))
-        try:
-            await serve(stream, request)
-        except (ValueError, OverflowError) as error:
-            _log.warning("%s answered INVALID_ARGUMENT late", request_type.__name__, exc_info=True)
-            _invalid(str(error))
-
-    return handle
-
-
-def _unary(
-    method: Callable[[Any], Awaitable[Any]],
-) -> Callable[[grpclib.server.Stream[Any, Any], Any], Awaitable[None]]:
-    async def serve(stream: grpclib.server.Stream[Any, Any], request: Any) -> None:
-        await stream.send_message(await method(request))
-
-    return serve
-
-
-class _DemoteCancellations(logging.Filter):
-    """grpclib logs every cancelled call (a client leaving a stream) at INFO: make it DEBUG."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == "Request was cancelled: %s" and record.levelno == logging.INFO:
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-        return True
-
-
-_DEMOTER = _DemoteCancellations()
-
-
-def _quiet_cancellations() -> None:
-    grpclib_server_log = logging.getLogger("grpclib.server")
-    if _DEMOTER not in grpclib_server_log.filters:
-        grpclib_server_log.addFilter(_DEMOTER)
-
-
-class _Encoded:
-    """A response already encoded: grpclib's protobuf codec sends `SerializeToString()`."""
-
-    __slots__ = ("_data",)
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def SerializeToString(self) -> bytes:
-        """Return the encoded response; the protobuf method grpclib's codec calls."""
-        return self._data
