@@ -41,10 +41,8 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from importlib import resources
 from typing import Any, TypeVar
 
 import anyio
@@ -57,8 +55,10 @@ from .._proto.frequenz.api.common.v1alpha8.streaming import Event
 from .._proto.frequenz.api.dispatch.v1 import (
     Dispatch,
     DispatchData,
-    StreamMicrogridDispatchesResponse,
 )
+from ._pg_feed import PgChangeFeed
+from ._pg_schema import _check_may_migrate, _first, _one, _schema_is_current, migrate
+from ._pg_schema import known_migrations as known_migrations
 from .records import SORT_COLUMNS, ListQuery, ListResult, to_micros
 from .sql import (
     FIELDS,
@@ -101,13 +101,8 @@ def channel_for(schema: str) -> str:
     return f"{CHANNEL}_{hashlib.sha256(schema.encode()).hexdigest()[:16]}"
 
 
-_MIGRATION_TABLE = "_yoyo_migration"
 _DELIVERY_TIMEOUT_S = 2.0
 """How long a write waits for its own event to reach this replica's subscribers."""
-_EVENT_RETENTION = dt.timedelta(minutes=10)
-"""Event rows only need to outlive their notification; older ones are deleted."""
-_JANITOR_INTERVAL_S = 30.0
-_RECONNECT_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 _HEARTBEAT_S = 5.0
 """How long the LISTEN connection may stay silent before it is probed with a query."""
 # Loggers that may echo a connection's parameters (libpq's messages quote them).
@@ -135,77 +130,7 @@ POSTGRESQL = SqlDialect(
 )
 
 
-def _migrations_folder() -> Any:
-    return resources.files("dispatch_client.server").joinpath("migrations", "postgresql")
-
-
-def known_migrations() -> list[str]:
-    """Ids of the migrations this version ships (yoyo's ids: file names without `.sql`)."""
-    return sorted(
-        entry.name.removesuffix(".sql")
-        for entry in _migrations_folder().iterdir()
-        if entry.name.endswith(".sql") and not entry.name.endswith(".rollback.sql")
-    )
-
-
-async def _schema_is_current(conn: psycopg.AsyncConnection[Any]) -> bool:
-    """Whether every shipped migration is applied (a quick look that spares yoyo's run)."""
-    cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (_MIGRATION_TABLE,))
-    if not _one(await cursor.fetchone()):
-        return False
-    cursor = await conn.execute(
-        f"SELECT count(*) FROM {_MIGRATION_TABLE} WHERE migration_id = ANY(%s)",
-        (known_migrations(),),
-    )
-    return _one(await cursor.fetchone()) == len(known_migrations())
-
-
-async def _check_may_migrate(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Refuse at once a role that cannot create the schema (yoyo would wait for its lock)."""
-    cursor = await conn.execute(
-        "SELECT current_user, current_database(), current_schema(),"
-        " has_schema_privilege(current_schema(), 'CREATE')"
-    )
-    row = await cursor.fetchone()
-    assert row is not None
-    user, database, schema, may_create = row
-    if not may_create:
-        where = f"schema {schema}" if schema else "any schema of its search_path"
-        raise psycopg.errors.InsufficientPrivilege(
-            f"role {user} may not create tables in {where} of database {database}"
-        )
-
-
-def migrate(url: str) -> list[str]:
-    """Apply the pending schema migrations to the database at `url` (blocking).
-
-    Runs under yoyo's lock, so concurrent callers (replicas starting together)
-    apply each migration once.
-
-    Returns:
-        The ids of the migrations applied now (empty when the schema was current).
-    """
-    from yoyo import get_backend, read_migrations
-
-    backend = get_backend(_yoyo_url(url), migration_table=_MIGRATION_TABLE)
-    try:
-        with resources.as_file(_migrations_folder()) as folder:
-            migrations = read_migrations(str(folder))
-            with backend.lock():
-                pending = backend.to_apply(migrations)
-                backend.apply_migrations(pending)
-        return [migration.id for migration in pending]
-    finally:
-        with contextlib.suppress(Exception):
-            backend.connection.close()
-
-
-def _yoyo_url(url: str) -> str:
-    # yoyo picks psycopg 3 (instead of psycopg2) by this scheme.
-    return "postgresql+psycopg://" + url.split("://", 1)[1]
-
-
-class PgDispatchStore:
+class PgDispatchStore(PgChangeFeed):
     """Dispatches of all microgrids in one PostgreSQL database, shared by replicas.
 
     Args:
@@ -625,136 +550,6 @@ class PgDispatchStore:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _listen(self) -> None:
-        attempt = 0
-        lost = False
-        while True:
-            try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
-                )
-                async with conn:
-                    await conn.execute(
-                        psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel))
-                    )
-                    if lost:
-                        await self._renew_pool()
-                    attempt, lost = 0, False
-                    self._set_listening(True)
-                    await self._receive(conn)
-            except (psycopg.Error, OSError, TimeoutError) as error:
-                if self._listening or attempt == 0:
-                    _log.warning(
-                        "lost the PostgreSQL change feed: %s", redact(str(error), self.url)
-                    )
-            except Exception:
-                # Never expected; without this the feed would stop while the
-                # replica still reports itself healthy.
-                _log.exception("the PostgreSQL change feed failed; reconnecting")
-            lost = True
-            if self._listening:
-                self._set_listening(False)
-                if self._events is not None:
-                    self._events.feed_lost()
-            await asyncio.sleep(_RECONNECT_DELAYS_S[min(attempt, len(_RECONNECT_DELAYS_S) - 1)])
-            attempt += 1
-
-    async def _receive(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Queue the notified seqs; probe the connection whenever it stays silent.
-
-        Returns only by raising: the connection broke, or its probe failed or
-        took longer than `timeout_s` (a hung database, or a connection that a
-        firewall dropped without a word, would otherwise look like a quiet one).
-        """
-        while True:
-            async for notify in conn.notifies(timeout=self._heartbeat):
-                try:
-                    seq = int(notify.payload)
-                except ValueError:
-                    # Anyone with access to the database may NOTIFY this channel.
-                    _log.warning(
-                        "ignored a foreign notification on %s: %.40r", self._channel, notify
-                    )
-                    continue
-                self._notified.put_nowait(seq)
-            with anyio.move_on_after(self._timeout) as probe:
-                await conn.execute("SELECT 1")
-            if probe.cancelled_caught:
-                raise TimeoutError(
-                    f"the LISTEN connection did not answer a probe within {self._timeout:g} s"
-                )
-
-    async def _deliver(self) -> None:
-        while True:
-            seqs = [await self._notified.get()]
-            while not self._notified.empty():
-                seqs.append(self._notified.get_nowait())
-            try:
-                await self._deliver_batch(seqs)
-            except Exception as error:
-                # The changes are committed but did not reach this replica's
-                # streams: end them, so their clients re-open and re-list.
-                _log.warning(
-                    "cannot read back %d change(s), ending the streams: %s",
-                    len(seqs),
-                    redact(str(error), self.url),
-                )
-                if self._events is not None:
-                    self._events.feed_lost()
-                for seq in seqs:
-                    waiter = self._waiters.get(seq)
-                    if waiter is not None:
-                        waiter.set()
-
-    async def _deliver_batch(self, seqs: Sequence[int]) -> None:
-        async with self._connection() as conn:
-            cursor = await conn.execute(
-                "SELECT seq, microgrid_id, kind, dispatch FROM dispatch_events WHERE seq = ANY(%s)",
-                (seqs,),
-            )
-            rows = {int(row[0]): row for row in await cursor.fetchall()}
-        # Notification order is commit order; keep it.
-        for seq in seqs:
-            row = rows.get(seq)
-            if row is not None and self._events is not None:
-                _, microgrid_id, kind, blob = row
-                self._events.publish(
-                    microgrid_id if microgrid_id >= 0 else microgrid_id + 2**64,
-                    StreamMicrogridDispatchesResponse(
-                        dispatch=Dispatch.parse(blob), event=Event(kind)
-                    ),
-                )
-            waiter = self._waiters.get(seq)
-            if waiter is not None:
-                waiter.set()
-
-    async def _janitor(self) -> None:
-        while True:
-            await asyncio.sleep(_JANITOR_INTERVAL_S)
-            try:
-                async with self._connection() as conn:
-                    await conn.execute(
-                        "DELETE FROM dispatch_events WHERE created_at < now() - %s",
-                        (_EVENT_RETENTION,),
-                    )
-                    await conn.execute(
-                        "DELETE FROM used_nonces WHERE expires_at < %s", (int(time.time()),)
-                    )
-            except Exception as error:
-                _log.debug("cleanup skipped: %s", redact(str(error), self.url))
-
-    def _set_listening(self, listening: bool) -> None:
-        if listening == self._listening:
-            return
-        self._listening = listening
-        changed, self._listening_changed = self._listening_changed, asyncio.Event()
-        changed.set()
-        if self._events is not None:
-            self._events.health_changed(listening)
-
-    async def _wait_listening_changed(self) -> None:
-        await self._listening_changed.wait()
-
     async def wait_healthy(self, healthy: bool = True) -> None:
         """Wait until `healthy` is as given (bound it with `anyio.fail_after`)."""
         while self.healthy != healthy:
@@ -790,13 +585,3 @@ def _protect_password(url: str) -> None:
         logger = logging.getLogger(name)
         if _PASSWORDS not in logger.filters:
             logger.addFilter(_PASSWORDS)
-
-
-def _first(row: Sequence[Any] | None) -> Any:
-    assert row is not None
-    return row[0]
-
-
-def _one(row: Sequence[Any] | None) -> int:
-    assert row is not None
-    return int(row[0])
