@@ -233,20 +233,32 @@ def test_parse_id_ranges() -> None:
     assert parse_id_ranges(["5-9"]) == [5, 6, 7, 8, 9]
     assert parse_id_ranges(["3,5", "4-6", "12"]) == [3, 5, 4, 6, 12]
     assert parse_id_ranges(["7-7"]) == [7]
+    # The official CLI's spelling (its help: "1", "1,2,3", "1-3", "1..3").
+    assert parse_id_ranges(["1..3"]) == [1, 2, 3]
+    assert parse_id_ranges(["1..3,7"]) == [1, 2, 3, 7]
 
 
 @pytest.mark.parametrize(
     ("text", "why"),
-    [("9-5", "backwards"), ("x", "not an id"), ("1-", "not an id"), ("0-20000", "more than")],
+    [
+        ("9-5", "backwards"),
+        ("9..5", "backwards"),
+        ("x", "not an id"),
+        ("1-", "not an id"),
+        ("1...3", "not an id"),
+        ("1.3", "not an id"),
+        ("0-20000", "more than"),
+    ],
 )
 def test_parse_id_ranges_refuses(text: str, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         parse_id_ranges([text])
 
 
-@given(st.integers(0, 10**12), st.integers(0, 500))
-def test_id_range_is_inclusive(low: int, span: int) -> None:
-    assert parse_id_ranges([f"{low}-{low + span}"]) == list(range(low, low + span + 1))
+@given(st.integers(0, 10**12), st.integers(0, 500), st.sampled_from(["-", "..", " - ", " .. "]))
+def test_id_range_is_inclusive(low: int, span: int, separator: str) -> None:
+    expected = list(range(low, low + span + 1))
+    assert parse_id_ranges([f"{low}{separator}{low + span}"]) == expected
 
 
 def test_parse_lists() -> None:

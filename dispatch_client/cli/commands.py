@@ -7,6 +7,8 @@ The commands live in modules by role: `query` (list, get, delete), `edit`
 
 from __future__ import annotations
 
+import os
+
 import asyncclick as click
 
 from .. import __version__
@@ -71,7 +73,29 @@ async def cli(
     1h30m or PT1H30M; TARGET accepts ids (1,2,3), categories (BATTERY,INVERTER)
     or category:type (BATTERY:LI_ION).
     """
+    if ctx.get_parameter_source("key") is click.core.ParameterSource.ENVIRONMENT:
+        _check_key_variables_agree()
     ctx.obj = Settings(url=url, key=key, sign_secret=sign_secret, json_mode=json_mode)
+
+
+def _check_key_variables_agree() -> None:
+    """Refuse two different keys in the two key variables, naming them but not the keys.
+
+    Someone switching from the official CLI may still have an old
+    `DISPATCH_API_KEY` next to its `DISPATCH_API_AUTH_KEY`; silently taking
+    one of them would end in an `Unauthenticated` that points nowhere.
+
+    Raises:
+        click.UsageError: both variables are set, to different keys.
+    """
+    keys = {os.environ.get(name) for name in ("DISPATCH_API_KEY", "DISPATCH_API_AUTH_KEY")}
+    keys.discard(None)
+    keys.discard("")
+    if len(keys) > 1:
+        raise click.UsageError(
+            "DISPATCH_API_KEY and DISPATCH_API_AUTH_KEY are both set, to different keys; "
+            "unset one, or pass --key"
+        )
 
 
 for _command in (

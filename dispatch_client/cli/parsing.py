@@ -150,13 +150,16 @@ def _unique(values: Iterable[T]) -> list[T]:
 
 
 def parse_id_ranges(values: Iterable[str]) -> list[int]:
-    """Expand `5`, `5-9` and `5,7,9-11` (in any number of arguments) to unique ids, in order.
+    """Expand `5`, `5-9` (or `5..9`) and `5,7,9-11` (in any number of arguments) to unique ids.
+
+    `5..9` is the official client's CLI's range spelling, so its commands work
+    here unchanged.
 
     Args:
         values: the arguments as typed.
 
     Returns:
-        The ids, first occurrence order, without duplicates.
+        The ids, in first occurrence order, without duplicates.
 
     Raises:
         ValueError: an item is not an id or range, an id is above 2**64-1, a
@@ -166,9 +169,9 @@ def parse_id_ranges(values: Iterable[str]) -> list[int]:
     for value in values:
         for item in value.split(","):
             item = item.strip()
-            match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", item)
+            match = re.fullmatch(r"(\d+)(?:\s*(?:-|\.\.)\s*(\d+))?", item)
             if match is None:
-                raise ValueError(f"{item!r} is not an id or a range; use e.g. 5, 5-9 or 5,7,9-11")
+                raise ValueError(f"{item!r} is not an id or a range; use e.g. 5, 5-9, 5..9 or 5,7,9-11")
             low = int(match.group(1))
             high = int(match.group(2) or low)
             if high < low:
