@@ -8,6 +8,7 @@ pseudo-terminal with pexpect, types, presses Tab and Ctrl-C, and leaves.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -170,6 +171,44 @@ async def test_ctrl_c_stops_a_stream_and_returns_to_the_prompt(
     assert f"Listening for events of microgrid {MG}" in "".join(seen)
     assert "CREATED" not in out and "Type        AFTER" in out
     assert server.service.open_stream_count(MG) == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
+async def test_serve_in_the_session_leaves_no_logging_behind_and_its_key_no_history(
+    server: RunningServer,
+    pipe: PipeInput,
+    state_home: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by hand: after `serve` and Ctrl-C, every later command printed INFO
+    # log lines (serve's logging setup outlived it), and `serve --key K` was
+    # written to the history file.
+    root = logging.getLogger()
+    # As on the shell: no handlers yet (pytest's own would make basicConfig a no-op).
+    monkeypatch.setattr(root, "handlers", [])
+    level, handlers = root.level, list(root.handlers)
+    seen: list[str] = []
+
+    async def press_ctrl_c_once_serving() -> None:
+        with anyio.fail_after(10):
+            while "Serving the Dispatch API" not in "".join(seen):
+                seen.append(capsys.readouterr().out)
+                await anyio.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+        pipe.send_text(f"list {MG}\nexit\n")
+
+    pipe.send_text("serve --port 0 --log-level DEBUG --key serve-only-key-42 --sign-secret s3\n")
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(press_ctrl_c_once_serving)
+        await repl(server, pipe)
+    assert (root.level, root.handlers) == (level, handlers)
+    assert "No dispatches." in capsys.readouterr().out  # the session went on after serve
+    history = (state_home / "dispatch-cli" / "repl_history").read_text()
+    assert f"+list {MG}" in history
+    assert "serve-only-key-42" not in history and "s3" not in history
+    assert (state_home / "dispatch-cli" / "repl_history").stat().st_mode & 0o077 == 0
 
 
 # --- completion ---------------------------------------------------------------

@@ -171,7 +171,9 @@ def parse_id_ranges(values: Iterable[str]) -> list[int]:
             item = item.strip()
             match = re.fullmatch(r"(\d+)(?:\s*(?:-|\.\.)\s*(\d+))?", item)
             if match is None:
-                raise ValueError(f"{item!r} is not an id or a range; use e.g. 5, 5-9, 5..9 or 5,7,9-11")
+                raise ValueError(
+                    f"{item!r} is not an id or a range; use e.g. 5, 5-9, 5..9 or 5,7,9-11"
+                )
             low = int(match.group(1))
             high = int(match.group(2) or low)
             if high < low:

@@ -17,7 +17,9 @@ Completion (Tab) knows the commands, each command's options, and the values
 of options and arguments that have a fixed set: `--freq`, `--sort`,
 `--by-weekday`, `--by-month`, and component categories and types for targets.
 History persists in the user's state directory (platformdirs), e.g.
-`~/.local/state/dispatch-cli/repl_history` on Linux.
+`~/.local/state/dispatch-cli/repl_history` on Linux, readable by the user only;
+a line with a secret option (`serve --key ...`, `--sign-secret ...`) is kept
+for the session but never written there.
 
 prompt_toolkit is imported when the session starts, so other commands do not
 pay for it.
@@ -25,7 +27,10 @@ pay for it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import os
 import shlex
 import signal
 from collections.abc import Iterable, Iterator
@@ -291,7 +296,7 @@ class _Session:
     async def _run_command(self, command: click.Command, name: str, args: list[str]) -> None:
         # A copy per line: `--json` on one command must not stick to the next.
         settings = dataclasses.replace(self._settings)
-        with anyio.CancelScope() as scope:
+        with _logging_kept(), anyio.CancelScope() as scope:
             self._running = scope
             try:
                 async with anyio.create_task_group() as tasks:
@@ -323,6 +328,27 @@ class _Session:
             click.echo("(cancelled)", err=True)
 
 
+@contextlib.contextmanager
+def _logging_kept() -> Iterator[None]:
+    """Undo what a command does to the root logger, as its process ending would on the shell.
+
+    `serve` sets up logging for its process (a stderr handler at its
+    `--log-level`); in a session that would outlive it, and every later
+    command would print INFO lines (and a later `serve --log-level` would be
+    ignored, as `logging.basicConfig` runs once).
+    """
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
+
+
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
     found: list[BaseException] = []
     for error in group.exceptions:
@@ -339,6 +365,40 @@ async def _cancel_on_sigint(session: _Session) -> None:
                 return
     except NotImplementedError:
         return  # Windows: Ctrl-C arrives as KeyboardInterrupt instead
+
+
+_SECRET_OPTIONS = ("--key", "--auth-key", "--sign-secret")
+
+
+def _has_secret(line: str) -> bool:
+    try:
+        words = shlex.split(line)
+    except ValueError:
+        words = line.split()
+    return any(word.split("=", 1)[0] in _SECRET_OPTIONS for word in words)
+
+
+def _history(path: Path) -> Any:
+    """A prompt_toolkit `FileHistory` at `path`, private, that never writes a secret.
+
+    Args:
+        path: the history file; created readable and writable by the user only.
+
+    Returns:
+        The history: every line for the session, on disk those without a secret option.
+    """
+    from prompt_toolkit.history import FileHistory
+
+    class _PrivateHistory(FileHistory):
+        def store_string(self, string: str) -> None:
+            if not _has_secret(string):
+                super().store_string(string)
+
+    # Created (or tightened) before the first write: it may hold payloads and targets.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o600)
+    return _PrivateHistory(str(path))
 
 
 async def run_session(
@@ -363,10 +423,9 @@ async def run_session(
         click.UsageError: no server URL was given.
     """
     from prompt_toolkit import PromptSession
-    from prompt_toolkit.history import FileHistory
 
     completer = CliCompleter(group, group_ctx)
-    history = FileHistory(str(history_file if history_file is not None else history_path()))
+    history = _history(history_file if history_file is not None else history_path())
     prompt: PromptSession[str] = PromptSession(
         history=history,
         completer=_prompt_toolkit_completer(completer),
