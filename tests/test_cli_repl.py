@@ -28,7 +28,7 @@ from prompt_toolkit.output import DummyOutput
 import dispatch_client.cli.base as cli_base
 from dispatch_client import Client
 from dispatch_client.cli import cli
-from dispatch_client.cli.repl import CliCompleter
+from dispatch_client.cli.repl import CliCompleter, _has_secret
 from dispatch_client.testing import RunningServer, running_server
 
 KEY = "repl-test-key-0123456789"
@@ -209,6 +209,22 @@ async def test_serve_in_the_session_leaves_no_logging_behind_and_its_key_no_hist
     assert f"+list {MG}" in history
     assert "serve-only-key-42" not in history and "s3" not in history
     assert (state_home / "dispatch-cli" / "repl_history").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ("serve --key K", True),
+        ("serve --key=K", True),
+        ("serve --sign-secret 's 1'", True),
+        ("serve --auth-key K", True),
+        ("serve --key 'unclosed", True),  # does not parse, still not written
+        ("list 1 --query key", False),
+        ("create 1 KEY 1 now --payload '{\"--key\": 1}'", False),
+    ],
+)
+def test_which_lines_stay_out_of_the_history_file(line: str, secret: bool) -> None:
+    assert _has_secret(line) is secret
 
 
 # --- completion ---------------------------------------------------------------
