@@ -255,7 +255,37 @@ class _EnumLookup(dict[int, Any]):
         return self.enum_cls(value)
 
 
-class _Converters:
+class _SourceCompiler:
+    """Writes Python source per message class and compiles it in batches into one namespace.
+
+    Subclasses give a label and the namespace, and implement `_name(cls, descriptor)`:
+    it returns the function's name, appending any source not written yet to `_pending`.
+    """
+
+    def __init__(self, label: str, namespace: dict[str, Any]) -> None:
+        self._label = label
+        self._namespace = namespace
+        self._names: dict[type[Any], str] = {}
+        self._pending: list[str] = []
+
+    def function(self, cls: type[Any], descriptor: Any) -> Callable[..., Any]:
+        """Return the function for `cls`, compiling any not compiled yet."""
+        name = self._name(cls, descriptor)
+        if self._pending:
+            source, self._pending = "\n\n".join(self._pending), []
+            exec(compile(source, f"<{__name__} {self._label}>", "exec"), self._namespace)
+        return self._namespace[name]  # type: ignore[no-any-return]
+
+    def _name(self, cls: type[Any], descriptor: Any) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _global(self, prefix: str, value: Any) -> str:
+        name = f"_{prefix}{len(self._namespace)}"
+        self._namespace[name] = value
+        return name
+
+
+class _Converters(_SourceCompiler):
     """Generates one specialised conversion function per message class.
 
     Each function reads the attributes of the upb message directly (no
@@ -266,26 +296,9 @@ class _Converters:
     """
 
     def __init__(self) -> None:
-        self._namespace: dict[str, Any] = {
-            "_new": object.__new__,
-            "_EPOCH": _EPOCH,
-            "_timedelta": dt.timedelta,
-        }
-        self._names: dict[type[Any], str] = {}
-        self._pending: list[str] = []
-
-    def function(self, cls: type[Any], descriptor: Any) -> Callable[[Any], Any]:
-        """Return the conversion function for `cls`, compiling any not compiled yet."""
-        name = self._name(cls, descriptor)
-        if self._pending:
-            source, self._pending = "\n\n".join(self._pending), []
-            exec(compile(source, f"<{__name__} conversions>", "exec"), self._namespace)
-        return self._namespace[name]  # type: ignore[no-any-return]
-
-    def _global(self, prefix: str, value: Any) -> str:
-        name = f"_{prefix}{len(self._namespace)}"
-        self._namespace[name] = value
-        return name
+        super().__init__(
+            "conversions", {"_new": object.__new__, "_EPOCH": _EPOCH, "_timedelta": dt.timedelta}
+        )
 
     def _name(self, cls: type[Any], descriptor: Any) -> str:
         """Return the name of the function for `cls`, writing its source (and its parts') if new."""
@@ -451,7 +464,7 @@ _SCALAR_TYPES: dict[str, str] = {
 }
 
 
-class _Fillers:
+class _Fillers(_SourceCompiler):
     """Generates one function per message class copying a betterproto2 message into upb.
 
     `fill(o, m)` sets on the upb message `m` what `bytes(o)` would write:
@@ -463,28 +476,17 @@ class _Fillers:
     """
 
     def __init__(self) -> None:
-        self._namespace: dict[str, Any] = {
-            "_Fallback": _Fallback,
-            "_bool": (bool,),
-            "_str": (str,),
-            "_bytes": (bytes,),
-            "_float": (float, int),
-            "_int": (int,),
-        }
-        self._names: dict[type[Any], str] = {}
-        self._pending: list[str] = []
-
-    def function(self, cls: type[Any], descriptor: Any) -> Callable[[Any, Any], None]:
-        name = self._name(cls, descriptor)
-        if self._pending:
-            source, self._pending = "\n\n".join(self._pending), []
-            exec(compile(source, f"<{__name__} fillers>", "exec"), self._namespace)
-        return self._namespace[name]  # type: ignore[no-any-return]
-
-    def _global(self, prefix: str, value: Any) -> str:
-        name = f"_{prefix}{len(self._namespace)}"
-        self._namespace[name] = value
-        return name
+        super().__init__(
+            "fillers",
+            {
+                "_Fallback": _Fallback,
+                "_bool": (bool,),
+                "_str": (str,),
+                "_bytes": (bytes,),
+                "_float": (float, int),
+                "_int": (int,),
+            },
+        )
 
     def _name(self, cls: type[Any], descriptor: Any) -> str:
         name = self._names.get(cls)
