@@ -8,11 +8,7 @@ Metadata on every call: `key`; with a sign secret also `ts` (unix seconds),
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import re
-import secrets
 import time
 
 KEY_HEADER = "key"
@@ -40,6 +36,12 @@ def method_name(path: str) -> str:
 
 def signature(secret: str, key: str, ts: str, nonce: str, method: str) -> str:
     """Compute the `sig` value for one call."""
+    # Imported here: only a client or server with a sign secret needs them, and
+    # hashlib loads OpenSSL's digests (milliseconds of every cold import otherwise).
+    import base64
+    import hashlib
+    import hmac
+
     message = b"".join(part.encode() for part in (key, ts, nonce, method))
     digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
@@ -49,6 +51,9 @@ def auth_metadata(key: str, secret: str | None, path: str) -> list[tuple[str, st
     """Build the authentication metadata for a call to `path`."""
     metadata = [(KEY_HEADER, key)]
     if secret:
+        import base64
+        import secrets
+
         ts = str(int(time.time()))
         nonce = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode()
         sig = signature(secret, key, ts, nonce, method_name(path))
@@ -58,4 +63,6 @@ def auth_metadata(key: str, secret: str | None, path: str) -> list[tuple[str, st
 
 def signatures_match(expected: str, given: str) -> bool:
     """Compare two signatures in constant time."""
+    import hmac
+
     return hmac.compare_digest(expected.encode(), given.encode())
