@@ -17,7 +17,7 @@ import importlib.util
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from grpclib.client import Channel, Handler
 from grpclib.config import Configuration
@@ -30,6 +30,7 @@ from h2.connection import H2Connection
 
 from ._auth import auth_metadata, is_header_safe
 from ._server_url import ChannelOptions, ServerTarget, parse_server_url
+from ._unary import NOT_TAKEN, CachingEncoder, FastPath, fast_unary
 from .errors import CallRecord, DispatchApiError, UnknownError, map_errors
 from .errors import _typed as typed_error
 from .validation import shown
@@ -207,8 +208,11 @@ def open_channel(
         status_details_codec=_status_details_codec(),
     )
     protect_logs((key, sign_secret))
+    hook = None
     if key is not None:
-        listen(channel, SendRequest, _auth_hook(key, sign_secret))
+        hook = _auth_hook(key, sign_secret)
+        listen(channel, SendRequest, hook)
+    channel.fast_path = FastPath(channel, key, sign_secret, hook)
     return channel, loop
 
 
@@ -291,11 +295,16 @@ class _Protocol(H2Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         super().connection_made(_CoalescedWrites(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
-        self.connection._connection.__class__ = _H2Connection
+        h2 = self.connection._connection
+        h2.__class__ = _H2Connection
+        # Nothing is encoded before the first request: the table starts empty either way.
+        h2.encoder = CachingEncoder()
 
 
 class _Channel(Channel):
-    """grpclib's channel, writing through `_CoalescedWrites`."""
+    """grpclib's channel, writing through `_CoalescedWrites`, with the unary fast path's settings."""
+
+    fast_path: FastPath | None = None
 
     def _protocol_factory(self) -> H2Protocol:
         return _Protocol(Handler(), self._config, self._h2_config)
@@ -379,8 +388,19 @@ async def unary(
     # path needs (nothing is set up but a count).
     task = asyncio.current_task()
     baseline = task.cancelling() if task is not None else 0
-    stream = None
+    record = CallRecord()
+    fast = getattr(channel, "fast_path", None)
     try:
+        if fast is not None:
+            answer = await fast_unary(
+                channel, fast, call.path, call.request, call.response_type, time_limit, record
+            )
+            if answer is not NOT_TAKEN:
+                if answer is None:
+                    raise UnknownError(
+                        "the server answered without a message", server_url=server_url
+                    )
+                return cast(_Resp, answer)
         async with channel.request(
             call.path,
             Cardinality.UNARY_UNARY,
@@ -388,6 +408,7 @@ async def unary(
             call.response_type,
             timeout=time_limit,
         ) as stream:
+            record.stream = stream
             await stream.send_message(call.request, end=True)
             response = await stream.recv_message()
     except Exception as exc:
@@ -395,8 +416,6 @@ async def unary(
             task.uncancel()
         if isinstance(exc, DispatchApiError):
             raise
-        record = CallRecord()
-        record.stream = stream
         typed = typed_error(exc, server_url, record)
         if typed is None:
             raise

@@ -1,0 +1,421 @@
+"""Unary calls on grpclib's HTTP/2 connection, without its per-call stream objects.
+
+Why. A unary call through `grpclib.client.Stream` builds, per call, a client
+stream, a protocol stream with three `asyncio.Event`s and a queue-backed
+buffer, a deadline wrapper that arms a task cancellation, and five event
+dispatches (each an `await`, even with no listener), and it reads the answer
+in three waits (headers, message, trailers). A unary call needs one wait: the
+answer is complete when its stream ends. This module registers a small
+`PendingCall` with grpclib's own `EventsProcessor`, which feeds it the same
+HTTP/2 events, and resolves one future when the stream ends or breaks.
+
+What stays grpclib's: the connection (connecting, the h2 state machine,
+flow-control bookkeeping, keep-alive pings, closing), the codec, the status
+details codec, and every rule about the answer (HTTP status, content type,
+`grpc-status`/`grpc-message`, trailers-only answers, the status details); the
+headers sent are the ones grpclib sends, in its order, plus the channel's
+authentication metadata. Errors are grpclib's exception types, so one mapping
+(`errors`) turns both paths into the same typed errors.
+
+When grpclib's own path is taken instead (`fast_unary` returns `NOT_TAKEN`
+before sending anything): the channel has event listeners other than its own
+authentication hook (a user's hook must see every call), the connection's
+write buffer is full, the request does not fit the flow-control windows at
+once, or the server's limit of concurrent streams is reached.
+
+The header block cache. grpclib sends the same headers for every call of a
+method (the deadline header included: `grpc-timeout` is whole seconds above
+10 s). hpack encodes them by searching its tables for each one on every call;
+`CachingEncoder` keeps a block made only of references to table entries,
+which encodes the same while the dynamic table is unchanged. The per-call
+signature headers (`ts`, `nonce`, `sig`) are sent as never-indexed literals
+(RFC 7541, section 7.1.3): they would only churn the table, and `sig` is a
+credential that should not be kept in a compression context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Final
+
+from grpclib.const import Status
+from grpclib.encoding.base import GRPC_CONTENT_TYPE
+from grpclib.events import SendRequest
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.metadata import (
+    _STATUS_DETAILS_KEY,
+    USER_AGENT,
+    decode_bin_value,
+    decode_grpc_message,
+    decode_metadata,
+    encode_metadata,
+    encode_timeout,
+)
+from h2.connection import ConnectionState
+from hpack import Encoder, NeverIndexedHeaderTuple
+from hpack.table import HeaderTable
+
+from ._auth import auth_metadata
+
+if TYPE_CHECKING:
+    from grpclib.client import Channel
+
+NOT_TAKEN: Final = object()
+"""`fast_unary`'s answer when the call must go through grpclib's stream instead."""
+
+# grpclib's mapping of HTTP statuses to gRPC ones (the gRPC HTTP/2 protocol
+# document's table), for answers that are not HTTP 200.
+_HTTP_TO_GRPC: Final = {
+    "400": Status.INTERNAL,
+    "401": Status.UNAUTHENTICATED,
+    "403": Status.PERMISSION_DENIED,
+    "404": Status.UNIMPLEMENTED,
+    "502": Status.UNAVAILABLE,
+    "503": Status.UNAVAILABLE,
+    "504": Status.UNAVAILABLE,
+}
+_MESSAGE_PREFIX: Final = 5  # compressed flag (1 byte) + big-endian length (4 bytes)
+
+
+class _NoWait:
+    """Stands in for the `asyncio.Event`s grpclib sets on a stream nobody waits on."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NO_WAIT: Final = _NoWait()
+
+
+class PendingCall:
+    """One unary call's HTTP/2 stream, as grpclib's `EventsProcessor` sees a stream.
+
+    The processor sets `headers` and `trailers`, adds DATA through `buffer.add`,
+    and calls `__ended__` or `__terminated__`; `done` resolves then. The data
+    is acknowledged (flow control) once, when the processor releases the stream.
+    """
+
+    __slots__ = ("chunks", "data_received", "done", "headers", "id", "trailers", "unacked")
+
+    headers_received = trailers_received = window_updated = _NO_WAIT
+
+    def __init__(self, stream_id: int, done: asyncio.Future[None]) -> None:
+        self.id = stream_id
+        self.done = done
+        self.headers: list[tuple[str, str]] | None = None
+        self.trailers: list[tuple[str, str]] | None = None
+        self.chunks: list[bytes] = []
+        self.unacked = 0
+        self.data_received = 0
+
+    @property
+    def buffer(self) -> PendingCall:
+        return self
+
+    def add(self, data: bytes, ack_size: int) -> None:
+        self.chunks.append(data)
+        self.unacked += ack_size
+
+    def unacked_size(self) -> int:
+        return self.unacked
+
+    def __ended__(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def __terminated__(self, reason: str) -> None:
+        if not self.done.done():
+            self.done.set_exception(StreamTerminatedError(reason))
+
+    def expire(self) -> None:
+        # grpclib's deadline raises a bare TimeoutError; so does this one.
+        if not self.done.done():
+            self.done.set_exception(TimeoutError())
+
+    @property
+    def trailing_metadata(self) -> Any:
+        """The trailers as grpclib's metadata (what a typed error carries)."""
+        sent = self.trailers if self.trailers is not None else self.headers
+        return None if sent is None else decode_metadata(sent)
+
+
+class _CountingTable(HeaderTable):  # type: ignore[misc]
+    """hpack's header table, counting every change of its dynamic part."""
+
+    generation = 0
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.generation += 1
+        super().add(name, value)
+
+    @property
+    def maxsize(self) -> int:
+        return int(self._maxsize)
+
+    @maxsize.setter
+    def maxsize(self, newmax: int) -> None:
+        self.generation += 1
+        HeaderTable.maxsize.fset(self, newmax)
+
+
+class CachingEncoder(Encoder):  # type: ignore[misc]
+    """hpack's encoder, reusing a header block that only refers to table entries.
+
+    A block whose encoding added nothing to the dynamic table is a list of
+    indexes; it encodes the same as long as the table is unchanged. Headers
+    given as `NeverIndexedHeaderTuple`s at the end of the list are encoded
+    after the cached part (they never touch the table).
+    """
+
+    _LIMIT: Final = 256
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = _CountingTable()
+        self._blocks: dict[tuple[Any, ...], tuple[int, bytes]] = {}
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        table = self.header_table
+        if table.resized or not isinstance(headers, list):
+            return bytes(super().encode(headers, huffman))
+        cut = len(headers)
+        while cut and isinstance(headers[cut - 1], NeverIndexedHeaderTuple):
+            cut -= 1
+        key = tuple(headers[:cut])
+        generation = table.generation
+        cached = self._blocks.get(key)
+        if cached is not None and cached[0] == generation:
+            block = cached[1]
+        else:
+            block = bytes(super().encode(headers[:cut], huffman))
+            if table.generation == generation:
+                if len(self._blocks) >= self._LIMIT:
+                    self._blocks.clear()
+                self._blocks[key] = (generation, block)
+        if cut == len(headers):
+            return block
+        tail = [self.add((h[0], h[1]), True, huffman) for h in headers[cut:]]
+        return block + b"".join(tail)
+
+
+class FastPath:
+    """What a channel needs to make unary calls itself: its headers and credentials."""
+
+    __slots__ = ("_content_type", "_headers", "_hook", "_key", "_secret", "_site")
+
+    def __init__(self, channel: Channel, key: str | None, secret: str | None, hook: Any) -> None:
+        """Prepare the fixed headers of `channel`'s calls.
+
+        Args:
+            channel: the grpclib channel the calls go on.
+            key: the API key sent as `key` metadata, or None.
+            secret: the signing secret, or None.
+            hook: the channel's own `SendRequest` listener (the only one allowed).
+        """
+        self._key = key
+        self._secret = secret
+        self._hook = hook
+        self._headers: dict[tuple[str, str | None], list[tuple[bytes, bytes]]] = {}
+        self._site: tuple[str, str] = (channel._scheme, channel._authority)
+        subtype: str = channel._codec.__content_subtype__
+        self._content_type = (
+            GRPC_CONTENT_TYPE if subtype == "proto" else f"{GRPC_CONTENT_TYPE}+{subtype}"
+        )
+
+    def eligible(self, channel: Channel) -> bool:
+        """Whether the call may skip grpclib's stream: connected, and no other listener to tell."""
+        if not channel._connected:
+            return False  # grpclib's path connects within the call's deadline
+        for event_type, callbacks in channel.__dispatch__._listeners.items():
+            if not callbacks:
+                continue
+            if (
+                event_type is not SendRequest
+                or len(callbacks) != 1
+                or callbacks[0] is not self._hook
+            ):
+                return False
+        return True
+
+    def headers(self, path: str, timeout: str | None) -> list[Any]:
+        """The request headers grpclib would send for `path`, in its order, as bytes."""
+        fixed = self._headers.get((path, timeout))
+        if fixed is None:
+            scheme, authority = self._site
+            pairs = [(":method", "POST"), (":scheme", scheme), (":path", path)]
+            pairs.append((":authority", authority))
+            if timeout is not None:
+                pairs.append(("grpc-timeout", timeout))
+            pairs += [("te", "trailers"), ("content-type", self._content_type)]
+            pairs.append(("user-agent", USER_AGENT))
+            if self._key is not None:
+                pairs += encode_metadata([("key", self._key)])
+            fixed = [(name.encode(), value.encode()) for name, value in pairs]
+            if len(self._headers) >= 64:  # a deadline under 10 s varies per call
+                self._headers.clear()
+            self._headers[path, timeout] = fixed
+        if self._key is None or not self._secret:
+            return fixed
+        signed = auth_metadata(self._key, self._secret, path)[1:]
+        return fixed + [
+            NeverIndexedHeaderTuple(name.encode(), value.encode())
+            for name, value in encode_metadata(signed)
+        ]
+
+
+async def fast_unary(
+    channel: Channel,
+    fast: FastPath,
+    path: str,
+    request: Any,
+    response_type: type[Any],
+    time_limit: float | None,
+    record: Any,
+) -> Any:
+    """Make one unary call on `channel`'s connection, or return `NOT_TAKEN` having sent nothing.
+
+    Args:
+        channel: the grpclib channel.
+        fast: the channel's prepared headers and credentials.
+        path: the method path, e.g. `/pkg.Service/Method`.
+        request: the request message.
+        response_type: the response message class.
+        time_limit: the deadline in seconds from now, or None.
+        record: an object whose `stream` is set to the call, so an error can
+            carry the call's trailing metadata.
+
+    Returns:
+        The response message, None if the server sent none, or `NOT_TAKEN`.
+
+    Raises:
+        GRPCError: the server answered with a status other than OK (or an
+            answer grpclib would refuse: HTTP status, content type, no status).
+        StreamTerminatedError: the stream or the connection broke.
+        TimeoutError: the deadline passed (grpclib's own deadline signal).
+        OSError: the connection could not be made.
+    """
+    if not fast.eligible(channel):
+        return NOT_TAKEN
+    loop = asyncio.get_running_loop()
+    deadline = None if time_limit is None else loop.time() + time_limit
+    protocol = await channel.__connect__()
+    processor = protocol.processor
+    connection = processor.connection
+    h2 = connection._connection
+    if not connection.write_ready.is_set() or connection.is_closing():
+        return NOT_TAKEN
+    codec = channel._codec
+    body = codec.encode(request, type(request))
+    framed = b"\0" + len(body).to_bytes(4, "big") + body
+    size = len(framed)
+    if (
+        size > h2.outbound_flow_control_window
+        or size > h2.remote_settings.initial_window_size
+        or h2.open_outbound_streams + 1 > h2.remote_settings.max_concurrent_streams
+    ):
+        return NOT_TAKEN
+    timeout = None
+    if deadline is not None:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise TimeoutError()
+        timeout = encode_timeout(remaining)
+    headers = fast.headers(path, timeout)
+    stream_id = h2.get_next_available_stream_id()
+    h2.send_headers(stream_id, headers)
+    call = PendingCall(stream_id, loop.create_future())
+    record.stream = call
+    release = processor.register(call)
+    try:
+        frame = h2.max_outbound_frame_size
+        for start in range(0, size, frame):
+            end = start + frame >= size
+            h2.send_data(stream_id, framed[start : start + frame], end_stream=end)
+        connection._transport.write(h2.data_to_send())
+        connection.headers_send_process()
+        connection.data_send_process()
+        timer = None if deadline is None else loop.call_at(deadline, call.expire)
+        try:
+            await call.done
+        finally:
+            if timer is not None:
+                timer.cancel()
+    finally:
+        _reset_if_open(connection, stream_id)
+        release()
+    return _answer(call, channel, response_type)
+
+
+def _reset_if_open(connection: Any, stream_id: int) -> None:
+    """Reset a stream the call leaves unfinished (cancelled, timed out), as grpclib does."""
+    h2 = connection._connection
+    if connection.is_closing() or h2.state_machine.state is ConnectionState.CLOSED:
+        return
+    stream = h2.streams.get(stream_id)
+    if stream is None or stream.closed:
+        return
+    h2.reset_stream(stream_id)
+    if connection.write_ready.is_set():
+        connection._transport.write(h2.data_to_send())
+
+
+def _answer(call: PendingCall, channel: Channel, response_type: type[Any]) -> Any:
+    """Check the answer by grpclib's rules and decode its message."""
+    if call.headers is None:
+        raise GRPCError(Status.UNKNOWN, "the stream ended without response headers")
+    headers = dict(call.headers)
+    http_status = headers.get(":status")
+    if http_status is not None and http_status != "200":
+        grpc_status = _HTTP_TO_GRPC.get(http_status, Status.UNKNOWN)
+        raise GRPCError(grpc_status, f"Received :status = {http_status!r}")
+    content_type = headers.get("content-type")
+    if content_type is None:
+        raise GRPCError(Status.UNKNOWN, "Missing content-type header")
+    base, _, subtype = content_type.partition("+")
+    if base != GRPC_CONTENT_TYPE or (subtype or "proto") != channel._codec.__content_subtype__:
+        raise GRPCError(Status.UNKNOWN, f"Invalid content-type: {content_type!r}")
+    if "grpc-status" in headers:  # a trailers-only answer
+        _check_status(headers, channel)
+        return None
+    if call.trailers is None:
+        raise GRPCError(Status.UNKNOWN, "Missing grpc-status header")
+    _check_status(dict(call.trailers), channel)
+    chunks = call.chunks
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if not data:
+        return None
+    if len(data) < _MESSAGE_PREFIX:
+        raise ProtocolError("the server sent an incomplete message")
+    if data[0]:
+        raise NotImplementedError("Compression not supported")
+    length = int.from_bytes(data[1:_MESSAGE_PREFIX], "big")
+    if len(data) < _MESSAGE_PREFIX + length:
+        raise ProtocolError("the server sent an incomplete message")
+    return channel._codec.decode(data[_MESSAGE_PREFIX : _MESSAGE_PREFIX + length], response_type)
+
+
+def _check_status(headers: dict[str, str], channel: Channel) -> None:
+    """Raise the `GRPCError` grpclib raises for `grpc-status` (and its message, details)."""
+    raw = headers.get("grpc-status")
+    if raw is None:
+        raise GRPCError(Status.UNKNOWN, "Missing grpc-status header")
+    try:
+        status = Status(int(raw))
+    except ValueError:
+        raise GRPCError(Status.UNKNOWN, f"Invalid grpc-status: {raw!r}") from None
+    if status is Status.OK:
+        return
+    message = headers.get("grpc-message")
+    if message is not None:
+        message = decode_grpc_message(message)
+    details = None
+    details_codec = channel._status_details_codec
+    if details_codec is not None:
+        details_bin = headers.get(_STATUS_DETAILS_KEY)
+        if details_bin is not None:
+            details = details_codec.decode(
+                status, message, decode_bin_value(details_bin.encode("ascii"))
+            )
+    raise GRPCError(status, message, details)
