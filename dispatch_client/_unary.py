@@ -52,7 +52,7 @@ from grpclib.metadata import (
     encode_timeout,
 )
 from h2.connection import ConnectionState
-from hpack import Encoder, NeverIndexedHeaderTuple
+from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
 from hpack.table import HeaderTable
 
 from ._auth import auth_metadata
@@ -198,6 +198,46 @@ class CachingEncoder(Encoder):  # type: ignore[misc]
             return block
         tail = [self.add((h[0], h[1]), True, huffman) for h in headers[cut:]]
         return block + b"".join(tail)
+
+
+class CachingDecoder(Decoder):  # type: ignore[misc]
+    """hpack's decoder, remembering what a block of table references decoded to.
+
+    A server answers every call with the same few header blocks (status,
+    content type, `grpc-status: 0`), which after the first call are one byte
+    per header, each a reference into the tables. A block whose decoding
+    changed nothing in the dynamic table decodes the same while the table is
+    unchanged, so its result is kept (up to a bound) and returned as a copy.
+    """
+
+    _LIMIT: Final = 256
+    _LONGEST: Final = 64  # bytes: references only, not literal values
+
+    def __init__(self, replaced: Decoder) -> None:
+        """Take over the limits of the decoder it replaces.
+
+        Args:
+            replaced: h2's decoder of the connection, not used yet.
+        """
+        super().__init__(replaced.max_header_list_size)
+        self.header_table = _CountingTable()
+        self.max_allowed_table_size = replaced.max_allowed_table_size
+        self._blocks: dict[tuple[bytes, bool], tuple[int, list[Any]]] = {}
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        if len(data) > self._LONGEST:
+            return super().decode(data, raw)
+        key = (bytes(data), raw)
+        generation = self.header_table.generation
+        cached = self._blocks.get(key)
+        if cached is not None and cached[0] == generation:
+            return list(cached[1])
+        headers = super().decode(data, raw)
+        if self.header_table.generation == generation:
+            if len(self._blocks) >= self._LIMIT:
+                self._blocks.clear()
+            self._blocks[key] = (generation, list(headers))
+        return headers
 
 
 class FastPath:

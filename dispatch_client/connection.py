@@ -30,7 +30,7 @@ from h2.connection import H2Connection
 
 from ._auth import auth_metadata, is_header_safe
 from ._server_url import ChannelOptions, ServerTarget, parse_server_url
-from ._unary import NOT_TAKEN, CachingEncoder, FastPath, fast_unary
+from ._unary import NOT_TAKEN, CachingDecoder, CachingEncoder, FastPath, fast_unary
 from .errors import CallRecord, DispatchApiError, UnknownError, map_errors
 from .errors import _typed as typed_error
 from .validation import shown
@@ -299,6 +299,7 @@ class _Protocol(H2Protocol):
         h2.__class__ = _H2Connection
         # Nothing is encoded before the first request: the table starts empty either way.
         h2.encoder = CachingEncoder()
+        h2.decoder = CachingDecoder(h2.decoder)
 
 
 class _Channel(Channel):
