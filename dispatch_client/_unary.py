@@ -36,7 +36,7 @@ credential that should not be kept in a compression context.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from grpclib.const import Status
 from grpclib.encoding.base import GRPC_CONTENT_TYPE
@@ -141,7 +141,7 @@ class PendingCall:
         return None if sent is None else decode_metadata(sent)
 
 
-class _CountingTable(HeaderTable):  # type: ignore[misc]
+class _CountingTable(HeaderTable):
     """hpack's header table, counting every change of its dynamic part."""
 
     generation = 0
@@ -152,15 +152,16 @@ class _CountingTable(HeaderTable):  # type: ignore[misc]
 
     @property
     def maxsize(self) -> int:
-        return int(self._maxsize)
+        return self._maxsize
 
     @maxsize.setter
     def maxsize(self, newmax: int) -> None:
         self.generation += 1
-        HeaderTable.maxsize.fset(self, newmax)
+        base: Any = HeaderTable.maxsize
+        base.fset(self, newmax)
 
 
-class CachingEncoder(Encoder):  # type: ignore[misc]
+class CachingEncoder(Encoder):
     """hpack's encoder, reusing a header block that only refers to table entries.
 
     A block whose encoding added nothing to the dynamic table is a list of
@@ -170,6 +171,7 @@ class CachingEncoder(Encoder):  # type: ignore[misc]
     """
 
     _LIMIT: Final = 256
+    header_table: _CountingTable
 
     def __init__(self) -> None:
         super().__init__()
@@ -200,7 +202,7 @@ class CachingEncoder(Encoder):  # type: ignore[misc]
         return block + b"".join(tail)
 
 
-class CachingDecoder(Decoder):  # type: ignore[misc]
+class CachingDecoder(Decoder):
     """hpack's decoder, remembering what a block of table references decoded to.
 
     A server answers every call with the same few header blocks (status,
@@ -212,6 +214,7 @@ class CachingDecoder(Decoder):  # type: ignore[misc]
 
     _LIMIT: Final = 256
     _LONGEST: Final = 64  # bytes: references only, not literal values
+    header_table: _CountingTable
 
     def __init__(self, replaced: Decoder) -> None:
         """Take over the limits of the decoder it replaces.
@@ -367,7 +370,7 @@ async def fast_unary(
     h2.send_headers(stream_id, headers)
     call = PendingCall(stream_id, loop.create_future())
     record.stream = call
-    release = processor.register(call)
+    release = processor.register(cast(Any, call))  # grpclib types it as its Stream
     try:
         frame = h2.max_outbound_frame_size
         for start in range(0, size, frame):
