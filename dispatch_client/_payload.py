@@ -188,56 +188,88 @@ class _TooDeep(Exception):
     """Raised inside the conversion; `payload_to_struct` turns it into a ValueError."""
 
 
-def _to_value(obj: Any, path: str, level: int) -> Value:
-    if obj is None:
-        return Value(null_value=NullValue.NULL_VALUE)
-    if isinstance(obj, bool):
-        return Value(bool_value=obj)
-    if isinstance(obj, int | float):
-        try:
-            number = float(obj)
-        except OverflowError:
-            raise ValueError(f"{path} is {shown(obj)}, too large for a JSON number") from None
-        if not math.isfinite(number):
-            raise ValueError(f"{path} is {shown(obj)}; JSON numbers must be finite")
-        return Value(number_value=number)
-    if isinstance(obj, str):
-        _check_text(obj, path)
-        return Value(string_value=obj)
-    # A container one level further down: refuse before recursing, so a
-    # payload nested hundreds deep (or containing itself) is a ValueError.
-    if isinstance(obj, Mapping | list | tuple) and level >= MAX_PAYLOAD_DEPTH:
-        raise _TooDeep
-    if isinstance(obj, Mapping):
-        return Value(struct_value=_to_struct(obj, path, level + 1))
-    if isinstance(obj, list | tuple):
-        return Value(
-            list_value=ListValue(
-                values=[_to_value(v, f"{path}[{i}]", level + 1) for i, v in enumerate(obj)]
-            )
+# Where a value sits in the payload: the keys and indexes leading to it. Kept
+# as a tuple and formatted only for an error message, as most payloads have none.
+_Where = tuple[Any, ...]
+
+
+def _path(field: str, where: _Where) -> str:
+    return field + "".join(f"[{i}]" if isinstance(i, int) else f"[{shown(i)}]" for i in where)
+
+
+# Upper bounds of the encoded size of each piece (tags one byte, lengths at
+# most 5 bytes), text and key bytes added as met: a map entry is a tag and
+# length around a key field and a value field (each a tag and length); a Value
+# is at most a tag and length (its wrapper as a list element) plus its kind's
+# tag and either a double or a length (a str, Struct or ListValue).
+_ENTRY_BOUND = 3 * (1 + 5)
+_VALUE_BOUND = (1 + 5) + (1 + 8)
+
+
+class _Converter:
+    """One conversion: the payload's field name and a bound on its encoded size."""
+
+    __slots__ = ("bound", "field")
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+        self.bound = 0
+
+    def value(self, obj: Any, where: _Where, level: int) -> Value:
+        self.bound += _VALUE_BOUND
+        if obj is None:
+            return Value(null_value=NullValue.NULL_VALUE)
+        if isinstance(obj, bool):
+            return Value(bool_value=obj)
+        if isinstance(obj, int | float):
+            try:
+                number = float(obj)
+            except OverflowError:
+                raise ValueError(
+                    f"{_path(self.field, where)} is {shown(obj)}, too large for a JSON number"
+                ) from None
+            if not math.isfinite(number):
+                raise ValueError(
+                    f"{_path(self.field, where)} is {shown(obj)}; JSON numbers must be finite"
+                )
+            return Value(number_value=number)
+        if isinstance(obj, str):
+            self.bound += self.text(obj, where, "")
+            return Value(string_value=obj)
+        # A container one level further down: refuse before recursing, so a
+        # payload nested hundreds deep (or containing itself) is a ValueError.
+        if isinstance(obj, Mapping | list | tuple) and level >= MAX_PAYLOAD_DEPTH:
+            raise _TooDeep
+        if isinstance(obj, Mapping):
+            return Value(struct_value=self.struct(obj, where, level + 1))
+        if isinstance(obj, list | tuple):
+            values = [self.value(v, (*where, i), level + 1) for i, v in enumerate(obj)]
+            return Value(list_value=ListValue(values=values))
+        raise ValueError(
+            f"{_path(self.field, where)} has type {type(obj).__name__};"
+            " allowed: dict, list, str, int, float, bool, None"
         )
-    raise ValueError(
-        f"{path} has type {type(obj).__name__}; allowed: dict, list, str, int, float, bool, None"
-    )
 
-
-def _check_text(text: str, path: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError(f"{path} is not valid Unicode text: {error.reason}") from None
-
-
-def _to_struct(obj: Mapping[Any, Any], path: str, level: int) -> Struct:
-    fields: dict[str, Value] = {}
-    for key, value in obj.items():
-        if not isinstance(key, str):
+    def text(self, text: str, where: _Where, what: str) -> int:
+        """Check that `text` encodes as UTF-8 and return its encoded length."""
+        try:
+            return len(text.encode("utf-8"))
+        except UnicodeEncodeError as error:
             raise ValueError(
-                f"{path} has a key {shown(key)} of type {type(key).__name__}; keys must be str"
-            )
-        _check_text(key, f"{path} key")
-        fields[key] = _to_value(value, f"{path}[{shown(key)}]", level)
-    return Struct(fields=fields)
+                f"{_path(self.field, where)}{what} is not valid Unicode text: {error.reason}"
+            ) from None
+
+    def struct(self, obj: Mapping[Any, Any], where: _Where, level: int) -> Struct:
+        fields: dict[str, Value] = {}
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise ValueError(
+                    f"{_path(self.field, where)} has a key {shown(key)} of type"
+                    f" {type(key).__name__}; keys must be str"
+                )
+            self.bound += _ENTRY_BOUND + self.text(key, where, " key")
+            fields[key] = self.value(value, (*where, key), level)
+        return Struct(fields=fields)
 
 
 def payload_to_struct(
@@ -265,12 +297,15 @@ def payload_to_struct(
         return payload
     if not isinstance(payload, Mapping):
         raise ValueError(f"{field} must be a dict (JSON object), got {type(payload).__name__}")
+    converter = _Converter(field)
     try:
-        struct = _to_struct(payload, field, 1)
+        struct = converter.struct(payload, (), 1)
     except _TooDeep:
         raise _too_deep(payload, field) from None
     # Every value was typed and the depth bounded as it was converted: only
-    # the size is left to check.
+    # the size is left to check, exactly only when its bound is over the limit.
+    if converter.bound <= MAX_PAYLOAD_BYTES:
+        return struct
     size = _encoded_size(struct)
     if size > MAX_PAYLOAD_BYTES:
         raise ValueError(f"{field} is {size} bytes encoded (allowed: at most {MAX_PAYLOAD_BYTES})")

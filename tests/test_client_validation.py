@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from strategies import json_values
 
@@ -21,6 +21,7 @@ from dispatch_client import (
     requests,
     validation,
 )
+from dispatch_client._payload import _Converter, _TooDeep
 from dispatch_client._proto.google.protobuf import ListValue, NullValue, Struct, Value
 from dispatch_client.requests import START_TIME_GRACE
 from dispatch_client.validation import MAX_PAYLOAD_BYTES, payload_measure, payload_to_struct
@@ -106,6 +107,20 @@ def test_payload_measure_counts_default_members(value: Value) -> None:
     assert payload_measure(struct)[1] == len(bytes(struct))
 
 
+@given(st.dictionaries(st.text(max_size=20), JSON, max_size=8))
+def test_the_size_bound_of_a_conversion_is_never_below_the_encoding(
+    payload: dict[str, Any],
+) -> None:
+    # payload_to_struct skips the exact size only when this bound is under the limit.
+    converter = _Converter("payload")
+    try:
+        struct = converter.struct(payload, (), 1)
+    except _TooDeep:
+        assume(False)  # refused before any size matters
+    assert struct == Struct.from_dict(payload)
+    assert converter.bound >= len(bytes(struct))
+
+
 @pytest.mark.parametrize("extra", [0, 1])
 def test_payload_size_limit_is_exact(extra: int) -> None:
     # {"s": "x" * n} encodes to n plus 15 bytes of tags and lengths at this size.
@@ -184,8 +199,9 @@ def test_recurrence_rules(
 
 
 def test_the_payload_is_checked_once_without_encoding_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    # betterproto2's encoding is left to the call itself; the size is measured
-    # once: through upb when it is installed (microseconds), else by the walk.
+    # betterproto2's encoding is left to the call itself. The conversion bounds
+    # the size; only a payload whose bound is over the limit is measured, once:
+    # through upb when it is installed (microseconds), else by the walk.
     encoded: list[object] = []
     measured: list[object] = []
     original_bytes = Struct.__bytes__
@@ -209,8 +225,12 @@ def test_the_payload_is_checked_once_without_encoding_it(monkeypatch: pytest.Mon
     monkeypatch.setattr(_fastdecode, "encoder", counting_encoder)
     request = build(payload={"power_w": 5000.0, "mode": "charge"})
     assert encoded == []
-    assert len(measured) == 1
+    assert measured == []  # its bound is far under the limit
     assert request.dispatch_data.payload.to_dict() == {"power_w": 5000.0, "mode": "charge"}
+    near = {"s": "x" * (MAX_PAYLOAD_BYTES - 15)}  # exactly the limit: the bound is over it
+    assert build(payload=near).dispatch_data.payload.to_dict() == near
+    assert encoded == []
+    assert len(measured) == 1
 
 
 def test_without_upb_the_payload_size_comes_from_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -224,6 +244,8 @@ def test_without_upb_the_payload_size_comes_from_the_walk(monkeypatch: pytest.Mo
     monkeypatch.setattr(_fastdecode, "available", lambda: False)
     monkeypatch.setattr(_payload, "payload_measure", counting_measure)
     build(payload={"power_w": 5000.0})
+    assert measured == []  # bounded under the limit
+    build(payload={"s": "x" * (MAX_PAYLOAD_BYTES - 15)})
     assert len(measured) == 1
     with pytest.raises(ValueError, match=f"{MAX_PAYLOAD_BYTES + 1} bytes encoded"):
         build(payload={"s": "x" * (MAX_PAYLOAD_BYTES - 15 + 1)})
