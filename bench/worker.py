@@ -10,6 +10,7 @@ meant to be run by hand except when debugging a single measurement.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import resource
@@ -286,8 +287,20 @@ async def task_fleet(spec: dict[str, Any]) -> dict[str, Any]:
     threading.Thread(target=wait_for_go, daemon=True).start()
     latencies: list[float] = []
     errors: list[str] = []
+    left = [count]
+    all_done = asyncio.Event()
+
+    def done() -> None:
+        left[0] -= 1
+        if not left[0]:
+            all_done.set()
 
     async def consume(microgrid: int) -> None:
+        # A consumer that has its events keeps reading (nothing more comes)
+        # until the timing is over: leaving its stream would close it, work
+        # that ours does then (it closes a stream its last consumer leaves)
+        # and the official client does not (its stream stays open), and that
+        # is not delivering events.
         seen = 0
         try:
             async for _, sent in client.events(microgrid):
@@ -296,9 +309,11 @@ async def task_fleet(spec: dict[str, Any]) -> dict[str, Any]:
                 latencies.append(time.time() - sent)
                 seen += 1
                 if seen == each:
-                    return
+                    done()
         except Exception as exc:  # a broken stream is a result, not a crash
             errors.append(f"{type(exc).__name__}: {exc}")
+            if seen < each:
+                done()
 
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -310,7 +325,8 @@ async def task_fleet(spec: dict[str, Any]) -> dict[str, Any]:
         open_rss = _rss_mb()
         cpu = time.process_time()
         print("READY", flush=True)
-        await asyncio.wait(tasks, timeout=spec["timeout"])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_done.wait(), spec["timeout"])
         cpu = time.process_time() - cpu
         rss = _rss_mb()
     finally:

@@ -19,12 +19,26 @@ the connection is found dead (HTTP/2 keep-alive pings unanswered, see
 
 What the stream knows. The reader keeps two `WatchView`s: `told`, what its
 `stream()` consumers have been told, and `state`, the server's state that
-`watch()` consumers get as snapshots. Before the first gRPC stream opens, the
-microgrid is listed once: that list is what `stream()` consumers are taken to
-know (it predates the stream, so `told` is never ahead of what they were told,
-which is what makes every catch-up, the first open's included, complete: a
-consumer iterating before the stream opened gets every change from that list
-on).
+`watch()` consumers get as snapshots. `told` starts as one list of the
+microgrid, the baseline, sent right behind the first gRPC stream request (not
+before it: the stream opens a round trip sooner, and a fleet of streams is
+registered before the server serves the baselines). `stream()` consumers are
+taken to know the baseline whenever the server serves it, which is what makes
+every catch-up, the first open's included, complete: a consumer iterating
+before the stream opened gets every change from that list on. Served before
+the server registered the stream, its catch-up (below) tells what changed in
+between; served after, the stream's events for changes it already shows are
+dropped by `WatchView` as duplicates (same `update_time`), just as a change
+made between the consumer's call and the baseline is taken as known.
+
+Why two lists, not one. A list served after the stream is registered could
+stand for both the baseline and the catch-up. But only a list sent once the
+server has acknowledged the stream is known to be served after it; taking
+that one as the baseline would make every change between the consumer's
+first iteration and the acknowledgement (a round trip, seconds when many
+streams open at once) known without ever being told: a consumer that starts
+iterating and then creates a dispatch could miss it. So the baseline goes out
+with the stream request, and the catch-up list once the stream counts open.
 
 Catch-up after every gap. The stream only carries changes made after the
 server registered it, and a list is a snapshot at the moment it is served. So
@@ -37,12 +51,13 @@ order. Live events then go through `WatchView.apply`, which drops what the
 list already showed (an event can arrive after a list that reflects it), so
 there are no duplicates and no dispatch goes back in time. The very first
 open is no exception for `stream()` consumers: a change committed after the
-list that started `told` but before the server registered the stream is in
-no event, only in the list after the open, so they are held back for it too
-(the cost is the same: watchers need that list anyway). A failed list ends
-the attempt like a broken stream. Consumers that opted out (`on_gap="raise"`)
-get the server's events as they come and `StreamGap` when a stream that was
-open breaks.
+baseline was served but before the server registered the stream is in no
+event, only in the list after the open, so they are held back for it too
+(the cost is the same: watchers need that list anyway); the catch-up also
+waits for the baseline if it is still in flight. A failed list, the baseline
+included, ends the attempt like a broken stream. Consumers that opted out
+(`on_gap="raise"`) get the server's events as they come and `StreamGap` when a
+stream that was open breaks.
 
 Reconnect. A retryable failure (the error class's `retryable`: UNAVAILABLE,
 DEADLINE_EXCEEDED, a broken connection, the server ending the stream, ...)
@@ -57,10 +72,12 @@ When a stream counts as open. The server acknowledges a stream by sending its
 initial metadata once the subscription is registered (the reference server
 does); `open_stream` passes that on by yielding `None` first. Without an
 acknowledgement, the first event or `open_grace` quiet seconds without an error
-count instead: a heuristic, but a safe one in practice because the stream
-request and the later list request share one HTTP/2 connection, so the stream
-request reaches the server first; the grace only covers the server's handler
-scheduling, not network latency.
+count instead (counted once the baseline is in): a heuristic, but a safe one
+in practice because the stream request and the later list request share one
+HTTP/2 connection, so the stream request reaches the server first; the grace
+only covers the server's handler scheduling, not network latency. The grace
+is waited out by the task that lists, so an acknowledged stream costs no
+timer task.
 """
 
 from __future__ import annotations
@@ -189,6 +206,8 @@ class SharedStream:
         self._held: list[DispatchEvent] | None = None
         """Events received while a catch-up list is in flight; None when not catching up."""
         self._list_failure: BaseException | None = None
+        self._opened = anyio.Event()
+        """Set once the current attempt's gRPC stream counts as open."""
 
     def __repr__(self) -> str:
         return (
@@ -364,16 +383,14 @@ class SharedStream:
                 _log.info("server of microgrid %d is reachable again", self.microgrid_id)
 
     async def _attempt(self) -> tuple[bool, BaseException]:
-        """List if needed, then read one gRPC stream until it ends; return whether it was open and why it ended."""
-        if self._told is None:
-            try:
-                self._told = WatchView(await self._list())
-            except Exception as exc:
-                return False, self._settings.typed(exc)
+        """Read one gRPC stream until it ends, listing alongside; return whether it was open and why it ended."""
         self._list_failure = None
+        self._opened = anyio.Event()
         ended: BaseException | None = None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._confirm_after_grace, tg)
+            # Started first but run after the stream request is written: the
+            # baseline list (if still needed) goes out right behind it.
+            tg.start_soon(self._lists, tg)
             ended = await self._read(tg)
             tg.cancel_scope.cancel()
         error = self._list_failure or ended
@@ -385,7 +402,8 @@ class SharedStream:
         try:
             with absorb_leaked_cancel():
                 async for response in responses:
-                    self._confirm(tg)
+                    if not self._connected:
+                        self._confirm()
                     if response is not None:
                         self._receive(response)
             return Unavailable("the server ended the stream", server_url=self._settings.server_url)
@@ -397,28 +415,36 @@ class SharedStream:
     async def _list(self) -> list[Dispatch]:
         return await _collect(self._settings.list_dispatches(self.microgrid_id))
 
-    async def _confirm_after_grace(self, tg: TaskGroup) -> None:
-        await anyio.sleep(self._settings.open_grace)
-        self._confirm(tg)
-
-    def _confirm(self, tg: TaskGroup) -> None:
-        """Mark the stream open and start catching up."""
-        if self._connected:
-            return
-        self._connected = True
-        _log.info("dispatch stream of microgrid %d connected", self.microgrid_id)
-        self._publish(StreamState.CONNECTED, failures=self._failures)
-        self._held = []
-        tg.start_soon(self._catch_up, tg)
-
-    async def _catch_up(self, tg: TaskGroup) -> None:
+    async def _lists(self, tg: TaskGroup) -> None:
+        """List the baseline if there is none yet, wait until the stream is open, then catch up."""
         try:
+            if self._told is None:
+                self._told = WatchView(await self._list())
+            if not self._connected:
+                # Without the server's acknowledgement or an event, `open_grace`
+                # quiet seconds count as open (see the module docstring).
+                with anyio.move_on_after(self._settings.open_grace):
+                    await self._opened.wait()
+                self._confirm()
             snapshot = await self._list()
         except Exception as exc:
             # The attempt ends as if the stream had broken; the next one lists again.
             self._list_failure = exc
             tg.cancel_scope.cancel()
             return
+        self._catch_up(snapshot)
+
+    def _confirm(self) -> None:
+        """Mark the stream open: hold events back until the catch-up list is in."""
+        if self._connected:
+            return
+        self._connected = True
+        _log.info("dispatch stream of microgrid %d connected", self.microgrid_id)
+        self._publish(StreamState.CONNECTED, failures=self._failures)
+        self._held = []
+        self._opened.set()
+
+    def _catch_up(self, snapshot: list[Dispatch]) -> None:
         held, self._held = self._held or [], None
         assert self._told is not None
         self._fan_out_batch(Audience.CATCH_UP, self._told.catch_up(snapshot, held))
@@ -440,10 +466,10 @@ class SharedStream:
             return
         event = DispatchEvent(response.event, response.dispatch)
         self._fan_out(Audience.RAW, [event])
-        assert self._told is not None
         if self._held is not None:
             self._held.append(event)
             return
+        assert self._told is not None
         self._fan_out(Audience.CATCH_UP, self._told.apply(event))
         if self._state is not None:
             self._fan_out(Audience.WATCH, self._state.apply(event))

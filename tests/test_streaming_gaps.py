@@ -31,7 +31,7 @@ from test_streaming_helpers import (
     wait_until,
 )
 
-from dispatch_client import Event, ResourceExhausted, StreamGap
+from dispatch_client import Dispatch, Event, ResourceExhausted, StreamGap
 from dispatch_client.client import Client
 from dispatch_client.server.app import DispatchServer
 from dispatch_client.server.service import DispatchService
@@ -353,15 +353,30 @@ class LateRegisteringService(DispatchService):
         await super()._serve_stream(stream, request)
 
 
+class ListCounter:
+    """A `list_dispatches` for a hub that counts the lists served (received in full)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.served = 0
+
+    async def list(self, microgrid_id: int) -> AsyncIterator[Dispatch]:
+        dispatches = [d async for d in self.client.dispatches(microgrid_id)]
+        self.served += 1
+        for dispatch in dispatches:
+            yield dispatch
+
+
 async def test_a_change_before_the_first_stream_is_registered_reaches_stream_consumers(
     tmp_path: Path,
 ) -> None:
     """The first open is a gap too: changes between the first list and the registration are told.
 
-    The consumer iterates before the stream opens; its baseline is the list taken
-    before the stream request. A create, an update and a delete committed after
-    that list but before the server registered the stream are in no event, only
-    in the list after the open: they come as catch-up, before the live events.
+    The consumer iterates before the stream opens; its baseline is the list sent
+    right behind the stream request. A create, an update and a delete committed
+    after that list was served but before the server registered the stream are
+    in no event, only in the list after the open: they come as catch-up, before
+    the live events.
     """
     async with LateRegisteringService(db=str(tmp_path / "late.sqlite")) as service:
         writer = Writer(service)
@@ -370,25 +385,30 @@ async def test_a_change_before_the_first_stream_is_registered_reaches_stream_con
         async with (
             DispatchServer(service) as dispatch_server,
             Client(dispatch_server.url) as client,
-            # A long grace: only the server's acknowledgement makes the stream count as open.
-            closing_hub(hub_for(client, acked=True, open_grace=30.0)) as hub,
-            anyio.create_task_group() as tg,
         ):
-            streamer = Watcher()
-            streamer.view = {dispatch_id(kept): kept, dispatch_id(gone): gone}
-            tg.start_soon(streamer.follow, hub.subscribe(1))
-            with anyio.fail_after(10):
-                # The stream request is sent only after the list that is the baseline.
-                await service.entered.wait()
-            created = await writer.create("IN THE WINDOW")
-            updated = await writer.update(dispatch_id(kept), duration=120)
-            await writer.delete(dispatch_id(gone))
-            service.registering.set()
-            await wait_until(lambda: 1 in hub.streams and hub.streams[1].synced)
-            live = await writer.create("LIVE")
-            with anyio.fail_after(10):
-                await wait_until(lambda: dispatch_id(live) in streamer.view)
-            tg.cancel_scope.cancel()
+            lists = ListCounter(client)
+            # A long grace: only the server's acknowledgement makes the stream count as open.
+            hub = hub_for(client, acked=True, open_grace=30.0, list_dispatches=lists.list)
+            async with closing_hub(hub), anyio.create_task_group() as tg:
+                streamer = Watcher()
+                streamer.view = {dispatch_id(kept): kept, dispatch_id(gone): gone}
+                tg.start_soon(streamer.follow, hub.subscribe(1))
+                with anyio.fail_after(10):
+                    await service.entered.wait()
+                    # The baseline list goes out right behind the stream request;
+                    # the window opens once it was served.
+                    await wait_until(lambda: lists.served == 1)
+                assert not hub.streams[1].connected
+                created = await writer.create("IN THE WINDOW")
+                updated = await writer.update(dispatch_id(kept), duration=120)
+                await writer.delete(dispatch_id(gone))
+                service.registering.set()
+                await wait_until(lambda: 1 in hub.streams and hub.streams[1].synced)
+                assert lists.served == 2
+                live = await writer.create("LIVE")
+                with anyio.fail_after(10):
+                    await wait_until(lambda: dispatch_id(live) in streamer.view)
+                tg.cancel_scope.cancel()
     assert [(e.event, dispatch_id(e.dispatch)) for e in streamer.events] == [
         (Event.CREATED, dispatch_id(created)),
         (Event.UPDATED, dispatch_id(updated)),
@@ -396,3 +416,64 @@ async def test_a_change_before_the_first_stream_is_registered_reaches_stream_con
         (Event.CREATED, dispatch_id(live)),
     ]
     assert streamer.view == writer.current
+
+
+class LateListingService(DispatchService):
+    """A servicer that serves its first list only once `listing` is set."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.listing = anyio.Event()
+        self.lists = 0
+
+    async def encoded_list(self, message: Any) -> bytes:
+        self.lists += 1
+        if self.lists == 1:
+            await self.listing.wait()
+        return await super().encoded_list(message)
+
+
+async def test_a_baseline_served_after_the_registration_neither_repeats_nor_loses_a_change(
+    tmp_path: Path,
+) -> None:
+    """The baseline list may be served after the stream is registered: its changes are not told twice.
+
+    The stream is registered and delivering while the first list (the baseline)
+    is held back. Changes committed then reach the client as events and are in
+    the baseline as well: the consumer is taken to know them (told once would
+    be a duplicate of what it knows). Changes after the baseline was served
+    are told once each, in order, as are changes of the other dispatches.
+    """
+    async with LateListingService(db=str(tmp_path / "late-list.sqlite")) as service:
+        writer = Writer(service)
+        kept = await writer.create("KEPT")
+        async with (
+            DispatchServer(service) as dispatch_server,
+            Client(dispatch_server.url) as client,
+        ):
+            hub = hub_for(client, acked=True, open_grace=30.0)
+            async with closing_hub(hub), anyio.create_task_group() as tg:
+                streamer = Watcher()
+                tg.start_soon(streamer.follow, hub.subscribe(1))
+                with anyio.fail_after(10):
+                    await wait_until(lambda: 1 in hub.streams and hub.streams[1].connected)
+                    await wait_until(lambda: service.lists == 1)
+                # Registered, baseline not served yet: events arrive and are held.
+                early = await writer.create("EARLY")
+                await writer.update(dispatch_id(kept), duration=120)
+                await wait_until(lambda: len(hub.streams[1]._held or ()) == 2)
+                # What the baseline, served now, shows: what the consumer is taken to know.
+                streamer.view = dict(writer.current)
+                service.listing.set()
+                await wait_until(lambda: hub.streams[1].synced)
+                assert streamer.events == []
+                later = await writer.update(dispatch_id(early), duration=300)
+                live = await writer.create("LIVE")
+                with anyio.fail_after(10):
+                    await wait_until(lambda: dispatch_id(live) in streamer.view)
+                tg.cancel_scope.cancel()
+    assert [(e.event, dispatch_id(e.dispatch)) for e in streamer.events] == [
+        (Event.UPDATED, dispatch_id(later)),
+        (Event.CREATED, dispatch_id(live)),
+    ]
+    assert streamer.events[0].dispatch == later

@@ -106,6 +106,25 @@ class TestCatchUp:
         assert events == [*updated(dispatch(1, 1)), *deleted(dispatch(1, 1))]
         assert dict(view.dispatches) == {}
 
+    def test_held_events_a_baseline_served_after_them_shows_are_dropped(self) -> None:
+        # The baseline list (the view) was served after the stream was registered:
+        # it shows 1's update and 2's creation, whose events were held meanwhile.
+        view = WatchView([dispatch(1, 4), dispatch(2, 5)])
+        held = [
+            *updated(dispatch(1, 3), dispatch(1, 4)),
+            *created(dispatch(2, 5)),
+            *updated(dispatch(1, 6)),
+            *created(dispatch(3, 7)),
+            *deleted(dispatch(2, 8)),
+        ]
+        events = view.catch_up([dispatch(1, 6), dispatch(3, 7)], held)
+        assert events == [
+            *updated(dispatch(1, 6)),
+            *created(dispatch(3, 7)),
+            *deleted(dispatch(2, 8)),
+        ]
+        assert dict(view.dispatches) == {1: dispatch(1, 6), 3: dispatch(3, 7)}
+
     def test_late_events_the_list_showed_are_dropped_afterwards(self) -> None:
         view = WatchView([dispatch(1)])
         assert view.catch_up([dispatch(1, 2), dispatch(2, 3)]) == [
