@@ -31,6 +31,7 @@ class Adapter(Protocol):
     async def list_all(self, microgrid_id: int, page_size: int) -> list[Any]: ...
     async def first_page(self, microgrid_id: int, page_size: int) -> list[Any]: ...
     def events(self, microgrid_id: int) -> AsyncIterator[tuple[str, float | None]]: ...
+    def opening(self) -> bool: ...
 
 
 class Ours:
@@ -91,6 +92,10 @@ class Ours:
                 yield data.type, sent
         finally:
             await stream.aclose()
+
+    def opening(self) -> bool:
+        """Whether a stream still has its opening work to do (the catch-up list after the open)."""
+        return not all(stream.synced for stream in self._client.streams.values())
 
 
 class OursPure(Ours):
@@ -175,6 +180,10 @@ class Official:
         receiver = self._client.stream(self._mid(microgrid_id))
         async for event in receiver:
             yield event.dispatch.type, event.dispatch.payload.get("sent")
+
+    def opening(self) -> bool:
+        """Never: once the server holds a stream, it is open (the client does not catch up)."""
+        return False
 
 
 class Raw:
@@ -281,6 +290,9 @@ class Raw:
             microgrid_id=microgrid_id, pagination_params=PaginationParams(page_size=page_size)
         )
         return list((await self._stub.list_microgrid_dispatches(request)).dispatches)
+
+    def opening(self) -> bool:
+        return False
 
     def events(self, microgrid_id: int) -> AsyncIterator[tuple[str, float | None]]:
         raise NotImplementedError("the raw stack is measured for unary calls only")

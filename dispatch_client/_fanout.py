@@ -22,13 +22,13 @@ because the snapshot reflects every change the dropped events carried.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-import anyio
 import anyio.lowlevel
 
 from ._proto.frequenz.api.dispatch.v1 import Dispatch
@@ -107,16 +107,22 @@ class Consumer:
         self._snapshot = snapshot
         # A deque and one waiter rather than a memory object stream: anyio's
         # receive() yields to the event loop before every item, once per event
-        # per consumer, which was most of the fan-out's cost.
+        # per consumer, which was most of the fan-out's cost. The waiter is a
+        # bare asyncio future (an anyio.Event costs ten times as much to make,
+        # once per wait): the hub runs on asyncio only, as grpclib does.
         self._items: deque[Item] = deque()
-        self._waiter: anyio.Event | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._streak = 0
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _put(self, item: Item) -> None:
         self._items.append(item)
         if self._waiter is not None:
-            self._waiter.set()
-            self._waiter = None
+            self._wake()
 
     def offer(self, item: Item) -> bool:
         """Queue `item` without waiting.
@@ -158,9 +164,7 @@ class Consumer:
         if self.error is None:
             self.error = error
         self.ended = True
-        if self._waiter is not None:
-            self._waiter.set()
-            self._waiter = None
+        self._wake()
 
     def close(self) -> None:
         """Release the buffer (the consumer left)."""
@@ -181,8 +185,8 @@ class Consumer:
             if self.ended:
                 break
             self._streak = 0
-            self._waiter = anyio.Event()
-            await self._waiter.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
         if self.error is not None:
             raise self.error
         return None

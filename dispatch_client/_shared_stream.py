@@ -82,6 +82,7 @@ timer task.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -206,7 +207,7 @@ class SharedStream:
         self._held: list[DispatchEvent] | None = None
         """Events received while a catch-up list is in flight; None when not catching up."""
         self._list_failure: BaseException | None = None
-        self._opened = anyio.Event()
+        self._opened = asyncio.Event()
         """Set once the current attempt's gRPC stream counts as open."""
 
     def __repr__(self) -> str:
@@ -385,7 +386,7 @@ class SharedStream:
     async def _attempt(self) -> tuple[bool, BaseException]:
         """Read one gRPC stream until it ends, listing alongside; return whether it was open and why it ended."""
         self._list_failure = None
-        self._opened = anyio.Event()
+        self._opened = asyncio.Event()
         ended: BaseException | None = None
         async with anyio.create_task_group() as tg:
             # Started first but run after the stream request is written: the
