@@ -4,9 +4,12 @@
 
 Runs `dispatch_client.server` on a free loopback port and prints, on stdout,
 `URL <url>` once it listens, then `OPEN <count> <unix time>` whenever the
-number of subscribed streams changes (checked every 2 ms). The fleet
-benchmark takes "all streams open" from here: the moment the server has
-registered every subscription, the same definition for both clients.
+number of subscribed streams changes (checked every 2 ms; the time is when
+the count last changed, taken as the server subscribes or unsubscribes a
+stream, not when the check ran: a check can run late while the server's loop
+is busy). The fleet benchmark takes "all streams open" from here: the moment
+the server has registered every subscription, the same definition for both
+clients.
 """
 
 from __future__ import annotations
@@ -16,16 +19,37 @@ import sys
 import time
 
 from dispatch_client.server.app import DispatchServer, serve
+from dispatch_client.server.fanout import Subscription
 
 POLL_S = 0.002
 
 
-async def _report(server: DispatchServer) -> None:
+def _stamp_changes(server: DispatchServer) -> list[float]:
+    """Record, in the returned one-item list, when a stream was last (un)subscribed."""
+    changed = [time.time()]
+    fanout = server.service._fanout
+    subscribe, unsubscribe = fanout.subscribe, fanout.unsubscribe
+
+    def stamped_subscribe(microgrid_id: int) -> Subscription:
+        subscription = subscribe(microgrid_id)
+        changed[0] = time.time()
+        return subscription
+
+    def stamped_unsubscribe(subscription: Subscription) -> None:
+        unsubscribe(subscription)
+        changed[0] = time.time()
+
+    fanout.subscribe = stamped_subscribe  # type: ignore[method-assign]
+    fanout.unsubscribe = stamped_unsubscribe  # type: ignore[method-assign]
+    return changed
+
+
+async def _report(server: DispatchServer, changed: list[float]) -> None:
     last = -1
     while True:
         count = server.service.open_stream_count()
         if count != last:
-            print(f"OPEN {count} {time.time()!r}", flush=True)
+            print(f"OPEN {count} {changed[0]!r}", flush=True)
             last = count
         await asyncio.sleep(POLL_S)
 
@@ -35,7 +59,8 @@ def main() -> None:
 
     def ready(server: DispatchServer) -> None:
         print(f"URL {server.url}", flush=True)
-        tasks.append(asyncio.get_running_loop().create_task(_report(server)))
+        changed = _stamp_changes(server)
+        tasks.append(asyncio.get_running_loop().create_task(_report(server, changed)))
 
     asyncio.run(
         serve(

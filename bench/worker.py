@@ -327,7 +327,7 @@ async def task_fleet(spec: dict[str, Any]) -> dict[str, Any]:
         # events: the events' timing starts once it is done (at once for the
         # official client, which does not catch up).
         settle = time.monotonic()
-        while client.opening() and time.monotonic() - settle < spec["timeout"]:
+        while client.opening() and time.monotonic() - settle < spec["timeout"]:  # noqa: ASYNC110 - nothing to wait on but its state
             await asyncio.sleep(0.005)
         settle = time.monotonic() - settle
         open_cpu = time.process_time() - cpu
