@@ -192,6 +192,8 @@ class SharedStream:
         self._settings = settings
         self._on_closed = on_closed
         self._consumers: list[Consumer] = []
+        self._audiences: dict[Audience, tuple[Consumer, ...]] = dict.fromkeys(Audience, ())
+        """The consumers by audience, rebuilt as they come and go: no copy per event."""
         self._connected = False
         self._synced = False
         self._open_count = 0
@@ -284,6 +286,7 @@ class SharedStream:
             snapshot=self._snapshot,
         )
         self._consumers.append(consumer)
+        self._regroup()
         if audience is Audience.WATCH and self._state is not None:
             consumer.offer(self._snapshot())
         return consumer
@@ -311,8 +314,15 @@ class SharedStream:
     def _detach(self, consumer: Consumer) -> None:
         if consumer in self._consumers:
             self._consumers.remove(consumer)
+            self._regroup()
             if not self._consumers:
                 self.close()
+
+    def _regroup(self) -> None:
+        self._audiences = {
+            audience: tuple(c for c in self._consumers if c.audience is audience)
+            for audience in Audience
+        }
 
     def _snapshot(self) -> Snapshot:
         assert self._state is not None
@@ -338,6 +348,7 @@ class SharedStream:
         if self._on_closed is not None:
             self._on_closed(self)
         consumers, self._consumers = self._consumers, []
+        self._regroup()
         for consumer in consumers:
             consumer.end(None if failure is None else copy_error(failure))
         if failure is None:
@@ -466,7 +477,8 @@ class SharedStream:
             _log.warning("ignoring malformed stream message for microgrid %d", self.microgrid_id)
             return
         event = DispatchEvent(response.event, response.dispatch)
-        self._fan_out(Audience.RAW, [event])
+        if self._audiences[Audience.RAW]:
+            self._fan_out(Audience.RAW, (event,))
         if self._held is not None:
             self._held.append(event)
             return
@@ -476,17 +488,22 @@ class SharedStream:
             self._fan_out(Audience.WATCH, self._state.apply(event))
 
     def _fan_out(self, audience: Audience, events: Iterable[DispatchEvent]) -> None:
+        # A tuple that offering cannot change: a consumer detached meanwhile
+        # has ended, and its offer is refused.
+        consumers = self._audiences[audience]
+        if not consumers:
+            return
         for event in events:
-            for consumer in list(self._consumers):
-                if consumer.audience is audience and consumer.has_snapshot:
+            for consumer in consumers:
+                if consumer.has_snapshot:
                     self._offer(consumer, event)
 
     def _fan_out_batch(self, audience: Audience, events: list[DispatchEvent]) -> None:
         if not events:
             return
         batch = Batch(tuple(events))
-        for consumer in list(self._consumers):
-            if consumer.audience is audience and consumer.has_snapshot:
+        for consumer in self._audiences[audience]:
+            if consumer.has_snapshot:
                 self._offer(consumer, batch)
 
     def _offer(self, consumer: Consumer, item: Item) -> None:
@@ -494,16 +511,15 @@ class SharedStream:
             self._detach(consumer)
 
     def _end_raw_consumers(self, error: BaseException) -> None:
-        for consumer in list(self._consumers):
-            if consumer.audience is Audience.RAW:
-                consumer.end(
-                    StreamGap(
-                        f"the stream of microgrid {consumer.microgrid_id} broke ({error}); "
-                        "changes made until it is open again are not delivered",
-                        server_url=self._settings.server_url,
-                    )
+        for consumer in self._audiences[Audience.RAW]:
+            consumer.end(
+                StreamGap(
+                    f"the stream of microgrid {consumer.microgrid_id} broke ({error}); "
+                    "changes made until it is open again are not delivered",
+                    server_url=self._settings.server_url,
                 )
-                self._detach(consumer)
+            )
+            self._detach(consumer)
 
     def _publish(
         self,
