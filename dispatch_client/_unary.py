@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from grpclib.const import Status
 from grpclib.encoding.base import GRPC_CONTENT_TYPE
 from grpclib.events import SendRequest
-from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import (
     _STATUS_DETAILS_KEY,
     USER_AGENT,
@@ -75,6 +75,7 @@ _HTTP_TO_GRPC: Final = {
     "504": Status.UNAVAILABLE,
 }
 _MESSAGE_PREFIX: Final = 5  # compressed flag (1 byte) + big-endian length (4 bytes)
+_HTTP_OK: Final = (":status", "200")
 
 
 class _NoWait:
@@ -93,22 +94,36 @@ class PendingCall:
     """One unary call's HTTP/2 stream, as grpclib's `EventsProcessor` sees a stream.
 
     The processor sets `headers` and `trailers`, adds DATA through `buffer.add`,
-    and calls `__ended__` or `__terminated__`; `done` resolves then. The data
-    is acknowledged (flow control) once, when the processor releases the stream.
+    and calls `__ended__` or `__terminated__`; `done` resolves then, or as soon
+    as the headers carry an HTTP status other than 200 (grpclib fails the call
+    there too, whether or not the stream goes on). DATA is acknowledged (flow
+    control) as it arrives, as grpclib's reader does: an answer larger than the
+    receive windows, or many concurrent answers, must not wait for a window
+    update that only the end of the answer would send.
     """
 
-    __slots__ = ("chunks", "data_received", "done", "headers", "id", "trailers", "unacked")
+    __slots__ = ("_headers", "chunks", "data_received", "done", "h2", "id", "trailers")
 
     headers_received = trailers_received = window_updated = _NO_WAIT
 
-    def __init__(self, stream_id: int, done: asyncio.Future[None]) -> None:
+    def __init__(self, stream_id: int, done: asyncio.Future[None], h2: Any) -> None:
         self.id = stream_id
         self.done = done
-        self.headers: list[tuple[str, str]] | None = None
+        self.h2 = h2
+        self._headers: list[tuple[str, str]] | None = None
         self.trailers: list[tuple[str, str]] | None = None
         self.chunks: list[bytes] = []
-        self.unacked = 0
         self.data_received = 0
+
+    @property
+    def headers(self) -> list[tuple[str, str]] | None:
+        return self._headers
+
+    @headers.setter
+    def headers(self, headers: list[tuple[str, str]]) -> None:
+        self._headers = headers
+        if (not headers or headers[0] != _HTTP_OK) and dict(headers).get(":status") != "200":
+            self.__ended__()  # `_answer` raises what grpclib raises for these headers
 
     @property
     def buffer(self) -> PendingCall:
@@ -116,10 +131,12 @@ class PendingCall:
 
     def add(self, data: bytes, ack_size: int) -> None:
         self.chunks.append(data)
-        self.unacked += ack_size
+        if ack_size:
+            # The processor's protocol sends the window updates after this batch of events.
+            self.h2.acknowledge_received_data(ack_size, self.id)
 
     def unacked_size(self) -> int:
-        return self.unacked
+        return 0  # acknowledged in `add`
 
     def __ended__(self) -> None:
         if not self.done.done():
@@ -137,7 +154,7 @@ class PendingCall:
     @property
     def trailing_metadata(self) -> Any:
         """The trailers as grpclib's metadata (what a typed error carries)."""
-        sent = self.trailers if self.trailers is not None else self.headers
+        sent = self.trailers if self.trailers is not None else self._headers
         return None if sent is None else decode_metadata(sent)
 
 
@@ -368,7 +385,7 @@ async def fast_unary(
     headers = fast.headers(path, timeout)
     stream_id = h2.get_next_available_stream_id()
     h2.send_headers(stream_id, headers)
-    call = PendingCall(stream_id, loop.create_future())
+    call = PendingCall(stream_id, loop.create_future(), h2)
     record.stream = call
     release = processor.register(cast(Any, call))  # grpclib types it as its Stream
     try:
@@ -382,6 +399,9 @@ async def fast_unary(
         timer = None if deadline is None else loop.call_at(deadline, call.expire)
         try:
             await call.done
+        except StreamTerminatedError:
+            _raise_for_what_arrived(call, channel)  # as grpclib does for a broken stream
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
@@ -389,6 +409,14 @@ async def fast_unary(
         _reset_if_open(connection, stream_id)
         release()
     return _answer(call, channel, response_type)
+
+
+def _raise_for_what_arrived(call: PendingCall, channel: Channel) -> None:
+    """Raise the error that the headers or trailers received before a stream broke carry."""
+    if call.trailers is not None:
+        _check_status(dict(call.trailers), channel)
+    elif call._headers is not None and "grpc-status" in dict(call._headers):
+        _check_status(dict(call._headers), channel)
 
 
 def _reset_if_open(connection: Any, stream_id: int) -> None:
@@ -406,11 +434,13 @@ def _reset_if_open(connection: Any, stream_id: int) -> None:
 
 def _answer(call: PendingCall, channel: Channel, response_type: type[Any]) -> Any:
     """Check the answer by grpclib's rules and decode its message."""
-    if call.headers is None:
+    if call._headers is None:
         raise GRPCError(Status.UNKNOWN, "the stream ended without response headers")
-    headers = dict(call.headers)
+    headers = dict(call._headers)
     http_status = headers.get(":status")
-    if http_status is not None and http_status != "200":
+    if http_status is None:
+        raise GRPCError(Status.UNKNOWN, "Missing :status header")
+    if http_status != "200":
         grpc_status = _HTTP_TO_GRPC.get(http_status, Status.UNKNOWN)
         raise GRPCError(grpc_status, f"Received :status = {http_status!r}")
     content_type = headers.get("content-type")
@@ -429,13 +459,17 @@ def _answer(call: PendingCall, channel: Channel, response_type: type[Any]) -> An
     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if not data:
         return None
+    # grpclib raises an AssertionError and a NotImplementedError here, which no
+    # caller expects: these are the server's faults, INTERNAL as gRPC has them.
     if len(data) < _MESSAGE_PREFIX:
-        raise ProtocolError("the server sent an incomplete message")
+        raise GRPCError(Status.INTERNAL, "the server sent an incomplete message")
     if data[0]:
-        raise NotImplementedError("Compression not supported")
+        raise GRPCError(
+            Status.INTERNAL, "the server sent a compressed message (compression is not supported)"
+        )
     length = int.from_bytes(data[1:_MESSAGE_PREFIX], "big")
     if len(data) < _MESSAGE_PREFIX + length:
-        raise ProtocolError("the server sent an incomplete message")
+        raise GRPCError(Status.INTERNAL, "the server sent an incomplete message")
     return channel._codec.decode(data[_MESSAGE_PREFIX : _MESSAGE_PREFIX + length], response_type)
 
 
@@ -458,7 +492,12 @@ def _check_status(headers: dict[str, str], channel: Channel) -> None:
     if details_codec is not None:
         details_bin = headers.get(_STATUS_DETAILS_KEY)
         if details_bin is not None:
-            details = details_codec.decode(
-                status, message, decode_bin_value(details_bin.encode("ascii"))
-            )
+            # Details are extra: undecodable ones (bad base64 or protobuf) must not
+            # hide the status and message, as grpclib's raw decoding error does.
+            try:
+                details = details_codec.decode(
+                    status, message, decode_bin_value(details_bin.encode("ascii"))
+                )
+            except Exception:
+                details = None
     raise GRPCError(status, message, details)

@@ -81,9 +81,9 @@ async def test_the_server_sees_the_same_request_either_way(
     fast_calls: list[int] = []
     original = PendingCall.__init__
 
-    def counting(self: PendingCall, stream_id: int, done: Any) -> None:
+    def counting(self: PendingCall, stream_id: int, done: Any, h2: Any) -> None:
         fast_calls.append(stream_id)
-        original(self, stream_id, done)
+        original(self, stream_id, done, h2)
 
     monkeypatch.setattr(PendingCall, "__init__", counting)
     async with (
