@@ -15,7 +15,11 @@ details codec, and every rule about the answer (HTTP status, content type,
 `grpc-status`/`grpc-message`, trailers-only answers, the status details); the
 headers sent are the ones grpclib sends, in its order, plus the channel's
 authentication metadata. Errors are grpclib's exception types, so one mapping
-(`errors`) turns both paths into the same typed errors.
+(`errors`) turns both paths into the same typed errors; where grpclib lets a
+raw error out for a broken answer (a compressed or truncated message,
+undecodable status details, no `:status`), this raises a `GRPCError` instead.
+Received DATA is acknowledged as it arrives, as grpclib's reader does, so an
+answer larger than the receive windows does not stall.
 
 When grpclib's own path is taken instead (`fast_unary` returns `NOT_TAKEN`
 before sending anything): the channel has event listeners other than its own

@@ -687,9 +687,7 @@ async def test_header_caches_stay_right_through_evictions_and_table_size_changes
     assert sorted(got) == sorted(sent)
     assert len(server.connections) == 1  # no protocol error broke the connection
     for request in server.requests:
-        assert request[b":path"].endswith(
-            (b"/GetMicrogridDispatch", b"/DeleteMicrogridDispatch")
-        )
+        assert request[b":path"].endswith((b"/GetMicrogridDispatch", b"/DeleteMicrogridDispatch"))
         assert request[b"key"] == b"k1" and request[b"te"] == b"trailers"
         assert (b"sig" in request) == (sign_secret is not None)
 
