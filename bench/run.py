@@ -147,6 +147,7 @@ def metrics(config: Config) -> list[Metric]:
         Metric("fleet_rss_mb", f"{fleet}: client RSS", "MB", False),
         Metric("fleet_cpu_us_per_event", f"{fleet}: client CPU/event", "us", False),
         Metric("fleet_open_cpu_ms", f"{fleet}: client CPU to open all", "ms", False, False),
+        Metric("fleet_ready_s", f"{fleet}: time until all caught up", "s", False, False),
     ]
     rows += [
         Metric(
@@ -307,7 +308,12 @@ def run_fleet(
             consumer.kill()
             consumer.wait()
     result = _result(out, "".join(err_lines), spec)
-    result["fleet_open_s"] = math.nan if opened is None else opened - float(started.split()[1])
+    start = float(started.split()[1])
+    result["fleet_open_s"] = math.nan if opened is None else opened - start
+    # Ours delivers a stream's events once its catch-up is in; a client that
+    # does not catch up is ready once the server holds its streams.
+    ready = result.pop("fleet_ready_at", None) or opened
+    result["fleet_ready_s"] = math.nan if ready is None else ready - start
     result["produce_rate"] = produced["produce_rate"]
     return result
 

@@ -327,8 +327,10 @@ async def task_fleet(spec: dict[str, Any]) -> dict[str, Any]:
         # events: the events' timing starts once it is done (at once for the
         # official client, which does not catch up).
         settle = time.monotonic()
-        while client.opening() and time.monotonic() - settle < spec["timeout"]:  # noqa: ASYNC110 - nothing to wait on but its state
+        ready_at = None
+        while client.opening() and time.monotonic() - settle < spec["timeout"]:
             await asyncio.sleep(0.005)
+            ready_at = time.time()
         settle = time.monotonic() - settle
         open_cpu = time.process_time() - cpu
         open_rss = _rss_mb()
@@ -350,6 +352,7 @@ async def task_fleet(spec: dict[str, Any]) -> dict[str, Any]:
         "fleet_cpu_us_per_event": 1e6 * cpu / delivered if delivered else float("nan"),
         "fleet_open_cpu_ms": 1000 * open_cpu,
         "fleet_settle_s": settle,
+        "fleet_ready_at": ready_at,
         "fleet_open_rss_mb": open_rss,
         "fleet_rss_mb": rss,
         "fleet_latency_p50_ms": 1000 * percentile(latencies, 50) if latencies else float("nan"),
