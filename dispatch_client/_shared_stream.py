@@ -431,6 +431,11 @@ class SharedStream:
         """List the baseline if there is none yet, wait until the stream is open, then catch up."""
         try:
             if self._told is None:
+                if self._settings.probe is not None:
+                    # The stream request is connecting the channel: a list
+                    # sent once it is connected costs less than one that waits
+                    # inside grpclib's call for the same connection.
+                    await self._settings.probe()
                 self._told = WatchView(await self._list())
             if not self._connected:
                 # Without the server's acknowledgement or an event, `open_grace`
