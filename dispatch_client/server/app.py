@@ -14,6 +14,8 @@ import anyio.lowlevel
 import grpclib.server
 from h2.settings import SettingCodes
 
+from .._unary import CachingDecoder, CachingEncoder
+from ..connection import _CoalescedWrites as CoalescedWrites
 from .auth import RequestAuthenticator
 from .operability import OPEN_SERVICES, Operability
 from .operability import available as operability_available
@@ -69,12 +71,19 @@ class _ConnectionTracker(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         self._open.add(transport)
-        self._inner.connection_made(transport)
+        # An answer is three writes (headers, message, trailers), each a send():
+        # joined per loop turn, and with the header blocks every answer repeats
+        # cached, as on the client (see `dispatch_client.connection`).
+        inner_transport: Any = transport
+        if isinstance(transport, asyncio.Transport):
+            inner_transport = CoalescedWrites(transport, asyncio.get_running_loop())
+        self._inner.connection_made(inner_transport)
         connection = getattr(self._inner, "connection", None)
         if connection is not None:
-            connection._connection.update_settings(
-                {SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS_PER_CONNECTION}
-            )
+            h2 = connection._connection
+            h2.encoder = CachingEncoder()
+            h2.decoder = CachingDecoder(h2.decoder)
+            h2.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS_PER_CONNECTION})
             connection.flush()
 
     def data_received(self, data: bytes) -> None:
