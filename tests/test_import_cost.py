@@ -9,9 +9,9 @@ that, and everything a unary client does not need loads on first use.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
+
+from fresh_python import run_python
 
 import dispatch_client
 import dispatch_client.wire
@@ -67,11 +67,7 @@ import grpclib.client
 
 def _modules_after(program: str) -> set[str]:
     code = textwrap.dedent(program) + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    loaded: list[str] = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded: list[str] = json.loads(run_python(code).splitlines()[-1])
     return set(loaded)
 
 
@@ -99,15 +95,7 @@ def test_every_public_name_resolves_from_a_cold_import() -> None:
         ]
         print(missing)
     """
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(program)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert run_python(program) == "[]"
 
 
 def test_the_deferred_list_names_real_modules() -> None:

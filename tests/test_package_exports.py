@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from fresh_python import run_python
 
 import dispatch_client
 import dispatch_client.wire
@@ -22,18 +21,6 @@ DEFERRED = (
     "dateutil.rrule",
     *(f"dispatch_client.{m}" for m in ("recurrence", "schedule", "streaming")),
 )
-
-
-def _run(program: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(program)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 @pytest.mark.parametrize("name", dispatch_client.__all__)
@@ -133,7 +120,7 @@ def test_unknown_name_raises_attribute_error_naming_it() -> None:
 
 
 def test_import_defers_stream_and_schedule_modules() -> None:
-    loaded = _run(
+    loaded = run_python(
         f"""
         import sys
         import dispatch_client
@@ -176,5 +163,5 @@ def test_unary_calls_do_not_load_stream_modules() -> None:
             server.wait(10)
         print(sorted(m for m in DEFERRED if m in sys.modules))
         """
-    loaded = _run(f"DEFERRED = {DEFERRED!r}\n" + textwrap.dedent(program))
+    loaded = run_python(f"DEFERRED = {DEFERRED!r}\n" + textwrap.dedent(program))
     assert loaded == "[]"
