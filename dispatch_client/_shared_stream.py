@@ -77,7 +77,10 @@ in practice because the stream request and the later list request share one
 HTTP/2 connection, so the stream request reaches the server first; the grace
 only covers the server's handler scheduling, not network latency. The grace
 is waited out by the task that lists, so an acknowledged stream costs no
-timer task.
+timer task. It counts as `connected` (and CONNECTED is published) only once
+the baseline is in as well: a change made before the baseline is served is in
+it and taken as known, so a user who saw the stream connected and then made a
+change must find it told.
 """
 
 from __future__ import annotations
@@ -194,7 +197,10 @@ class SharedStream:
         self._consumers: list[Consumer] = []
         self._audiences: dict[Audience, tuple[Consumer, ...]] = dict.fromkeys(Audience, ())
         """The consumers by audience, rebuilt as they come and go: no copy per event."""
+        self._open = False
+        """The current attempt's gRPC stream counts as open (events are held from then on)."""
         self._connected = False
+        """Open and the baseline is in: changes from now on reach every consumer."""
         self._synced = False
         self._open_count = 0
         self._catch_up_count = 0
@@ -225,7 +231,12 @@ class SharedStream:
 
     @property
     def connected(self) -> bool:
-        """Whether the gRPC stream counts as open (acknowledged, an event, or `open_grace` up)."""
+        """Whether the gRPC stream counts as open and the baseline list is in.
+
+        From then on every change reaches the `stream()` consumers: open alone
+        is not enough, as a change made before the baseline is served is in it
+        and taken as known (see the module docstring).
+        """
         return self._connected
 
     @property
@@ -344,7 +355,7 @@ class SharedStream:
             failure = Cancelled(
                 "the stream reader was cancelled", server_url=self._settings.server_url
             )
-        self._connected = self._synced = False
+        self._open = self._connected = self._synced = False
         if self._on_closed is not None:
             self._on_closed(self)
         consumers, self._consumers = self._consumers, []
@@ -367,7 +378,7 @@ class SharedStream:
             was_open, error = await self._attempt()
             if self._synced:
                 cut_short_since_synced = False
-            self._connected = self._synced = False
+            self._open = self._connected = self._synced = False
             self._held = None
             if not is_retryable(error):
                 return error
@@ -407,14 +418,14 @@ class SharedStream:
             tg.cancel_scope.cancel()
         error = self._list_failure or ended
         assert error is not None
-        return self._connected, self._settings.typed(error)
+        return self._open, self._settings.typed(error)
 
     async def _read(self, tg: TaskGroup) -> BaseException:
         responses = self._settings.open_stream(self.microgrid_id)
         try:
             with absorb_leaked_cancel():
                 async for response in responses:
-                    if not self._connected:
+                    if not self._open:
                         self._confirm()
                     if response is not None:
                         self._receive(response)
@@ -437,12 +448,13 @@ class SharedStream:
                     # inside grpclib's call for the same connection.
                     await self._settings.probe()
                 self._told = WatchView(await self._list())
-            if not self._connected:
+            if not self._open:
                 # Without the server's acknowledgement or an event, `open_grace`
                 # quiet seconds count as open (see the module docstring).
                 with anyio.move_on_after(self._settings.open_grace):
                     await self._opened.wait()
                 self._confirm()
+            self._announce()
             snapshot = await self._list()
         except Exception as exc:
             # The attempt ends as if the stream had broken; the next one lists again.
@@ -453,13 +465,20 @@ class SharedStream:
 
     def _confirm(self) -> None:
         """Mark the stream open: hold events back until the catch-up list is in."""
-        if self._connected:
+        if self._open:
             return
+        self._open = True
+        self._held = []
+        self._opened.set()
+
+    def _announce(self) -> None:
+        """Count the stream connected: it is open and the baseline is in."""
+        # Not at the acknowledgement: a change made before the baseline is
+        # served is in it, taken as known and never told; one made after the
+        # user saw CONNECTED must be told.
         self._connected = True
         _log.info("dispatch stream of microgrid %d connected", self.microgrid_id)
         self._publish(StreamState.CONNECTED, failures=self._failures)
-        self._held = []
-        self._opened.set()
 
     def _catch_up(self, snapshot: list[Dispatch]) -> None:
         held, self._held = self._held or [], None

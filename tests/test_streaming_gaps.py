@@ -456,9 +456,11 @@ async def test_a_baseline_served_after_the_registration_neither_repeats_nor_lose
                 streamer = Watcher()
                 tg.start_soon(streamer.follow, hub.subscribe(1))
                 with anyio.fail_after(10):
-                    await wait_until(lambda: 1 in hub.streams and hub.streams[1].connected)
+                    await wait_until(lambda: service.open_stream_count(1) == 1)
                     await wait_until(lambda: service.lists == 1)
-                # Registered, baseline not served yet: events arrive and are held.
+                # Registered, baseline not served yet: events arrive and are held,
+                # and the stream does not count as connected (see the next test).
+                assert not hub.streams[1].connected
                 early = await writer.create("EARLY")
                 await writer.update(dispatch_id(kept), duration=120)
                 await wait_until(lambda: len(hub.streams[1]._held or ()) == 2)
@@ -477,3 +479,43 @@ async def test_a_baseline_served_after_the_registration_neither_repeats_nor_lose
         (Event.CREATED, dispatch_id(live)),
     ]
     assert streamer.events[0].dispatch == later
+
+
+async def test_a_change_made_once_the_stream_counts_connected_is_told_even_before_the_baseline(
+    tmp_path: Path,
+) -> None:
+    """`connected` (and the CONNECTED status) wait for the baseline list.
+
+    The docs and `dispatch-cli stream` take `connected` as "changes from now on
+    are delivered". A server that registers and acknowledges the stream before
+    it serves the baseline used to make the stream count as connected at once:
+    a change made then is in the baseline, so the consumer was taken to know it
+    and never told (lost). Now the stream counts as connected only once the
+    baseline is in, and what comes after it is told.
+    """
+    states: list[StreamState] = []
+    async with LateListingService(db=str(tmp_path / "late-list.sqlite")) as service:
+        writer = Writer(service)
+        async with (
+            DispatchServer(service) as dispatch_server,
+            Client(dispatch_server.url, on_stream_status=lambda s: states.append(s.state)) as client,
+            anyio.create_task_group() as tg,
+        ):
+            streamer = Watcher()
+            tg.start_soon(streamer.follow, client.stream(1))
+            with anyio.fail_after(10):
+                await wait_until(lambda: service.open_stream_count(1) == 1 and service.lists == 1)
+            # Registered and acknowledged, baseline held back by the server.
+            await anyio.sleep(0.2)
+            assert not client.streams[1].connected
+            assert StreamState.CONNECTED not in states
+            service.listing.set()
+            with anyio.fail_after(10):
+                await wait_until(lambda: client.streams[1].connected)
+            created = await writer.create("AFTER CONNECTED")
+            with anyio.fail_after(10):
+                await wait_until(lambda: dispatch_id(created) in streamer.view)
+            tg.cancel_scope.cancel()
+    assert [(e.event, dispatch_id(e.dispatch)) for e in streamer.events] == [
+        (Event.CREATED, dispatch_id(created)),
+    ]
