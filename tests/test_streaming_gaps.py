@@ -498,7 +498,9 @@ async def test_a_change_made_once_the_stream_counts_connected_is_told_even_befor
         writer = Writer(service)
         async with (
             DispatchServer(service) as dispatch_server,
-            Client(dispatch_server.url, on_stream_status=lambda s: states.append(s.state)) as client,
+            Client(
+                dispatch_server.url, on_stream_status=lambda s: states.append(s.state)
+            ) as client,
             anyio.create_task_group() as tg,
         ):
             streamer = Watcher()
