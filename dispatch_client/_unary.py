@@ -56,6 +56,7 @@ from grpclib.metadata import (
     encode_timeout,
 )
 from h2.connection import ConnectionState
+from h2.exceptions import TooManyStreamsError
 from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
 from hpack.table import HeaderTable
 
@@ -374,11 +375,7 @@ async def fast_unary(
     body = codec.encode(request, type(request))
     framed = b"\0" + len(body).to_bytes(4, "big") + body
     size = len(framed)
-    if (
-        size > h2.outbound_flow_control_window
-        or size > h2.remote_settings.initial_window_size
-        or h2.open_outbound_streams + 1 > h2.remote_settings.max_concurrent_streams
-    ):
+    if size > h2.outbound_flow_control_window or size > h2.remote_settings.initial_window_size:
         return NOT_TAKEN
     timeout = None
     if deadline is not None:
@@ -388,7 +385,11 @@ async def fast_unary(
         timeout = encode_timeout(remaining)
     headers = fast.headers(path, timeout)
     stream_id = h2.get_next_available_stream_id()
-    h2.send_headers(stream_id, headers)
+    try:
+        h2.send_headers(stream_id, headers)
+    except TooManyStreamsError:
+        # h2 checks the server's limit before it changes anything: nothing was sent.
+        return NOT_TAKEN
     call = PendingCall(stream_id, loop.create_future(), h2)
     record.stream = call
     release = processor.register(cast(Any, call))  # grpclib types it as its Stream

@@ -141,16 +141,18 @@ class WatchView:
             # The version the consumer knows if the id now names another dispatch.
             gone = dispatch if is_same_dispatch(dispatch, known) else known
             return [DispatchEvent(Event.DELETED, gone)]
-        if known is None:
+        return self._advance(dispatch_id, known, dispatch)
+
+    def _advance(
+        self, dispatch_id: int, known: Dispatch | None, dispatch: Dispatch
+    ) -> list[DispatchEvent]:
+        """Hold `dispatch` unless it is an older version of `known`; return what that tells."""
+        if known is not None and is_same_dispatch(dispatch, known) and is_older(dispatch, known):
+            return []  # never back in time
+        change = _change(known, dispatch)
+        if change:
             self._view[dispatch_id] = dispatch
-            return [DispatchEvent(Event.CREATED, dispatch)]
-        if not is_same_dispatch(dispatch, known):
-            self._view[dispatch_id] = dispatch
-            return [DispatchEvent(Event.DELETED, known), DispatchEvent(Event.CREATED, dispatch)]
-        if known == dispatch or is_older(dispatch, known):
-            return []
-        self._view[dispatch_id] = dispatch
-        return [DispatchEvent(Event.UPDATED, dispatch)]
+        return change
 
     def catch_up(
         self, snapshot: Iterable[Dispatch], buffered: Iterable[DispatchEvent] = ()
@@ -177,19 +179,7 @@ class WatchView:
         for dispatch_id, dispatch in listed.items():
             if dispatch_id in moving:
                 continue
-            known = self._view.get(dispatch_id)
-            if known is None:
-                events.append(DispatchEvent(Event.CREATED, dispatch))
-            elif not is_same_dispatch(dispatch, known):
-                events += [
-                    DispatchEvent(Event.DELETED, known),
-                    DispatchEvent(Event.CREATED, dispatch),
-                ]
-            elif known != dispatch and not is_older(dispatch, known):
-                events.append(DispatchEvent(Event.UPDATED, dispatch))
-            else:
-                continue
-            self._view[dispatch_id] = dispatch
+            events += self._advance(dispatch_id, self._view.get(dispatch_id), dispatch)
         gone = [i for i in self._view if i not in listed and i not in moving]
         for dispatch_id in gone:
             events.append(DispatchEvent(Event.DELETED, self._view.pop(dispatch_id)))
@@ -210,18 +200,23 @@ class WatchView:
         """
         events: list[DispatchEvent] = []
         for dispatch_id, dispatch in dispatches.items():
-            known = self._view.get(dispatch_id)
-            if known is None:
-                events.append(DispatchEvent(Event.CREATED, dispatch))
-            elif not is_same_dispatch(dispatch, known):
-                events += [
-                    DispatchEvent(Event.DELETED, known),
-                    DispatchEvent(Event.CREATED, dispatch),
-                ]
-            elif known != dispatch:
-                events.append(DispatchEvent(Event.UPDATED, dispatch))
+            events += _change(self._view.get(dispatch_id), dispatch)
         for dispatch_id, known in self._view.items():
             if dispatch_id not in dispatches:
                 events.append(DispatchEvent(Event.DELETED, known))
         self._view = dict(dispatches)
         return events
+
+
+def _change(known: Dispatch | None, dispatch: Dispatch) -> list[DispatchEvent]:
+    """The events that turn a view holding `known` (or nothing) into one holding `dispatch`.
+
+    A different dispatch under the same id (another `create_time`) is DELETED then CREATED.
+    """
+    if known is None:
+        return [DispatchEvent(Event.CREATED, dispatch)]
+    if not is_same_dispatch(dispatch, known):
+        return [DispatchEvent(Event.DELETED, known), DispatchEvent(Event.CREATED, dispatch)]
+    if known != dispatch:
+        return [DispatchEvent(Event.UPDATED, dispatch)]
+    return []
