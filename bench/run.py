@@ -466,6 +466,17 @@ def _add(samples: dict[str, dict[str, list[float]]], client: str, result: dict[s
             samples[client].setdefault(key, []).append(float(value))
 
 
+def _deliveries(result: dict[str, Any], label: str, notes: list[str], log: Log) -> dict[str, Any]:
+    """Note a run whose consumers missed events or failed; return its measurements."""
+    if result["delivered"] != result["expected"] or result["errors"]:
+        note = (
+            f"{label}: delivered {result['delivered']:,}/{result['expected']:,} {result['errors']}"
+        )
+        notes.append(note)
+        log(note)
+    return {k: v for k, v in result.items() if k not in ("delivered", "expected")}
+
+
 def measure(config: Config, groups: set[str], log: Log, workdir: Path) -> dict[str, Any]:
     samples: dict[str, dict[str, list[float]]] = {c: {} for c in (*CLIENTS, PURE, RAW)}
     notes: list[str] = []
@@ -605,22 +616,9 @@ def _measure_with_server(
                         "concurrency": config.producer_concurrency,
                     }
                     result = run_stream(spec, producer)
-                    if result["delivered"] != result["expected"] or result["errors"]:
-                        note = (
-                            f"stream {consumers} {client} round {r + 1}: delivered "
-                            f"{result['delivered']:,}/{result['expected']:,} {result['errors']}"
-                        )
-                        notes.append(note)
-                        log(note)
-                    _add(
-                        samples,
-                        client,
-                        {
-                            f"stream{consumers}_{key}": value
-                            for key, value in result.items()
-                            if key not in ("delivered", "expected")
-                        },
-                    )
+                    label = f"stream {consumers} {client} round {r + 1}"
+                    kept = _deliveries(result, label, notes, log)
+                    _add(samples, client, {f"stream{consumers}_{k}": v for k, v in kept.items()})
 
 
 def _measure_fleet(
@@ -656,18 +654,8 @@ def _measure_fleet(
             }
             microgrid += config.fleet_microgrids
             result = run_fleet(spec, producer, server)
-            if result["delivered"] != result["expected"] or result["errors"]:
-                note = (
-                    f"fleet {client} round {r + 1}: delivered "
-                    f"{result['delivered']:,}/{result['expected']:,} {result['errors']}"
-                )
-                notes.append(note)
-                log(note)
-            _add(
-                samples,
-                client,
-                {k: v for k, v in result.items() if k not in ("delivered", "expected")},
-            )
+            kept = _deliveries(result, f"fleet {client} round {r + 1}", notes, log)
+            _add(samples, client, kept)
 
 
 # -- the report ----------------------------------------------------------------
