@@ -32,12 +32,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+from consumer_rules import apply_checked
 from server_process import ServerProcess
 
-from dispatch_client import Dispatch, DispatchApiError, Event
+from dispatch_client import Dispatch, DispatchApiError
 from dispatch_client.client import Client
 from dispatch_client.streaming import DispatchEvent
-from dispatch_client.watchview import is_older
 
 pytestmark = [pytest.mark.anyio]
 
@@ -60,21 +60,7 @@ class ConsumerView:
         self.error: BaseException | None = None
 
     def apply(self, event: DispatchEvent) -> None:
-        assert event.dispatch.metadata is not None
-        key = event.dispatch.metadata.dispatch_id
-        before = self.known.get(key)
-        if event.event == Event.CREATED:
-            assert before is None, f"{self.name}: CREATED for known dispatch {key}"
-        elif event.event == Event.UPDATED:
-            assert before is not None, f"{self.name}: UPDATED for unknown dispatch {key}"
-            assert before != event.dispatch, f"{self.name}: duplicate UPDATED of {key}"
-            assert not is_older(event.dispatch, before), f"{self.name}: {key} went back in time"
-        else:
-            assert before is not None, f"{self.name}: DELETED for unknown dispatch {key}"
-        if event.event == Event.DELETED:
-            del self.known[key]
-        else:
-            self.known[key] = event.dispatch
+        apply_checked(self.known, event, f"{self.name}: ")
         self.events += 1
 
     async def follow(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from consumer_rules import apply_checked
 from server_process import ServerProcess
 from test_streaming_helpers import wait_until
 
@@ -23,7 +24,6 @@ from dispatch_client.server.app import DispatchServer
 from dispatch_client.server.service import DispatchService
 from dispatch_client.streaming import DispatchEvent
 from dispatch_client.testing import RunningServer, running_server
-from dispatch_client.watchview import is_older, is_same_dispatch
 
 pytest_plugins = ["test_streaming_helpers"]
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_stream_leftovers")]
@@ -39,22 +39,8 @@ class Ledger:
         self.kinds: list[tuple[Event, int, str]] = []
 
     def apply(self, event: DispatchEvent) -> None:
-        assert event.dispatch.metadata is not None and event.dispatch.data is not None
-        key = event.dispatch.metadata.dispatch_id
-        before = self.known.get(key)
-        if event.event == Event.CREATED:
-            assert before is None, f"CREATED for known dispatch {key}"
-        elif event.event == Event.UPDATED:
-            assert before is not None, f"UPDATED for unknown dispatch {key}"
-            assert before != event.dispatch, f"duplicate UPDATED of {key}"
-            assert not is_older(event.dispatch, before), f"{key} went back in time"
-            assert is_same_dispatch(event.dispatch, before), f"UPDATED of {key} by another one"
-        else:
-            assert before is not None, f"DELETED for unknown dispatch {key}"
-        if event.event == Event.DELETED:
-            del self.known[key]
-        else:
-            self.known[key] = event.dispatch
+        assert event.dispatch.data is not None
+        key = apply_checked(self.known, event)
         self.kinds.append((event.event, key, event.dispatch.data.type))
 
     async def follow(self, events: AsyncGenerator[DispatchEvent, None]) -> None:

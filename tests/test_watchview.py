@@ -14,11 +14,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from consumer_rules import apply_checked
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatch_client import Dispatch, DispatchData, DispatchMetadata, Event
-from dispatch_client.watchview import DispatchEvent, WatchView, is_older, is_same_dispatch
+from dispatch_client.watchview import DispatchEvent, WatchView
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
@@ -231,23 +232,7 @@ class Consumer:
 
     def take(self, events: list[DispatchEvent]) -> None:
         for event in events:
-            key = event.dispatch.metadata.dispatch_id  # type: ignore[union-attr]
-            before = self.known.get(key)
-            if event.event == Event.CREATED:
-                assert before is None, f"CREATED for known dispatch {key}"
-            elif event.event == Event.UPDATED:
-                assert before is not None, f"UPDATED for unknown dispatch {key}"
-                assert before != event.dispatch, f"duplicate UPDATED of {key}"
-                assert not is_older(event.dispatch, before), f"dispatch {key} went back in time"
-                assert is_same_dispatch(event.dispatch, before), (
-                    f"UPDATED of {key} by another dispatch"
-                )
-            else:
-                assert before is not None, f"DELETED for unknown dispatch {key}"
-            if event.event == Event.DELETED:
-                del self.known[key]
-            else:
-                self.known[key] = event.dispatch
+            apply_checked(self.known, event)
 
 
 @settings(max_examples=300, deadline=None)
