@@ -267,28 +267,38 @@ class _CoalescedWrites:
 class _H2Connection(H2Connection):
     """h2's connection, without a walk over every stream for each new one.
 
-    Before opening a stream, h2 counts the open ones against the server's
-    `MAX_CONCURRENT_STREAMS` by walking all streams it holds (and forgets the
-    closed ones as it goes): opening n streams costs O(n²), seconds for a
-    client following a thousand microgrids. The number of streams held is an
-    upper bound of the open ones, so the walk is only needed near the limit;
-    it also runs whenever the streams held have doubled since the last one,
-    so closed streams are still forgotten, in amortized O(1).
+    Before opening a stream, h2 counts the open ones against the peer's
+    `MAX_CONCURRENT_STREAMS` (ours for streams the peer opens) by walking all
+    streams it holds (and forgets the closed ones as it goes): opening n
+    streams costs O(n²), seconds for a client following a thousand
+    microgrids, on either end. The number of streams held is an upper bound
+    of the open ones, so the walk is only needed near the limit; it also runs
+    whenever the streams held have doubled since the last one, so closed
+    streams are still forgotten, in amortized O(1). Used by the client's
+    channel and by the reference server's connections.
     """
 
     _held_after_walk = 0
 
-    @property
-    def open_outbound_streams(self) -> int:
+    def _held_or_walk(self, limit: int, walk: Any) -> int:
         held = len(self.streams)
-        if (
-            held < self.remote_settings.max_concurrent_streams
-            and held < 2 * self._held_after_walk + 32
-        ):
+        if held < limit and held < 2 * self._held_after_walk + 32:
             return held  # h2 only compares it with the limit: this bound answers the same
-        count: int = super().open_outbound_streams
+        count: int = walk.__get__(self)
         self._held_after_walk = len(self.streams)
         return count
+
+    @property
+    def open_outbound_streams(self) -> int:
+        return self._held_or_walk(
+            self.remote_settings.max_concurrent_streams, H2Connection.open_outbound_streams
+        )
+
+    @property
+    def open_inbound_streams(self) -> int:
+        return self._held_or_walk(
+            self.local_settings.max_concurrent_streams, H2Connection.open_inbound_streams
+        )
 
 
 class _Protocol(H2Protocol):

@@ -1,4 +1,7 @@
-"""The client's channel: writes joined per loop turn, stream limits kept without O(n²) counting."""
+"""The client's channel: writes joined per loop turn, stream limits kept without O(n²) counting.
+
+The same h2 connection class serves the reference server's connections.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,12 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.exceptions import TooManyStreamsError
+from h2.settings import SettingCodes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dispatch_client import Client
 from dispatch_client.connection import _CoalescedWrites, _H2Connection
@@ -53,12 +62,22 @@ async def test_a_server_stream_limit_is_kept_and_closed_streams_forgotten(
         assert len(h2.streams) < 100
 
 
-async def test_many_streams_open_on_one_connection() -> None:
+async def test_many_streams_open_on_one_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    walks = {True: 0, False: 0}  # by client_side
+    original = H2Connection._open_streams
+
+    def counting(self: H2Connection, remainder: int) -> int:
+        walks[self.config.client_side] += 1
+        return original(self, remainder)
+
+    monkeypatch.setattr(H2Connection, "_open_streams", counting)
     async with running_server() as server, Client(server.url) as client:
         streams = [client.stream(1000 + i) for i in range(150)]
         try:
             tasks = [asyncio.ensure_future(anext(stream)) for stream in streams]
             await asyncio.wait_for(server.service.wait_for_streams(None, 150), 20)
+            # Neither end walks all its streams for each new one (O(n²) for a fleet).
+            assert walks[True] <= 10 and walks[False] <= 10, walks
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -96,3 +115,92 @@ async def test_writes_of_one_turn_go_out_in_one_send() -> None:
     writes.write(b"e")
     await asyncio.sleep(0)
     assert sent == [b"abc", b"d"]  # nothing is written to a closing transport
+
+
+class _Pair:
+    """An h2 client and server connection (both `_H2Connection`) passing bytes in memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.client = _H2Connection(H2Configuration(client_side=True))
+        self.server = _H2Connection(H2Configuration(client_side=False))
+        self.client.initiate_connection()
+        self.server.initiate_connection()
+        self.server.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: limit})
+        self.exchange()
+        self.open: list[int] = []
+
+    def exchange(self) -> None:
+        for _ in range(4):
+            self.server.receive_data(self.client.data_to_send())
+            self.client.receive_data(self.server.data_to_send())
+
+    def true_counts(self) -> tuple[int, int]:
+        """What h2's own walk counts: the client's outbound and the server's inbound open streams."""
+        return (
+            H2Connection.open_outbound_streams.fget(self.client),  # type: ignore[attr-defined]
+            H2Connection.open_inbound_streams.fget(self.server),  # type: ignore[attr-defined]
+        )
+
+
+_HEADERS = [(":method", "POST"), (":scheme", "http"), (":path", "/x"), (":authority", "a")]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    limit=st.integers(1, 40),
+    steps=st.lists(st.sampled_from(["open", "finish", "reset"]), max_size=300),
+)
+def test_the_stream_count_bound_answers_as_h2s_walk(limit: int, steps: list[str]) -> None:
+    """Client and server side: the limit holds exactly as with h2's walk, and closed streams are forgotten."""
+    pair = _Pair(limit)
+    for step in steps:
+        if step == "open":
+            stream_id = pair.client.get_next_available_stream_id()
+            true_outbound, _ = pair.true_counts()
+            try:
+                pair.client.send_headers(stream_id, _HEADERS)
+            except TooManyStreamsError:
+                assert true_outbound + 1 > limit
+                continue
+            assert true_outbound + 1 <= limit
+            pair.open.append(stream_id)
+        elif pair.open:
+            stream_id = pair.open.pop(0)
+            if step == "finish":
+                pair.client.end_stream(stream_id)
+                pair.exchange()
+                pair.server.send_headers(stream_id, [(":status", "200")], end_stream=True)
+            else:
+                pair.client.reset_stream(stream_id)
+        pair.exchange()
+        for side, bound, true in zip(
+            (pair.client, pair.server),
+            (pair.client.open_outbound_streams, pair.server.open_inbound_streams),
+            pair.true_counts(),
+            strict=True,
+        ):
+            assert bound >= true
+            assert (bound + 1 > limit) == (true + 1 > limit)
+            assert len(side.streams) <= 2 * len(pair.open) + 64
+    assert len(pair.open) <= limit
+
+
+def test_the_server_does_not_walk_its_streams_for_each_new_one() -> None:
+    """Opening n streams costs the server O(log n) walks over them, not n."""
+    pair = _Pair(100_000)
+    walks = 0
+    original = H2Connection._open_streams
+
+    def counting(self: H2Connection, remainder: int) -> int:
+        nonlocal walks
+        if self is pair.server:
+            walks += 1
+        return original(self, remainder)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(H2Connection, "_open_streams", counting)
+        for _ in range(2_000):
+            pair.client.send_headers(pair.client.get_next_available_stream_id(), _HEADERS)
+            pair.exchange()
+    assert len(pair.server.streams) == 2_000
+    assert walks <= 12

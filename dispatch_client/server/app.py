@@ -16,6 +16,7 @@ from h2.settings import SettingCodes
 
 from .._unary import CachingDecoder, CachingEncoder
 from ..connection import _CoalescedWrites as CoalescedWrites
+from ..connection import _H2Connection as H2Connection
 from .auth import RequestAuthenticator
 from .operability import OPEN_SERVICES, Operability
 from .operability import available as operability_available
@@ -81,6 +82,9 @@ class _ConnectionTracker(asyncio.Protocol):
         connection = getattr(self._inner, "connection", None)
         if connection is not None:
             h2 = connection._connection
+            # Each stream a client opens would otherwise cost a walk over all
+            # it holds open: quadratic for a client following many microgrids.
+            h2.__class__ = H2Connection
             h2.encoder = CachingEncoder()
             h2.decoder = CachingDecoder(h2.decoder)
             h2.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS_PER_CONNECTION})
