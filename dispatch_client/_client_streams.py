@@ -18,9 +18,7 @@ from ._proto.frequenz.api.dispatch.v1 import (
     StreamMicrogridDispatchesResponse,
 )
 from ._runtime import trio_aware
-from .connection import (
-    server_stream,
-)
+from .connection import connect_shared, server_stream
 from .requests import START_TIME_GRACE, SortSpec
 from .validation import shown
 
@@ -119,7 +117,7 @@ class ClientStreams:
                 backoff=self._stream_backoff,
                 on_status=self._on_stream_status,
                 # Connects the channel if it is not (a no-op while it is), or raises.
-                probe=lambda: self.channel.__connect__(),
+                probe=lambda: connect_shared(self.channel),
             )
         return self._hub
 

@@ -59,6 +59,16 @@ included, ends the attempt like a broken stream. Consumers that opted out
 (`on_gap="raise"`) get the server's events as they come and `StreamGap` when a
 stream that was open breaks.
 
+Opening many streams at once. A client following many microgrids opens
+their streams together (at start, or when a restarted server is back). A
+baseline must stay right behind its stream request (above), but a catch-up
+list only has to be served after the registration, whenever that is: it waits
+until no stream of the hub is still waiting for its acknowledgement (or until
+none was acknowledged for `open_grace` seconds), so the server registers them
+all before it serves the catch-up lists instead of between them, and every
+stream is open sooner. Events arriving meanwhile are held as usual. A lone
+stream, acknowledged, does not wait.
+
 Reconnect. A retryable failure (the error class's `retryable`: UNAVAILABLE,
 DEADLINE_EXCEEDED, a broken connection, the server ending the stream, ...)
 re-opens the stream after a backoff delay, cut short once a server that could
@@ -89,7 +99,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskGroup
@@ -108,6 +118,7 @@ __all__ = [
     "StreamSettings",
     "StreamState",
     "StreamStatus",
+    "Unacknowledged",
 ]
 
 _log = logging.getLogger("dispatch_client.streaming")
@@ -137,6 +148,50 @@ class StreamStatus:
     """Why the stream broke (RECONNECTING) or ended (FAILED)."""
 
 
+class Unacknowledged:
+    """How many of a hub's gRPC streams have their request out but do not count as open yet.
+
+    Shared by the streams of one hub: a stream's catch-up list waits until
+    none is left (see "Opening many streams at once" in the module
+    docstring).
+    """
+
+    __slots__ = ("_count", "_none", "acknowledged")
+
+    def __init__(self) -> None:
+        self._count = 0
+        self.acknowledged = 0
+        """How many streams stopped being counted so far: progress, for `wait_for_none`."""
+        self._none = asyncio.Event()
+        self._none.set()
+
+    def add(self) -> None:
+        """Count a stream whose request is about to be sent."""
+        self._count += 1
+        self._none.clear()
+
+    def remove(self) -> None:
+        """Stop counting a stream: it counts as open, or its attempt ended."""
+        self._count -= 1
+        self.acknowledged += 1
+        if not self._count:
+            self._none.set()
+
+    async def wait_for_none(self, stall: float) -> None:
+        """Wait until no stream is left unacknowledged, or none was acknowledged for `stall` seconds.
+
+        Args:
+            stall: seconds without progress after which waiting is given up (a
+                server that holds back acknowledgements must not hold up lists).
+        """
+        while not self._none.is_set():
+            seen = self.acknowledged
+            with anyio.move_on_after(stall):
+                await self._none.wait()
+            if self.acknowledged == seen:
+                return
+
+
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
     """Everything a shared stream needs from its hub, fixed when the hub is made."""
@@ -155,6 +210,8 @@ class StreamSettings:
     """Told of every state change; its failures are logged, never raised."""
     probe: Callable[[], Awaitable[object]] | None = None
     """Connects the channel now if it is not (raises if it cannot); see `Backoff.probe`."""
+    unacknowledged: Unacknowledged = field(default_factory=Unacknowledged)
+    """The hub's streams whose request is out but that do not count as open yet."""
 
     def typed(self, error: BaseException) -> BaseException:
         """Return the client's typed error for a transport failure, or `error` itself."""
@@ -217,6 +274,8 @@ class SharedStream:
         self._list_failure: BaseException | None = None
         self._opened = asyncio.Event()
         """Set once the current attempt's gRPC stream counts as open."""
+        self._counted = False
+        """The current attempt is counted in the hub's `unacknowledged` streams."""
 
     def __repr__(self) -> str:
         return (
@@ -421,6 +480,8 @@ class SharedStream:
         return self._open, self._settings.typed(error)
 
     async def _read(self, tg: TaskGroup) -> BaseException:
+        self._settings.unacknowledged.add()
+        self._counted = True
         responses = self._settings.open_stream(self.microgrid_id)
         try:
             with absorb_leaked_cancel():
@@ -433,7 +494,13 @@ class SharedStream:
         except Exception as exc:
             return exc
         finally:
+            self._uncount()
             await aclose_quietly(responses)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._settings.unacknowledged.remove()
 
     async def _list(self) -> list[Dispatch]:
         return await _collect(self._settings.list_dispatches(self.microgrid_id))
@@ -455,6 +522,9 @@ class SharedStream:
                     await self._opened.wait()
                 self._confirm()
             self._announce()
+            # Streams of this hub opening at the same time are registered
+            # first (see "Opening many streams at once").
+            await self._settings.unacknowledged.wait_for_none(self._settings.open_grace)
             snapshot = await self._list()
         except Exception as exc:
             # The attempt ends as if the stream had broken; the next one lists again.
@@ -470,6 +540,7 @@ class SharedStream:
         self._open = True
         self._held = []
         self._opened.set()
+        self._uncount()
 
     def _announce(self) -> None:
         """Count the stream connected: it is open and the baseline is in."""

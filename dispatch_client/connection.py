@@ -316,9 +316,50 @@ class _Channel(Channel):
     """grpclib's channel, writing through `_CoalescedWrites`, with the unary fast path's settings."""
 
     fast_path: FastPath | None = None
+    _connecting: asyncio.Event | None = None
+    """Set when the connection attempt under way ends; None when none is."""
 
     def _protocol_factory(self) -> H2Protocol:
         return _Protocol(Handler(), self._config, self._h2_config)
+
+    async def connect_shared(self) -> None:
+        """Connect if not connected; calls made meanwhile wait for the same attempt.
+
+        grpclib's `__connect__` holds a lock while connecting, and a lock wakes
+        its waiters one per loop turn: a thousand streams opened at once would
+        then send their requests one loop turn (and one write) each. Here they
+        all wake together once connected.
+
+        Raises:
+            OSError: the connection could not be made (grpclib's errors).
+        """
+        if self._connected:
+            return
+        attempt = self._connecting
+        if attempt is not None:
+            await attempt.wait()
+            if self._connected:
+                return
+            # That attempt failed: try again, as grpclib's own callers would.
+        self._connecting = attempt = asyncio.Event()
+        try:
+            await self.__connect__()
+        finally:
+            if self._connecting is attempt:
+                self._connecting = None
+            attempt.set()
+
+
+async def connect_shared(channel: Channel) -> None:
+    """Connect `channel` if it is not (see `_Channel.connect_shared`).
+
+    Raises:
+        OSError: the connection could not be made.
+    """
+    if isinstance(channel, _Channel):
+        await channel.connect_shared()
+    else:
+        await channel.__connect__()
 
 
 class LoopChannel:
@@ -456,10 +497,14 @@ async def server_stream(
     """
     with map_errors(server_url) as record:
         kind = (Cardinality.UNARY_STREAM, type(call.request), call.response_type)
+        opened_by = None if open_limit is None else asyncio.get_running_loop().time() + open_limit
+        if not channel._connected:
+            async with asyncio.timeout_at(opened_by):
+                await connect_shared(channel)
         async with channel.request(call.path, *kind) as stream:
             record.stream = stream
             # Not the initial metadata: a server may hold it back until its first message.
-            async with asyncio.timeout(open_limit):
+            async with asyncio.timeout_at(opened_by):
                 await stream.send_message(call.request, end=True)
             await stream.recv_initial_metadata()
             yield None

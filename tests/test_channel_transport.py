@@ -16,9 +16,11 @@ from h2.exceptions import TooManyStreamsError
 from h2.settings import SettingCodes
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from server_process import free_port
 
 from dispatch_client import Client
-from dispatch_client.connection import _CoalescedWrites, _H2Connection
+from dispatch_client._server_url import parse_server_url
+from dispatch_client.connection import _CoalescedWrites, _H2Connection, connect_shared, open_channel
 from dispatch_client.server import app
 from dispatch_client.testing import running_server
 
@@ -204,3 +206,44 @@ def test_the_server_does_not_walk_its_streams_for_each_new_one() -> None:
             pair.exchange()
     assert len(pair.server.streams) == 2_000
     assert walks <= 12
+
+
+async def test_streams_opened_while_connecting_go_out_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Waiters on the connection wake together, not one per loop turn (and one send each)."""
+    sends = 0
+    flush = _CoalescedWrites._flush
+
+    def counting(self: _CoalescedWrites) -> None:
+        nonlocal sends
+        sends += 1
+        flush(self)
+
+    monkeypatch.setattr(_CoalescedWrites, "_flush", counting)
+    async with running_server() as server, Client(server.url) as client:
+        streams = [client.stream(2000 + i) for i in range(200)]
+        tasks = [asyncio.ensure_future(anext(stream)) for stream in streams]
+        try:
+            await asyncio.wait_for(server.service.wait_for_streams(None, 200), 20)
+            assert sends <= 100, sends  # one per stream (about 200, both ends) before
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for stream in streams:
+                await stream.aclose()
+
+
+async def test_a_failed_shared_connection_attempt_fails_every_waiter() -> None:
+    channel = open_channel(
+        parse_server_url(f"grpc://127.0.0.1:{free_port()}?ssl=false"), key=None, sign_secret=None
+    )[0]
+    try:
+        results = await asyncio.gather(
+            *(connect_shared(channel) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, OSError) for r in results), results
+        assert not channel._connected
+    finally:
+        channel.close()

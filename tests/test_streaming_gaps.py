@@ -521,3 +521,75 @@ async def test_a_change_made_once_the_stream_counts_connected_is_told_even_befor
     assert [(e.event, dispatch_id(e.dispatch)) for e in streamer.events] == [
         (Event.CREATED, dispatch_id(created)),
     ]
+
+
+async def _follow(hub: Any, microgrid_id: int, count: int, into: list[DispatchEvent]) -> None:
+    async with aclosing(hub.subscribe(microgrid_id)) as events:
+        async for event in events:
+            into.append(event)
+            if len(into) == count:
+                return
+
+
+async def test_catch_up_lists_wait_until_the_streams_opening_with_them_are_registered(
+    client: Client, writer: Writer
+) -> None:
+    """Many streams opening at once: the server registers them all before serving catch-ups.
+
+    Microgrid 2's acknowledgement is held back; microgrid 1's catch-up list
+    waits for it (its baseline does not), and a change made meanwhile still
+    reaches microgrid 1's consumer, once.
+    """
+    lists: list[int] = []
+    ack_2 = anyio.Event()
+
+    async def list_dispatches(microgrid_id: int) -> AsyncIterator[Dispatch]:
+        lists.append(microgrid_id)
+        async for dispatch in client.dispatches(microgrid_id):
+            yield dispatch
+
+    async def open_stream(microgrid_id: int) -> AsyncIterator[Any]:
+        async with aclosing(client._open_stream(microgrid_id)) as responses:
+            async for response in responses:
+                if response is None and microgrid_id == 2:
+                    await ack_2.wait()
+                yield response
+
+    hub = hub_for(client, open_stream=open_stream, list_dispatches=list_dispatches, open_grace=30)
+    one: list[DispatchEvent] = []
+    two: list[DispatchEvent] = []
+    async with closing_hub(hub), anyio.create_task_group() as tg:
+        with anyio.fail_after(10):
+            tg.start_soon(_follow, hub, 1, 1, one)
+            tg.start_soon(_follow, hub, 2, 1, two)
+            await wait_until(lambda: 1 in hub.streams and hub.streams[1].connected)
+            created = await writer.create()  # microgrid 1, while its catch-up waits
+            await anyio.sleep(0.3)
+            assert sorted(lists) == [1, 2] and not hub.streams[1].synced
+            ack_2.set()
+            # Microgrid 1's consumer leaves with its event, closing that stream.
+            await wait_until(lambda: len(one) == 1 and hub.streams[2].synced)
+            assert sorted(lists) == [1, 1, 2, 2]
+            await Writer(writer.service, microgrid_id=2).create()
+    assert [(e.event, e.dispatch) for e in one] == [(Event.CREATED, created)]
+    assert len(two) == 1
+
+
+async def test_a_stream_never_acknowledged_holds_the_others_catch_up_only_for_open_grace(
+    client: Client,
+) -> None:
+    async def open_stream(microgrid_id: int) -> AsyncIterator[Any]:
+        async with aclosing(client._open_stream(microgrid_id)) as responses:
+            async for response in responses:
+                if response is None and microgrid_id == 2:
+                    continue  # as a server that never acknowledges
+                yield response
+
+    hub = hub_for(client, open_stream=open_stream, open_grace=0.3)
+    async with closing_hub(hub), anyio.create_task_group() as tg:
+        with anyio.fail_after(5):
+            tg.start_soon(_follow, hub, 1, 1, [])
+            tg.start_soon(_follow, hub, 2, 1, [])
+            await wait_until(lambda: 1 in hub.streams and hub.streams[1].synced)
+            await wait_until(lambda: 2 in hub.streams and hub.streams[2].synced)
+            tg.cancel_scope.cancel()
