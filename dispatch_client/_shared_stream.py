@@ -11,7 +11,7 @@ a half-read gRPC stream from one consumer's task to another would lose events.
 The reader never lets an exception escape unseen: a failure, including a bug or
 a cancellation by anyone but the hub, ends every consumer of that microgrid with
 the error (one copy each, chained to the original). Fan-out and overflow are in
-`dispatch_client._fanout`.
+`dispatch_client._fanout`; settings and statuses in `dispatch_client._stream_settings`.
 
 Lifetime. A gRPC stream has no deadline: it lives until the server ends it,
 the connection is found dead (HTTP/2 keep-alive pings unanswered, see
@@ -96,10 +96,8 @@ change must find it told.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import anyio
 from anyio.abc import TaskGroup
@@ -107,10 +105,11 @@ from anyio.abc import TaskGroup
 from ._fanout import Audience, Batch, Consumer, Item, Overflow, Snapshot
 from ._proto.frequenz.api.common.v1alpha8.streaming import Event
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
-from ._reconnect import Backoff, is_retryable, unreachable, wait_to_retry
+from ._reconnect import is_retryable, unreachable, wait_to_retry
+from ._stream_settings import StreamSettings, StreamState, StreamStatus, Unacknowledged
 from ._tasks import OwnedTask, aclose_quietly
 from .connection import absorb_leaked_cancel
-from .errors import Cancelled, StreamGap, Unavailable, copy_error, map_errors
+from .errors import Cancelled, StreamGap, Unavailable, copy_error
 from .watchview import DispatchEvent, WatchView
 
 __all__ = [
@@ -122,105 +121,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("dispatch_client.streaming")
-
-
-class StreamState(enum.Enum):
-    """Where a shared stream is in its life."""
-
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    RECONNECTING = "reconnecting"
-    CLOSED = "closed"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStatus:
-    """A state change of a microgrid's shared stream, as passed to `on_status`."""
-
-    microgrid_id: int
-    state: StreamState
-    failures: int = 0
-    """Consecutive failed attempts so far."""
-    retry_in: float | None = None
-    """Seconds until the next attempt (RECONNECTING only)."""
-    error: BaseException | None = None
-    """Why the stream broke (RECONNECTING) or ended (FAILED)."""
-
-
-class Unacknowledged:
-    """How many of a hub's gRPC streams have their request out but do not count as open yet.
-
-    Shared by the streams of one hub: a stream's catch-up list waits until
-    none is left (see "Opening many streams at once" in the module
-    docstring).
-    """
-
-    __slots__ = ("_count", "_none", "acknowledged")
-
-    def __init__(self) -> None:
-        self._count = 0
-        self.acknowledged = 0
-        """How many streams stopped being counted so far: progress, for `wait_for_none`."""
-        self._none = asyncio.Event()
-        self._none.set()
-
-    def add(self) -> None:
-        """Count a stream whose request is about to be sent."""
-        self._count += 1
-        self._none.clear()
-
-    def remove(self) -> None:
-        """Stop counting a stream: it counts as open, or its attempt ended."""
-        self._count -= 1
-        self.acknowledged += 1
-        if not self._count:
-            self._none.set()
-
-    async def wait_for_none(self, stall: float) -> None:
-        """Wait until no stream is left unacknowledged, or none was acknowledged for `stall` seconds.
-
-        Args:
-            stall: seconds without progress after which waiting is given up (a
-                server that holds back acknowledgements must not hold up lists).
-        """
-        while not self._none.is_set():
-            seen = self.acknowledged
-            with anyio.move_on_after(stall):
-                await self._none.wait()
-            if self.acknowledged == seen:
-                return
-
-
-@dataclass(frozen=True, slots=True)
-class StreamSettings:
-    """Everything a shared stream needs from its hub, fixed when the hub is made."""
-
-    open_stream: Callable[[int], AsyncIterator[StreamMicrogridDispatchesResponse | None]]
-    """Opens one gRPC stream of a microgrid; may yield None first (see the module docstring)."""
-    list_dispatches: Callable[[int], AsyncIterator[Dispatch]]
-    """Yields every current dispatch of a microgrid (all pages)."""
-    server_url: str
-    """For error messages; it never holds credentials."""
-    backoff: Backoff
-    """The reconnect policy."""
-    open_grace: float
-    """Seconds an unacknowledged, quiet stream must stay up before it counts as open."""
-    on_status: Callable[[StreamStatus], None] | None = None
-    """Told of every state change; its failures are logged, never raised."""
-    probe: Callable[[], Awaitable[object]] | None = None
-    """Connects the channel now if it is not (raises if it cannot); see `Backoff.probe`."""
-    unacknowledged: Unacknowledged = field(default_factory=Unacknowledged)
-    """The hub's streams whose request is out but that do not count as open yet."""
-
-    def typed(self, error: BaseException) -> BaseException:
-        """Return the client's typed error for a transport failure, or `error` itself."""
-        try:
-            with map_errors(self.server_url):
-                raise error
-        except Exception as mapped:
-            return mapped
-        return error  # not reached: the block always raises
 
 
 async def _collect(dispatches: AsyncIterator[Dispatch]) -> list[Dispatch]:
