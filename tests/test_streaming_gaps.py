@@ -523,14 +523,6 @@ async def test_a_change_made_once_the_stream_counts_connected_is_told_even_befor
     ]
 
 
-async def _follow(hub: Any, microgrid_id: int, count: int, into: list[DispatchEvent]) -> None:
-    async with aclosing(hub.subscribe(microgrid_id)) as events:
-        async for event in events:
-            into.append(event)
-            if len(into) == count:
-                return
-
-
 async def test_catch_up_lists_wait_until_the_streams_opening_with_them_are_registered(
     client: Client, writer: Writer
 ) -> None:
@@ -560,8 +552,8 @@ async def test_catch_up_lists_wait_until_the_streams_opening_with_them_are_regis
     two: list[DispatchEvent] = []
     async with closing_hub(hub), anyio.create_task_group() as tg:
         with anyio.fail_after(10):
-            tg.start_soon(_follow, hub, 1, 1, one)
-            tg.start_soon(_follow, hub, 2, 1, two)
+            tg.start_soon(collect, hub, 1, 1, one)
+            tg.start_soon(collect, hub, 2, 1, two)
             await wait_until(lambda: 1 in hub.streams and hub.streams[1].connected)
             created = await writer.create()  # microgrid 1, while its catch-up waits
             await anyio.sleep(0.3)
@@ -588,8 +580,8 @@ async def test_a_stream_never_acknowledged_holds_the_others_catch_up_only_for_op
     hub = hub_for(client, open_stream=open_stream, open_grace=0.3)
     async with closing_hub(hub), anyio.create_task_group() as tg:
         with anyio.fail_after(5):
-            tg.start_soon(_follow, hub, 1, 1, [])
-            tg.start_soon(_follow, hub, 2, 1, [])
+            tg.start_soon(collect, hub, 1, 1, [])
+            tg.start_soon(collect, hub, 2, 1, [])
             await wait_until(lambda: 1 in hub.streams and hub.streams[1].synced)
             await wait_until(lambda: 2 in hub.streams and hub.streams[2].synced)
             tg.cancel_scope.cancel()

@@ -264,9 +264,12 @@ def writer(server: RunningServer) -> Writer:
     return Writer(server.service)
 
 
-async def collect(client: Client, microgrid_id: int, count: int, into: list[DispatchEvent]) -> None:
-    """Append `count` events of `client.stream(microgrid_id)` to `into`, then leave."""
-    async with aclosing(client.stream(microgrid_id)) as events:
+async def collect(
+    source: Client | StreamHub, microgrid_id: int, count: int, into: list[DispatchEvent]
+) -> None:
+    """Append `count` events of `source.stream(microgrid_id)` (a hub's `subscribe`) to `into`, then leave."""
+    opened = source.subscribe if isinstance(source, StreamHub) else source.stream
+    async with aclosing(opened(microgrid_id)) as events:
         async for event in events:
             into.append(event)
             if len(into) == count:
