@@ -21,8 +21,8 @@ undecodable status details, no `:status`), this raises a `GRPCError` instead.
 Received DATA is acknowledged as it arrives, as grpclib's reader does, so an
 answer larger than the receive windows does not stall.
 
-When grpclib's own path is taken instead (`fast_unary` returns `NOT_TAKEN`
-before sending anything): the channel has event listeners other than its own
+When grpclib's own path is taken instead (`start_call` returns None before
+sending anything): the channel has event listeners other than its own
 authentication hook (a user's hook must see every call), the connection's
 write buffer is full, the request does not fit the flow-control windows at
 once, or the server's limit of concurrent streams is reached.
@@ -63,10 +63,9 @@ from hpack.table import HeaderTable
 from ._auth import auth_metadata
 
 if TYPE_CHECKING:
-    from grpclib.client import Channel
+    from collections.abc import Callable
 
-NOT_TAKEN: Final = object()
-"""`fast_unary`'s answer when the call must go through grpclib's stream instead."""
+    from grpclib.client import Channel
 
 # grpclib's mapping of HTTP statuses to gRPC ones (the gRPC HTTP/2 protocol
 # document's table), for answers that are not HTTP 200.
@@ -107,7 +106,18 @@ class PendingCall:
     update that only the end of the answer would send.
     """
 
-    __slots__ = ("_headers", "chunks", "data_received", "done", "h2", "id", "trailers")
+    __slots__ = (
+        "_headers",
+        "chunks",
+        "connection",
+        "data_received",
+        "done",
+        "h2",
+        "id",
+        "release",
+        "timer",
+        "trailers",
+    )
 
     headers_received = trailers_received = window_updated = _NO_WAIT
 
@@ -119,6 +129,9 @@ class PendingCall:
         self.trailers: list[tuple[str, str]] | None = None
         self.chunks: list[bytes] = []
         self.data_received = 0
+        self.connection: Any = None
+        self.release: Callable[[], None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     @property
     def headers(self) -> list[tuple[str, str]] | None:
@@ -128,7 +141,7 @@ class PendingCall:
     def headers(self, headers: list[tuple[str, str]]) -> None:
         self._headers = headers
         if (not headers or headers[0] != _HTTP_OK) and dict(headers).get(":status") != "200":
-            self.__ended__()  # `_answer` raises what grpclib raises for these headers
+            self.__ended__()  # `answer` raises what grpclib raises for these headers
 
     @property
     def buffer(self) -> PendingCall:
@@ -155,6 +168,16 @@ class PendingCall:
         # grpclib's deadline raises a bare TimeoutError; so does this one.
         if not self.done.done():
             self.done.set_exception(TimeoutError())
+
+    def close(self) -> None:
+        """Stop the deadline, reset the stream if the call leaves it open, unregister it."""
+        if self.timer is not None:
+            self.timer.cancel()
+        release = self.release
+        if release is not None:
+            self.release = None
+            _reset_if_open(self.connection, self.id)
+            release()
 
     @property
     def trailing_metadata(self) -> Any:
@@ -330,53 +353,44 @@ class FastPath:
         ]
 
 
-async def fast_unary(
-    channel: Channel,
-    fast: FastPath,
-    path: str,
-    request: Any,
-    response_type: type[Any],
-    time_limit: float | None,
-    record: Any,
-) -> Any:
-    """Make one unary call on `channel`'s connection, or return `NOT_TAKEN` having sent nothing.
+def start_call(
+    channel: Channel, fast: FastPath, path: str, request: Any, time_limit: float | None
+) -> PendingCall | None:
+    """Send one unary call on `channel`'s connection, or return None having sent nothing.
+
+    The caller awaits the returned call's `done`, then calls its `close()`
+    (always) and `answer()`; see `connection.unary`.
 
     Args:
         channel: the grpclib channel.
         fast: the channel's prepared headers and credentials.
         path: the method path, e.g. `/pkg.Service/Method`.
         request: the request message.
-        response_type: the response message class.
         time_limit: the deadline in seconds from now, or None.
-        record: an object whose `stream` is set to the call, so an error can
-            carry the call's trailing metadata.
 
     Returns:
-        The response message, None if the server sent none, or `NOT_TAKEN`.
+        The call, sent; None when grpclib's path must take it (see the module's docstring).
 
     Raises:
-        GRPCError: the server answered with a status other than OK (or an
-            answer grpclib would refuse: HTTP status, content type, no status).
-        StreamTerminatedError: the stream or the connection broke.
-        TimeoutError: the deadline passed (grpclib's own deadline signal).
-        OSError: the connection could not be made.
+        TimeoutError: the deadline passed before anything was sent.
     """
     if not fast.eligible(channel):
-        return NOT_TAKEN
+        return None
     loop = asyncio.get_running_loop()
     deadline = None if time_limit is None else loop.time() + time_limit
-    protocol = await channel.__connect__()
+    # `eligible` saw the channel connected: grpclib's `__connect__` would return this.
+    protocol = channel._protocol
+    assert protocol is not None
     processor = protocol.processor
     connection = processor.connection
     h2 = connection._connection
     if not connection.write_ready.is_set() or connection.is_closing():
-        return NOT_TAKEN
-    codec = channel._codec
-    body = codec.encode(request, type(request))
+        return None
+    body = channel._codec.encode(request, type(request))
     framed = b"\0" + len(body).to_bytes(4, "big") + body
     size = len(framed)
     if size > h2.outbound_flow_control_window or size > h2.remote_settings.initial_window_size:
-        return NOT_TAKEN
+        return None
     timeout = None
     if deadline is not None:
         remaining = deadline - loop.time()
@@ -389,10 +403,10 @@ async def fast_unary(
         h2.send_headers(stream_id, headers)
     except TooManyStreamsError:
         # h2 checks the server's limit before it changes anything: nothing was sent.
-        return NOT_TAKEN
+        return None
     call = PendingCall(stream_id, loop.create_future(), h2)
-    record.stream = call
-    release = processor.register(cast(Any, call))  # grpclib types it as its Stream
+    call.connection = connection
+    call.release = processor.register(cast(Any, call))  # grpclib types it as its Stream
     try:
         frame = h2.max_outbound_frame_size
         for start in range(0, size, frame):
@@ -401,22 +415,15 @@ async def fast_unary(
         connection._transport.write(h2.data_to_send())
         connection.headers_send_process()
         connection.data_send_process()
-        timer = None if deadline is None else loop.call_at(deadline, call.expire)
-        try:
-            await call.done
-        except StreamTerminatedError:
-            _raise_for_what_arrived(call, channel)  # as grpclib does for a broken stream
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-    finally:
-        _reset_if_open(connection, stream_id)
-        release()
-    return _answer(call, channel, response_type)
+        if deadline is not None:
+            call.timer = loop.call_at(deadline, call.expire)
+    except BaseException:
+        call.close()
+        raise
+    return call
 
 
-def _raise_for_what_arrived(call: PendingCall, channel: Channel) -> None:
+def raise_for_what_arrived(call: PendingCall, channel: Channel) -> None:
     """Raise the error that the headers or trailers received before a stream broke carry."""
     if call.trailers is not None:
         _check_status(dict(call.trailers), channel)
@@ -437,7 +444,7 @@ def _reset_if_open(connection: Any, stream_id: int) -> None:
         connection._transport.write(h2.data_to_send())
 
 
-def _answer(call: PendingCall, channel: Channel, response_type: type[Any]) -> Any:
+def answer(call: PendingCall, channel: Channel, response_type: type[Any]) -> Any:
     """Check the answer by grpclib's rules and decode its message."""
     if call._headers is None:
         raise GRPCError(Status.UNKNOWN, "the stream ended without response headers")

@@ -25,12 +25,23 @@ from grpclib.const import Cardinality
 from grpclib.encoding.base import StatusDetailsCodecBase
 from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.events import SendRequest, listen
+from grpclib.exceptions import StreamTerminatedError
 from grpclib.protocol import H2Protocol
+from h2.config import DummyLogger
 from h2.connection import H2Connection
+from h2.frame_buffer import FrameBuffer
+from hyperframe.frame import FRAMES, ExtensionFrame, Frame
 
 from ._auth import auth_metadata, is_header_safe
 from ._server_url import ChannelOptions, ServerTarget, parse_server_url
-from ._unary import NOT_TAKEN, CachingDecoder, CachingEncoder, FastPath, fast_unary
+from ._unary import (
+    CachingDecoder,
+    CachingEncoder,
+    FastPath,
+    answer,
+    raise_for_what_arrived,
+    start_call,
+)
 from .errors import CallRecord, DispatchApiError, UnknownError, map_errors
 from .errors import _typed as typed_error
 from .validation import shown
@@ -301,6 +312,56 @@ class _H2Connection(H2Connection):
         )
 
 
+def _quiet_class(cls: type[Frame]) -> type[Frame]:
+    text = f"<{cls.__name__}: repr skipped, h2's trace log is off>"
+
+    def __repr__(self: Frame) -> str:
+        return text
+
+    return type(cls.__name__, (cls,), {"__slots__": (), "__repr__": __repr__})
+
+
+# Every frame class hyperframe parses into (ExtensionFrame: a type it does not know).
+_QUIET_FRAMES: dict[type[Frame], type[Frame]] = {
+    cls: _quiet_class(cls) for cls in (*FRAMES.values(), ExtensionFrame)
+}
+
+
+class _QuietFrameBuffer(FrameBuffer):
+    """h2's buffer of received frames, handing out frames whose `repr` costs nothing.
+
+    h2 writes every received frame to its trace log as `repr(frame)`, computed
+    before the call even when the log is off (a hex dump of the payload and
+    the flags, about 2 µs per frame: three frames per unary call). The frames
+    come out as subclasses of their own class, with the same data, that h2
+    dispatches to the same handlers; only their `repr` is a constant.
+    """
+
+    quiet: dict[type[Frame], type[Frame]]
+
+    def __next__(self) -> Frame:
+        frame = super().__next__()
+        quiet = self.quiet.get(frame.__class__)
+        if quiet is not None:
+            frame.__class__ = quiet
+        return frame
+
+
+def _quiet_received_frames(h2: H2Connection) -> None:
+    """Make the frames `h2` receives cheap to `repr`, if its log is off (see `_QuietFrameBuffer`)."""
+    table: dict[type[Frame], Any] | None = getattr(h2, "_frame_dispatch_table", None)
+    if table is None or not isinstance(h2.config.logger, DummyLogger):
+        return  # a real trace log shows each frame: leave them as they are
+    buffer = h2.incoming_buffer
+    if type(buffer) is not FrameBuffer:
+        return
+    quiet = {cls: sub for cls, sub in _QUIET_FRAMES.items() if cls in table}
+    for cls, sub in quiet.items():
+        table[sub] = table[cls]
+    buffer.__class__ = _QuietFrameBuffer
+    cast(_QuietFrameBuffer, buffer).quiet = quiet
+
+
 class _Protocol(H2Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -310,6 +371,7 @@ class _Protocol(H2Protocol):
         # Nothing is encoded before the first request: the table starts empty either way.
         h2.encoder = CachingEncoder()
         h2.decoder = CachingDecoder(h2.decoder)
+        _quiet_received_frames(h2)
 
 
 class _Channel(Channel):
@@ -444,15 +506,23 @@ async def unary(
     fast = getattr(channel, "fast_path", None)
     try:
         if fast is not None:
-            answer = await fast_unary(
-                channel, fast, call.path, call.request, call.response_type, time_limit, record
-            )
-            if answer is not NOT_TAKEN:
-                if answer is None:
+            # Inline rather than a coroutine of its own: one frame less per call.
+            pending = start_call(channel, fast, call.path, call.request, time_limit)
+            if pending is not None:
+                record.stream = pending
+                try:
+                    await pending.done
+                except StreamTerminatedError:
+                    raise_for_what_arrived(pending, channel)  # as grpclib does for a broken stream
+                    raise
+                finally:
+                    pending.close()
+                response = answer(pending, channel, call.response_type)
+                if response is None:
                     raise UnknownError(
                         "the server answered without a message", server_url=server_url
                     )
-                return cast(_Resp, answer)
+                return cast(_Resp, response)
         async with channel.request(
             call.path,
             Cardinality.UNARY_UNARY,

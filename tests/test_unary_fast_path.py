@@ -310,8 +310,24 @@ def test_the_caching_decoder_reads_what_a_plain_decoder_reads(blocks: list[Any])
         headers: list[Any] = list(indexed) + [hpack.NeverIndexedHeaderTuple(*h) for h in secret]
         block = encoder.encode(headers)
         for _ in range(2):  # the second read of a block may come from the cache
-            assert caching.decode(block, raw=True) == plain.decode(block, raw=True)
+            read = _read_or_refuse(caching.decode, block)
+            assert read == _read_or_refuse(plain.decode, block)
+            if isinstance(read, str):
+                return  # both refused the block alike; the tables are no longer in step
             block = encoder.encode(headers)
+
+
+def _read_or_refuse(decode: Any, block: bytes) -> Any:
+    """The headers `decode` reads from `block`, or its error as text.
+
+    hpack's own encoder can write a block its decoder refuses (a table index
+    out of range, after evictions in a table resized to 256 bytes): the
+    caching decoder must then refuse it the same way.
+    """
+    try:
+        return decode(block, raw=True)
+    except hpack.HPACKError as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
 # -- answers larger than the flow-control windows ----------------------------------
