@@ -9,6 +9,7 @@ method reads build (`requests`) → call (`connection.unary`, errors mapped by
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import datetime as dt
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping
@@ -212,7 +213,16 @@ class Client(ClientStreams):
 
     def _unary(self, call: requests.Call[Any, _Resp]) -> Coroutine[Any, Any, _Resp]:
         # Not a coroutine itself: `unary`'s is awaited directly, one frame less per call.
-        return unary(self.channel, call, time_limit=self._call_timeout, server_url=self.server_url)
+        # The running loop is looked up once per call (each lookup is a getpid() system call).
+        self._check_connected()
+        loop = asyncio.get_running_loop()
+        return unary(
+            self._conn.get(loop),
+            call,
+            time_limit=self._call_timeout,
+            server_url=self.server_url,
+            loop=loop,
+        )
 
     def _unwrap(self, dispatch: Dispatch | None) -> Dispatch:
         if dispatch is None:

@@ -362,9 +362,29 @@ def _quiet_received_frames(h2: H2Connection) -> None:
     cast(_QuietFrameBuffer, buffer).quiet = quiet
 
 
-class _Protocol(H2Protocol):
+class _Protocol(H2Protocol, asyncio.BufferedProtocol):
+    """grpclib's protocol, with coalesced writes, the header caches and reads into one buffer.
+
+    A plain `asyncio.Protocol` gets each read as a new `bytes` of asyncio's
+    256 KiB read size, shrunk to what arrived: for that size the allocator maps
+    fresh memory and unmaps it again, three system calls and a page fault per
+    read. As a `BufferedProtocol` it is handed reads made into one buffer kept
+    for the connection, and passes grpclib the same bytes.
+    """
+
+    _READ_SIZE = 256 * 1024  # asyncio's own read size: a read takes as much as before
+
+    _read_view: memoryview
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._read_view[:nbytes]))
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        self._read_view = memoryview(bytearray(self._READ_SIZE))
         super().connection_made(_CoalescedWrites(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
         h2 = self.connection._connection
         h2.__class__ = _H2Connection
@@ -444,8 +464,11 @@ class LoopChannel:
         self._channel: Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def get(self) -> Channel:
+    def get(self, loop: asyncio.AbstractEventLoop | None = None) -> Channel:
         """Return the channel of the running loop, opening it on first use there.
+
+        Args:
+            loop: the running loop, if the caller has it already; None to look it up.
 
         Returns:
             An open grpclib channel.
@@ -453,7 +476,8 @@ class LoopChannel:
         Raises:
             RuntimeError: no event loop is running.
         """
-        loop = asyncio.get_running_loop()
+        if loop is None:
+            loop = asyncio.get_running_loop()
         if self._channel is None or self._loop is not loop:
             self.close()
             _log.debug("opening channel to %s", self.target.url)
@@ -480,7 +504,12 @@ class LoopChannel:
 
 
 async def unary(
-    channel: Channel, call: Call[Any, _Resp], *, time_limit: float | None, server_url: str
+    channel: Channel,
+    call: Call[Any, _Resp],
+    *,
+    time_limit: float | None,
+    server_url: str,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> _Resp:
     """Send one unary call and return its response.
 
@@ -489,6 +518,7 @@ async def unary(
         call: the RPC path, request and response type.
         time_limit: the deadline in seconds, or None for none.
         server_url: the server URL, put on errors.
+        loop: the running loop, if the caller has it already; None to look it up.
 
     Returns:
         The response message.
@@ -500,14 +530,16 @@ async def unary(
     # What `map_errors` and `absorb_leaked_cancel` do, written out: two
     # generator-based context managers per call cost more than the success
     # path needs (nothing is set up but a count).
-    task = asyncio.current_task()
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    task = asyncio.current_task(loop)
     baseline = task.cancelling() if task is not None else 0
     record = CallRecord()
     fast = getattr(channel, "fast_path", None)
     try:
         if fast is not None:
             # Inline rather than a coroutine of its own: one frame less per call.
-            pending = start_call(channel, fast, call.path, call.request, time_limit)
+            pending = start_call(channel, fast, call.path, call.request, time_limit, loop)
             if pending is not None:
                 record.stream = pending
                 try:
