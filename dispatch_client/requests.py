@@ -43,10 +43,10 @@ from .validation import (
     MAX_FILTER_ITEMS,
     check_aware,
     check_bool,
-    check_dispatch_data,
     check_dispatch_filter,
     check_duration,
     check_positive_int,
+    check_recurrence,
     check_sort_options,
     check_start_time,
     check_uint64,
@@ -163,14 +163,15 @@ def create(
         payload=payload_to_struct(payload),
         recurrence=recurrence,
     )
-    check_dispatch_data(
-        data,
-        now=now,
-        allowance=START_TIME_GRACE,
-        start_immediately=start_immediately,
-        payload_checked=True,  # by payload_to_struct above
-        target_checked=True,  # by to_target above
-    )
+    # What `check_dispatch_data` checks beyond the arguments' checks above, in its
+    # order (walking the whole message again cost more than building it);
+    # tests/test_client_validation.py holds the two to the same verdicts.
+    if recurrence is not None:
+        check_recurrence(recurrence, start=now if start is None else start)
+    try:
+        type.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"type is not valid Unicode text: {error.reason}") from None
     request = CreateMicrogridDispatchRequest(
         microgrid_id=microgrid_id,
         dispatch_data=data,

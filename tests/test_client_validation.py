@@ -22,9 +22,15 @@ from dispatch_client import (
     validation,
 )
 from dispatch_client._payload import _Converter, _TooDeep
+from dispatch_client._proto.frequenz.api.dispatch.v1 import DispatchData
 from dispatch_client._proto.google.protobuf import ListValue, NullValue, Struct, Value
 from dispatch_client.requests import START_TIME_GRACE
-from dispatch_client.validation import MAX_PAYLOAD_BYTES, payload_measure, payload_to_struct
+from dispatch_client.validation import (
+    MAX_PAYLOAD_BYTES,
+    check_dispatch_data,
+    payload_measure,
+    payload_to_struct,
+)
 
 NOW = dt.datetime(2030, 6, 1, 12, tzinfo=dt.UTC)
 
@@ -303,3 +309,77 @@ def test_struct_payloads_json_cannot_hold_are_refused_before_sending(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         build(payload=Struct(fields={"k": value}))
+
+
+# -- create: the argument checks cover the whole-message check ----------------------
+
+_create_starts = st.sampled_from(["NOW", "now"]) | st.builds(
+    lambda minutes, aware: (NOW + dt.timedelta(minutes=minutes)).replace(
+        tzinfo=dt.UTC if aware else None
+    ),
+    st.integers(-5, 10_000),
+    st.booleans(),
+)
+_create_rules = st.none() | st.builds(
+    lambda freq, interval, until_minutes: RecurrenceRule(
+        freq=freq,
+        interval=interval,
+        end_criteria=None
+        if until_minutes is None
+        else EndCriteria(until_time=NOW + dt.timedelta(minutes=until_minutes)),
+    ),
+    st.sampled_from(list(Frequency)),
+    st.integers(0, 20),
+    st.none() | st.integers(-10, 10_000),
+)
+
+
+@given(
+    type_=st.text(max_size=4) | st.integers(),
+    start=_create_starts,
+    duration=st.none() | st.builds(dt.timedelta, seconds=st.integers(-5, 2**33)),
+    active=st.booleans() | st.integers(0, 1),
+    recurrence=_create_rules,
+    payload=st.none() | st.dictionaries(st.text(max_size=3), json_values(), max_size=3),
+)
+def test_a_create_request_passes_the_whole_dispatch_check(
+    type_: Any, start: Any, duration: Any, active: Any, recurrence: Any, payload: Any
+) -> None:
+    """`requests.create` checks each argument and not the built message again: the same verdict.
+
+    Whatever it accepts, `check_dispatch_data` (the whole-message check, every
+    field walked) accepts too; what it refuses it refuses with that check's words.
+    """
+    args = {"type": type_, "start_time": start, "duration": duration, "active": active}
+    try:
+        request = build(**args, recurrence=recurrence, payload=payload)
+    except ValueError as exc:
+        if recurrence is not None and "recurrence" in str(exc):
+            with pytest.raises(ValueError, match="recurrence") as whole:
+                check_dispatch_data(
+                    DispatchData(
+                        type="T",
+                        start_time=None if isinstance(start, str) else start,
+                        recurrence=recurrence,
+                    ),
+                    now=NOW,
+                    allowance=START_TIME_GRACE,
+                    start_immediately=isinstance(start, str),
+                )
+            assert str(whole.value) == str(exc)
+        return
+    check_dispatch_data(
+        request.dispatch_data,
+        now=NOW,
+        allowance=START_TIME_GRACE,
+        start_immediately=request.start_immediately is True,
+    )
+
+
+@pytest.mark.parametrize("type_", ["\ud800", "a\udfffb"])
+def test_a_create_type_that_is_not_unicode_text_is_refused(type_: str) -> None:
+    with pytest.raises(ValueError, match="type is not valid Unicode text") as mine:
+        build(type=type_)
+    with pytest.raises(ValueError) as whole:
+        check_dispatch_data(DispatchData(type=type_, start_time=NOW), now=NOW)
+    assert str(mine.value) == str(whole.value)
