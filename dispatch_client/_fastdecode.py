@@ -364,11 +364,9 @@ class _Converters(_SourceCompiler):
             if field_meta.unwrap is not None:
                 wrapper = field_meta.unwrap()
                 if wrapper is Timestamp:
-                    # Timestamp.to_datetime()'s own arithmetic, without the Timestamp.
-                    return (
-                        f"_EPOCH + _timedelta(seconds={var}.seconds, "
-                        f"microseconds={var}.nanos // 1000)"
-                    )
+                    # Timestamp.to_datetime()'s own arithmetic, without the Timestamp;
+                    # the upb sub-message read once, the timedelta's arguments by position.
+                    return f"_EPOCH + _timedelta(0, (_t := {var}).seconds, _t.nanos // 1000)"
                 return f"{self._name(wrapper, field.message_type)}({var}).to_wrapped()"
             assert cls is not None
             return f"{self._name(cls, field.message_type)}({var})"

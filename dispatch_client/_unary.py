@@ -40,6 +40,8 @@ credential that should not be kept in a compression context.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from grpclib.const import Status
@@ -301,10 +303,62 @@ class CachingDecoder(Decoder):
         return headers
 
 
+class _Deadlines:
+    """Expires the calls of one channel at their deadlines, with one timer for them all.
+
+    asyncio's timer per call is a handle made and cancelled for every call (and
+    kept in the loop's heap until cleaned out). The calls of one client share
+    its call timeout, so their deadlines come in the order the calls start: a
+    queue, and one timer for its first entry, moved on as entries are done. A
+    deadline earlier than the last one queued (another timeout) gets a timer
+    of its own. Entries of finished calls leave the front as calls are added,
+    and the whole queue is swept when it has doubled since the last sweep.
+    """
+
+    __slots__ = ("_loop", "_queue", "_resolution", "_sweep_at", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: deque[tuple[float, PendingCall]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._sweep_at = 64
+        # asyncio runs a timer once the clock is within its resolution of the time.
+        self._resolution = time.get_clock_info("monotonic").resolution
+
+    def add(self, call: PendingCall, deadline: float) -> None:
+        """Expire `call` at `deadline` (the loop's clock) unless it is done by then."""
+        queue = self._queue
+        if queue and deadline < queue[-1][0]:
+            call.timer = self._loop.call_at(deadline, call.expire)
+            return
+        while queue and queue[0][1].done.done():
+            queue.popleft()
+        queue.append((deadline, call))
+        if len(queue) > self._sweep_at:
+            self._queue = queue = deque(entry for entry in queue if not entry[1].done.done())
+            self._sweep_at = 2 * len(queue) + 64
+        if self._timer is None:
+            self._timer = self._loop.call_at(queue[0][0], self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        queue = self._queue
+        now = self._loop.time() + self._resolution
+        while queue:
+            deadline, call = queue[0]
+            if deadline <= now:
+                call.expire()
+            elif not call.done.done():
+                break
+            queue.popleft()
+        if queue:
+            self._timer = self._loop.call_at(queue[0][0], self._fire)
+
+
 class FastPath:
     """What a channel needs to make unary calls itself: its headers and credentials."""
 
-    __slots__ = ("_content_type", "_headers", "_hook", "_key", "_secret", "_site")
+    __slots__ = ("_content_type", "_deadlines", "_headers", "_hook", "_key", "_secret", "_site")
 
     def __init__(self, channel: Channel, key: str | None, secret: str | None, hook: Any) -> None:
         """Prepare the fixed headers of `channel`'s calls.
@@ -318,6 +372,7 @@ class FastPath:
         self._key = key
         self._secret = secret
         self._hook = hook
+        self._deadlines: _Deadlines | None = None
         self._headers: dict[tuple[str, str | None], list[tuple[bytes, bytes]]] = {}
         self._site: tuple[str, str] = (channel._scheme, channel._authority)
         subtype: str = channel._codec.__content_subtype__
@@ -436,7 +491,10 @@ def start_call(
         connection.headers_send_process()
         connection.data_send_process()
         if deadline is not None:
-            call.timer = loop.call_at(deadline, call.expire)
+            deadlines = fast._deadlines
+            if deadlines is None or deadlines._loop is not loop:
+                deadlines = fast._deadlines = _Deadlines(loop)
+            deadlines.add(call, deadline)
     except BaseException:
         call.close()
         raise

@@ -191,6 +191,53 @@ async def test_a_deadline_ends_the_call_and_resets_its_stream(tmp_path: Path) ->
         assert await client.get(MG, created.metadata.dispatch_id) == created
 
 
+async def test_calls_started_apart_time_out_each_at_its_own_deadline(tmp_path: Path) -> None:
+    # The calls of a channel share one timer (`_unary._Deadlines`): each must
+    # still end at its own deadline, not at the first one's or the last one's.
+    service = _SlowGet(5.0, db=str(tmp_path / "db.sqlite"))
+    async with (
+        service,
+        DispatchServer(service) as server,
+        Client(server.url, call_timeout=dt.timedelta(milliseconds=400)) as client,
+    ):
+        created = await client.create(MG, "T", "NOW", HOUR, [1])
+        assert created.metadata is not None
+        dispatch_id = created.metadata.dispatch_id
+        ended: list[float] = []
+
+        async def one(after: float) -> None:
+            await asyncio.sleep(after)
+            started = anyio.current_time()
+            with pytest.raises(DeadlineExceeded):
+                await client.get(MG, dispatch_id)
+            ended.append(anyio.current_time() - started)
+
+        with anyio.fail_after(10):
+            await asyncio.gather(*(one(0.15 * i) for i in range(4)))
+        assert _processor_streams(client) == {}
+    assert len(ended) == 4
+    assert all(0.35 <= took < 1.2 for took in ended), ended
+
+
+async def test_finished_calls_are_not_kept_behind_a_pending_one(tmp_path: Path) -> None:
+    service = _SlowGet(3.0, db=str(tmp_path / "db.sqlite"))
+    async with (
+        service,
+        DispatchServer(service) as server,
+        Client(server.url, call_timeout=dt.timedelta(seconds=20)) as client,
+    ):
+        created = await client.create(MG, "T", "NOW", HOUR, [1])
+        assert created.metadata is not None
+        slow = asyncio.create_task(client.get(MG, created.metadata.dispatch_id))
+        await asyncio.sleep(0.1)  # the slow call's deadline heads the queue
+        for i in range(300):
+            await client.create(MG, f"T{i}", "NOW", HOUR, [1])
+        deadlines: Any = client.channel.fast_path._deadlines  # type: ignore[attr-defined]
+        held = len(deadlines._queue)
+        assert await slow == created
+    assert held <= 2 * 2 + 64  # swept: the pending call and at most one sweep's worth
+
+
 async def test_cancelling_a_call_resets_its_stream_and_the_client_goes_on(tmp_path: Path) -> None:
     service = _SlowGet(30.0, db=str(tmp_path / "db.sqlite"))
     async with (
