@@ -814,3 +814,60 @@ async def test_calls_over_the_servers_stream_limit_wait_for_a_free_stream() -> N
             got = await asyncio.gather(*(client.get(MG, 5) for _ in range(12)))
         assert _processor_streams(client) == {}
     assert len(got) == 12
+
+
+# -- the connection's receive side: reads into one buffer, frames with a cheap repr ----
+
+
+async def test_reads_go_into_one_buffer_and_frames_reach_h2s_handlers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatch_client.connection import _Protocol, _QuietFrameBuffer
+
+    reads: list[int] = []
+    original = _Protocol.buffer_updated
+
+    def counting(self: _Protocol, nbytes: int) -> None:
+        reads.append(nbytes)
+        original(self, nbytes)
+
+    monkeypatch.setattr(_Protocol, "buffer_updated", counting)
+    payload = {f"key{i}": "x" * 400 for i in range(100)}  # ~41 KB: frames split across reads
+    async with (
+        DispatchService(db=str(tmp_path / "db.sqlite")) as service,
+        DispatchServer(service) as server,
+        Client(server.url) as client,
+    ):
+        created = await client.create(MG, "BIG", "NOW", HOUR, [1], payload=payload)
+        assert created.metadata is not None
+        got = await asyncio.gather(
+            *(client.get(MG, created.metadata.dispatch_id) for _ in range(5))
+        )
+        protocol: Any = client.channel._protocol
+        h2 = _h2(client)
+        buffer = h2.incoming_buffer
+        table = h2._frame_dispatch_table
+    assert got == [created] * 5
+    assert isinstance(protocol, asyncio.BufferedProtocol)
+    assert reads and sum(reads) > 5 * 41_000
+    assert isinstance(buffer, _QuietFrameBuffer)
+    for cls, quiet in buffer.quiet.items():
+        assert issubclass(quiet, cls) and table[quiet] == table[cls]
+        assert "repr skipped" in repr(object.__new__(quiet))
+
+
+def test_frames_keep_their_repr_when_h2_logs_them() -> None:
+    import logging
+
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.frame_buffer import FrameBuffer
+
+    from dispatch_client.connection import _quiet_received_frames
+
+    logged = H2Connection(H2Configuration(client_side=True, logger=logging.getLogger("h2test")))
+    _quiet_received_frames(logged)
+    assert type(logged.incoming_buffer) is FrameBuffer
+    quiet = H2Connection(H2Configuration(client_side=True))
+    _quiet_received_frames(quiet)
+    assert type(quiet.incoming_buffer) is not FrameBuffer
