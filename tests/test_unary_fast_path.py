@@ -822,7 +822,7 @@ async def test_calls_over_the_servers_stream_limit_wait_for_a_free_stream() -> N
 async def test_reads_go_into_one_buffer_and_frames_reach_h2s_handlers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dispatch_client.connection import _Protocol, _QuietFrameBuffer
+    from dispatch_client._h2_protocol import _Protocol, _QuietFrameBuffer
 
     reads: list[int] = []
     original = _Protocol.buffer_updated
@@ -863,7 +863,7 @@ def test_frames_keep_their_repr_when_h2_logs_them() -> None:
     from h2.connection import H2Connection
     from h2.frame_buffer import FrameBuffer
 
-    from dispatch_client.connection import _quiet_received_frames
+    from dispatch_client._h2_protocol import _quiet_received_frames
 
     logged = H2Connection(H2Configuration(client_side=True, logger=logging.getLogger("h2test")))
     _quiet_received_frames(logged)
