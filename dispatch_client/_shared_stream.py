@@ -64,7 +64,9 @@ their streams together (at start, or when a restarted server is back). A
 baseline must stay right behind its stream request (above), but a catch-up
 list only has to be served after the registration, whenever that is: it waits
 until no stream of the hub is still waiting for its acknowledgement (or until
-none was acknowledged for `open_grace` seconds), so the server registers them
+none was acknowledged for `open_grace` seconds, or as many were acknowledged or
+failed as were waiting when it began: streams that keep failing and opening
+again must not hold it back for good), so the server registers them
 all before it serves the catch-up lists instead of between them, and every
 stream is open sooner. Events arriving meanwhile are held as usual. A lone
 stream, acknowledged, does not wait.

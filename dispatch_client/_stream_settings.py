@@ -49,7 +49,10 @@ class Unacknowledged:
 
     Shared by the streams of one hub: a stream's catch-up list waits until
     none is left (see "Opening many streams at once" in the module
-    docstring).
+    docstring), or until as many were done with as were counted when it
+    began waiting: streams opening later, or failing and opening again
+    without end, must not hold it back for good. Not bound to an event
+    loop: a client may be used by one `asyncio.run` after another.
     """
 
     __slots__ = ("_count", "_none", "acknowledged")
@@ -58,32 +61,41 @@ class Unacknowledged:
         self._count = 0
         self.acknowledged = 0
         """How many streams stopped being counted so far: progress, for `wait_for_none`."""
-        self._none = asyncio.Event()
-        self._none.set()
+        self._none: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        """Set when none is left; made by the first waiter, in its loop."""
 
     def add(self) -> None:
         """Count a stream whose request is about to be sent."""
         self._count += 1
-        self._none.clear()
 
     def remove(self) -> None:
         """Stop counting a stream: it counts as open, or its attempt ended."""
         self._count -= 1
         self.acknowledged += 1
-        if not self._count:
-            self._none.set()
+        if not self._count and self._none is not None:
+            loop, none = self._none
+            self._none = None
+            if not loop.is_closed():
+                none.set()
 
     async def wait_for_none(self, stall: float) -> None:
-        """Wait until no stream is left unacknowledged, or none was acknowledged for `stall` seconds.
+        """Wait until the streams counted now are done with, or none was for `stall` seconds.
+
+        Done with: none is left, or as many were (acknowledged or failed) as
+        were counted when this began.
 
         Args:
             stall: seconds without progress after which waiting is given up (a
                 server that holds back acknowledgements must not hold up lists).
         """
-        while not self._none.is_set():
+        goal = self.acknowledged + self._count
+        loop = asyncio.get_running_loop()
+        while self._count and self.acknowledged < goal:
+            if self._none is None or self._none[0] is not loop:
+                self._none = (loop, asyncio.Event())
             seen = self.acknowledged
             with anyio.move_on_after(stall):
-                await self._none.wait()
+                await self._none[1].wait()
             if self.acknowledged == seen:
                 return
 

@@ -31,12 +31,12 @@ from test_streaming_helpers import (
     wait_until,
 )
 
-from dispatch_client import Dispatch, Event, ResourceExhausted, StreamGap
+from dispatch_client import Dispatch, Event, ResourceExhausted, StreamGap, Unavailable
 from dispatch_client.client import Client
 from dispatch_client.server.app import DispatchServer
 from dispatch_client.server.service import DispatchService
 from dispatch_client.streaming import Backoff, DispatchEvent, StreamState, StreamStatus
-from dispatch_client.testing import RunningServer
+from dispatch_client.testing import RunningServer, running_server
 
 pytest_plugins = ["test_streaming_helpers"]
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_stream_leftovers")]
@@ -585,3 +585,79 @@ async def test_a_stream_never_acknowledged_holds_the_others_catch_up_only_for_op
             await wait_until(lambda: 1 in hub.streams and hub.streams[1].synced)
             await wait_until(lambda: 2 in hub.streams and hub.streams[2].synced)
             tg.cancel_scope.cancel()
+
+
+def _flapping(client: Client, first: int) -> Any:
+    """An `open_stream`: microgrids from `first` on never acknowledge and fail after about 0.3 s."""
+
+    async def open_stream(microgrid_id: int) -> AsyncIterator[Any]:
+        if microgrid_id < first:
+            async with aclosing(client._open_stream(microgrid_id)) as responses:
+                async for response in responses:
+                    yield response
+            return
+        await anyio.sleep(0.28 + 0.01 * (microgrid_id - first))
+        raise Unavailable("the backend of this microgrid is down", server_url=client.server_url)
+
+    return open_stream
+
+
+async def test_streams_that_keep_failing_to_open_do_not_hold_another_stream_s_catch_up_forever(
+    client: Client, writer: Writer
+) -> None:
+    """Others opening and failing, one after another without end, never leave none unacknowledged.
+
+    The catch-up waits for the streams opening with it, not for every one that
+    opens later: a change made once microgrid 1 counts connected reaches its
+    consumer within a few `open_grace` (it was held back for as long as the
+    others kept failing).
+    """
+    hub = hub_for(client, open_stream=_flapping(client, 10), open_grace=0.25)
+    one: list[DispatchEvent] = []
+    async with closing_hub(hub), anyio.create_task_group() as tg:
+        with anyio.fail_after(10):
+            for microgrid_id in range(10, 18):
+                tg.start_soon(collect, hub, microgrid_id, 1, [])
+            await anyio.sleep(1.0)  # their attempts and backoffs now overlap
+            tg.start_soon(collect, hub, 1, 1, one)
+            await wait_until(lambda: 1 in hub.streams and hub.streams[1].connected)
+            created = await writer.create()
+            await wait_until(lambda: len(one) == 1, limit=3)
+            tg.cancel_scope.cancel()
+    assert [(e.event, e.dispatch) for e in one] == [(Event.CREATED, created)]
+
+
+def test_a_hub_whose_catch_ups_waited_in_one_event_loop_serves_the_next_one() -> None:
+    """A client reused by a later `asyncio.run`: the hub's shared count is not bound to the first loop."""
+    client = Client("grpc://127.0.0.1:1?ssl=false", auth_key="k")
+    hub: Any = None
+
+    async def open_stream(microgrid_id: int) -> AsyncIterator[Any]:
+        async with aclosing(client._open_stream(microgrid_id)) as responses:
+            async for response in responses:
+                if response is None and microgrid_id == 2:
+                    # Microgrid 1's catch-up waits for this acknowledgement.
+                    await wait_until(lambda: 1 in hub.streams and hub.streams[1].connected)
+                    await anyio.sleep(0.1)
+                yield response
+
+    async def round_trip() -> list[DispatchEvent]:
+        nonlocal hub
+        async with running_server() as server:
+            client.connect(server.url)
+            hub = hub or hub_for(client, open_stream=open_stream, open_grace=5)
+            one: list[DispatchEvent] = []
+            async with anyio.create_task_group() as tg:
+                with anyio.fail_after(10):
+                    tg.start_soon(collect, hub, 1, 1, one)
+                    tg.start_soon(collect, hub, 2, 1, [])
+                    await wait_until(lambda: 1 in hub.streams and hub.streams[1].synced)
+                    await Writer(server.service).create()
+                    await wait_until(lambda: len(one) == 1)
+                    tg.cancel_scope.cancel()
+            await hub.aclose()
+            await client.disconnect()
+            return one
+
+    assert len(asyncio.run(round_trip())) == 1
+    assert len(asyncio.run(round_trip())) == 1
