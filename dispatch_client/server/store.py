@@ -2,23 +2,23 @@
 
 Each dispatch is one row: its `DispatchData` serialized as protobuf bytes (the
 single source of truth) plus columns copied out of it for filtering and
-sorting. All SQL runs in a worker thread, one call at a time, on one
-connection; every write is one transaction, so a crash mid-write leaves either
-the old row or the new one, never a mix.
+sorting. All SQL runs in the store's own thread (`SerialWorker`), one call at
+a time in the order they were made, on one connection; every write is one
+transaction, so a crash mid-write leaves either the old row or the new one,
+never a mix.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
-import anyio.to_thread
 
 from .._proto.frequenz.api.dispatch.v1 import Dispatch, DispatchData
 from .records import (
@@ -31,6 +31,7 @@ from .records import (
     target_key,
     to_micros,
 )
+from ._worker import SerialWorker
 from .sql import (
     FIELDS,
     SQLITE,
@@ -106,10 +107,9 @@ class DispatchStore:
     def __init__(self, path: str = ":memory:") -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
-        # One connection, used by one thread at a time: the limiter keeps a
-        # single worker busy, the lock guards against any other caller.
-        self._limiter = anyio.CapacityLimiter(1)
-        self._lock = threading.Lock()
+        # The connection's only user, from open to close.
+        self._worker: SerialWorker | None = None
+        self._opening = anyio.Lock()
         self._next_nonce_prune = 0
         self._opened_at: float | None = None
         self._events: StoreEvents | None = None
@@ -150,20 +150,53 @@ class DispatchStore:
         self._events = events
 
     async def open(self) -> None:
-        """Open (and if needed create) the database; no-op when already open."""
-        if self._conn is None:
-            self._conn = await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
+        """Open (and if needed create) the database; no-op when already open.
+
+        Starts the store's thread, which runs all its SQL until `close`.
+
+        Raises:
+            OSError: `path` is no SQLite database (or cannot be created).
+            RuntimeError: the database has another schema version.
+        """
+        async with self._opening:
+            if self._conn is not None:
+                return
+            worker = SerialWorker(f"DispatchStore({self.path!r})")
+            worker.start()
+            try:
+                # Shielded: a connection made for a cancelled caller would leak.
+                with anyio.CancelScope(shield=True):
+                    self._conn = await worker.run(self._connect)
+            except BaseException:
+                await worker.stop()
+                raise
+            self._worker = worker
+            # A store dropped without close still ends its thread.
+            weakref.finalize(self, worker.stop_now)
             self._opened_at = time.time()
             if self._events is not None:
                 self._events.health_changed(True)
 
     async def close(self) -> None:
-        """Close the database; idempotent."""
+        """Close the database; idempotent.
+
+        Calls made before it still run; calls made after it raise RuntimeError.
+        Returns once the store's thread has ended (or after 10 s at most
+        waiting for it to end once the last queued call has run).
+        """
         conn, self._conn = self._conn, None
-        if conn is not None:
-            if self._events is not None:
-                self._events.health_changed(False)
-            await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
+        worker, self._worker = self._worker, None
+        if conn is None or worker is None:
+            return
+        if self._events is not None:
+            self._events.health_changed(False)
+        # Shielded: a cancelled close must not leave the connection or the
+        # thread behind.
+        with anyio.CancelScope(shield=True):
+            try:
+                await worker.run(conn.close)
+            finally:
+                await worker.stop()
 
     def _connect(self) -> sqlite3.Connection:
         # A path that is no database (a directory, another file, a missing
@@ -199,15 +232,10 @@ class DispatchStore:
         return conn
 
     async def _run(self, func: Callable[[sqlite3.Connection], _T]) -> _T:
-        conn = self._conn
-        if conn is None:
+        conn, worker = self._conn, self._worker
+        if conn is None or worker is None:
             raise RuntimeError("the dispatch store is not open")
-
-        def call() -> _T:
-            with self._lock:
-                return func(conn)
-
-        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+        return await worker.run(lambda: func(conn))
 
     # Writes -------------------------------------------------------------------
 
