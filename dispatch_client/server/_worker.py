@@ -20,11 +20,12 @@ Cancellation of a caller, as `to_thread.run_sync` without abandoning:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
@@ -36,6 +37,12 @@ _QUEUED, _STARTED, _DROPPED = 0, 1, 2
 # A batch of long calls hands back what is done after this long, so a quick
 # call queued behind a slow one is not held until the whole batch ends.
 _FLUSH_AFTER_S = 0.002
+# How long `stop` waits for the thread to end once the last queued call has
+# been handed back (it has nothing left to do but return).
+_JOIN_TIMEOUT_S = 10.0
+
+# The event loop's thread-safe "call this soon": (callback, *args) -> anything.
+_Wake = Callable[..., object]
 
 
 class _Call(Generic[_T]):
@@ -50,7 +57,7 @@ class _Call(Generic[_T]):
         self.done = anyio.Event()
 
 
-def _loop_waker() -> Callable[[Callable[[list[_Call[object]]], None], list[_Call[object]]], None]:
+def _loop_waker() -> _Wake:
     """Return the running event loop's thread-safe "call this soon" function."""
     if "trio" in sys.modules:
         import sniffio
@@ -58,7 +65,8 @@ def _loop_waker() -> Callable[[Callable[[list[_Call[object]]], None], list[_Call
         if sniffio.current_async_library() == "trio":
             import trio
 
-            return trio.lowlevel.current_trio_token().run_sync_soon
+            waker: _Wake = trio.lowlevel.current_trio_token().run_sync_soon
+            return waker
     return asyncio.get_running_loop().call_soon_threadsafe
 
 
@@ -76,10 +84,10 @@ class SerialWorker:
     def __init__(self, name: str) -> None:
         self._name = name
         self._cond = threading.Condition(threading.Lock())
-        self._queue: list[_Call[object]] = []
+        self._queue: list[_Call[Any]] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._wake: Callable[..., None] | None = None
+        self._wake: _Wake | None = None
 
     @property
     def running(self) -> bool:
@@ -115,7 +123,7 @@ class SerialWorker:
         with self._cond:
             if self._thread is None or self._stopping:
                 raise RuntimeError(f"{self._name} is not running")
-            self._queue.append(call)  # type: ignore[arg-type]
+            self._queue.append(call)
             if len(self._queue) == 1:
                 self._cond.notify()
         await self._wait(call)
@@ -144,13 +152,11 @@ class SerialWorker:
                         continue
             raise
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self) -> None:
         """Run what is queued, then end the thread and join it; idempotent.
 
-        Shielded from cancellation: the calls queued before it still end.
-
-        Args:
-            timeout: seconds to wait for the thread once it has been told to end.
+        Shielded from cancellation: the calls queued before it still end. The
+        join waits 10 s at most once the last call has been handed back.
         """
         thread = self._thread
         if thread is None:
@@ -167,7 +173,7 @@ class SerialWorker:
                 self._stopping = True
                 self._cond.notify()
             await last.done.wait()
-        thread.join(timeout)
+        thread.join(_JOIN_TIMEOUT_S)
 
     def stop_now(self) -> None:
         """Tell the thread to end after what is queued, without waiting (the owner is gone)."""
@@ -185,7 +191,7 @@ class SerialWorker:
                 if not self._queue:
                     return
                 batch, self._queue = self._queue, []
-            done: list[_Call[object]] = []
+            done: list[_Call[Any]] = []
             flushed = time.monotonic()
             for call in batch:
                 with cond:
@@ -194,7 +200,7 @@ class SerialWorker:
                     call.state = _STARTED
                 try:
                     call.result = call.func()
-                except BaseException as error:  # noqa: BLE001 - handed to its caller
+                except BaseException as error:  # handed to its caller
                     call.error = error
                 done.append(call)
                 if time.monotonic() - flushed > _FLUSH_AFTER_S:
@@ -205,17 +211,12 @@ class SerialWorker:
                 self._hand_back(wake, done)
 
     @staticmethod
-    def _hand_back(
-        wake: Callable[[Callable[[list[_Call[object]]], None], list[_Call[object]]], None],
-        done: list[_Call[object]],
-    ) -> None:
-        try:
+    def _hand_back(wake: _Wake, done: list[_Call[Any]]) -> None:
+        # RuntimeError: the event loop has closed, nobody is left to wake.
+        with contextlib.suppress(RuntimeError):
             wake(_set_done, done)
-        except RuntimeError:
-            # The event loop has closed: nobody is left to wake.
-            pass
 
 
-def _set_done(done: list[_Call[object]]) -> None:
+def _set_done(done: list[_Call[Any]]) -> None:
     for call in done:
         call.done.set()

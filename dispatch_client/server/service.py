@@ -39,6 +39,7 @@ the server, `python -m dispatch_client.server --help`):
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -509,19 +510,38 @@ class DispatchService(MicrogridDispatchServiceBase):
     ) -> Dispatch | None:
         # Shielded: once a write has started, a cancelled caller must not
         # leave it committed but unpublished.
-        dispatch: Dispatch | None = None
         with anyio.CancelScope(shield=True):
             if self.store.publishes_events:
                 # The store publishes what it commits, in commit order.
                 result: Dispatch | None = await write()
                 return result
-            async with self._write_lock:
-                dispatch = await write()
-                if dispatch is not None:
-                    self._fanout.publish(
-                        microgrid_id,
-                        StreamMicrogridDispatchesResponse(dispatch=dispatch, event=kind),
-                    )
+            # grpclib cancels the handler of a call its client gave up with a
+            # plain task.cancel(), which goes through a shield: the write and
+            # its publication run in a task of their own, which the handler
+            # waits for and leaves cancelled after.
+            task = asyncio.get_running_loop().create_task(
+                self._write_and_publish(microgrid_id, kind, write)
+            )
+            cancelled: asyncio.CancelledError | None = None
+            while not task.done():
+                try:
+                    await asyncio.wait((task,))
+                except asyncio.CancelledError as error:
+                    cancelled = error
+        if cancelled is not None:
+            raise cancelled
+        return task.result()
+
+    async def _write_and_publish(
+        self, microgrid_id: int, kind: Event, write: Callable[[], Any]
+    ) -> Dispatch | None:
+        async with self._write_lock:
+            dispatch: Dispatch | None = await write()
+            if dispatch is not None:
+                self._fanout.publish(
+                    microgrid_id,
+                    StreamMicrogridDispatchesResponse(dispatch=dispatch, event=kind),
+                )
         return dispatch
 
     def _list_query(self, message: ListMicrogridDispatchesRequest) -> ListQuery:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 
 from .._proto.frequenz.api.dispatch.v1 import Dispatch, DispatchData
+from ._worker import SerialWorker
 from .records import (
     SORT_COLUMNS,
     ListQuery,
@@ -31,7 +32,6 @@ from .records import (
     target_key,
     to_micros,
 )
-from ._worker import SerialWorker
 from .sql import (
     FIELDS,
     SQLITE,
@@ -109,6 +109,7 @@ class DispatchStore:
         self._conn: sqlite3.Connection | None = None
         # The connection's only user, from open to close.
         self._worker: SerialWorker | None = None
+        self._stop_worker_on_gc: weakref.finalize[[], DispatchStore] | None = None
         self._opening = anyio.Lock()
         self._next_nonce_prune = 0
         self._opened_at: float | None = None
@@ -172,7 +173,7 @@ class DispatchStore:
                 raise
             self._worker = worker
             # A store dropped without close still ends its thread.
-            weakref.finalize(self, worker.stop_now)
+            self._stop_worker_on_gc = weakref.finalize(self, worker.stop_now)
             self._opened_at = time.time()
             if self._events is not None:
                 self._events.health_changed(True)
@@ -188,6 +189,8 @@ class DispatchStore:
         worker, self._worker = self._worker, None
         if conn is None or worker is None:
             return
+        if self._stop_worker_on_gc is not None:
+            self._stop_worker_on_gc.detach()
         if self._events is not None:
             self._events.health_changed(False)
         # Shielded: a cancelled close must not leave the connection or the
