@@ -9,6 +9,7 @@ the reference server over a real channel.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -327,11 +328,17 @@ async def _gather(calls: list[Callable[[], Awaitable[_R]]]) -> list[_R]:
     return [results[index] for index in range(len(calls))]
 
 
-async def test_a_create_cancelled_while_queued_is_committed_and_published_or_neither() -> None:
-    """A client gives up on creates while the store is busy: every committed one is streamed."""
-    async with running_server() as server, connect(server) as stub:
-        worker = server.service.store._worker  # type: ignore[attr-defined]
-        block, started, release = _blocker()
+async def test_creates_their_clients_gave_up_on_are_committed_and_published_or_neither(
+    tmp_path: Path,
+) -> None:
+    """Every create committed after its client gave up still reaches the stream.
+
+    Another connection holds the database's write lock, so the first insert
+    starts and waits inside SQLite while its client gives up (grpclib cancels
+    the handler); the later ones give up while queued.
+    """
+    db = str(tmp_path / "d.sqlite")
+    async with running_server(db=db) as server, connect(server) as stub:
         events: list[StreamMicrogridDispatchesResponse] = []
 
         async def follow() -> None:
@@ -345,18 +352,26 @@ async def test_a_create_cancelled_while_queued_is_committed_and_published_or_nei
             with anyio.fail_after(WAIT_S):
                 while server.service.open_stream_count(1) < 1:  # noqa: ASYNC110 - a counter
                     await anyio.sleep(0.001)
-            group.start_soon(worker.run, block)
-            await _until(started)
-            for _ in range(8):
-                with anyio.move_on_after(0.05):
-                    await create(stub, 1)
-            release.set()
+            holder = sqlite3.connect(db, isolation_level=None)
+            try:
+                holder.execute("BEGIN IMMEDIATE")
+                for _ in range(4):
+                    with anyio.move_on_after(0.05):
+                        await create(stub, 1)
+                holder.execute("ROLLBACK")
+            finally:
+                holder.close()
+            # Settled: no write holds or waits for the service's write lock;
+            # then every committed create must reach the stream.
+            lock = server.service._write_lock
             with anyio.fail_after(WAIT_S):
                 while True:
+                    await anyio.sleep(0.02)
+                    if lock.locked() or lock.statistics().tasks_waiting:
+                        continue
                     stored = await list_all(stub, 1)
-                    if len(events) == len(stored):
+                    if stored and len(events) == len(stored):
                         break
-                    await anyio.sleep(0.01)
             group.cancel_scope.cancel()
         published = [_id(e.dispatch) for e in events if e.dispatch is not None]
         assert published == sorted(_id(d) for d in stored)
