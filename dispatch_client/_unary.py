@@ -35,7 +35,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from grpclib.const import Status
 from grpclib.encoding.base import GRPC_CONTENT_TYPE
@@ -177,16 +178,7 @@ class PendingCall:
         """Stop the deadline, reset the stream if the call leaves it open, unregister it."""
         if self.timer is not None:
             self.timer.cancel()
-        streams = self.streams
-        if streams is not None:
-            self.streams = None
-            connection = self.connection
-            _reset_if_open(connection, self.id)
-            # grpclib's release of a stream: forget it, wake whoever waits for a
-            # stream to close (its path, at the server's stream limit). Its
-            # acknowledgement of unread data is not needed: `add` acknowledged all.
-            streams.pop(self.id, None)
-            connection.stream_close_waiter.set()
+        release(self)
 
     @property
     def trailing_metadata(self) -> Any:
@@ -340,9 +332,61 @@ def start_call(
     Raises:
         TimeoutError: the deadline passed before anything was sent.
     """
+    deadline = None if time_limit is None else loop.time() + time_limit
+    call = send_request(
+        channel,
+        fast,
+        path,
+        request,
+        deadline,
+        loop,
+        lambda stream_id, h2: PendingCall(stream_id, loop.create_future(), h2),
+    )
+    if call is not None and deadline is not None:
+        try:
+            deadlines = fast._deadlines
+            if deadlines is None or deadlines._loop is not loop:
+                deadlines = fast._deadlines = _Deadlines(loop)
+            deadlines.add(call, deadline)
+        except BaseException:
+            call.close()
+            raise
+    return call
+
+
+_Call = TypeVar("_Call")
+
+
+def send_request(
+    channel: Channel,
+    fast: FastPath,
+    path: str,
+    request: Any,
+    deadline: float | None,
+    loop: asyncio.AbstractEventLoop,
+    make: Callable[[int, Any], _Call],
+) -> _Call | None:
+    """Open a stream on `channel`'s connection and send `request` on it, or return None having sent nothing.
+
+    Args:
+        channel: the grpclib channel.
+        fast: the channel's prepared headers and credentials.
+        path: the method path, e.g. `/pkg.Service/Method`.
+        request: the request message.
+        deadline: the call's deadline on the loop's clock (sent as `grpc-timeout`), or None.
+        loop: the running loop.
+        make: `make(stream_id, h2)` builds the call object grpclib's processor
+            feeds (with `id`, `connection` and `streams` slots).
+
+    Returns:
+        The call, registered with the processor and sent; None when grpclib's
+        path must take it (see the module's docstring).
+
+    Raises:
+        TimeoutError: the deadline passed before anything was sent.
+    """
     if not fast.eligible(channel):
         return None
-    deadline = None if time_limit is None else loop.time() + time_limit
     # `eligible` saw the channel connected: grpclib's `__connect__` would return this.
     protocol = channel._protocol
     assert protocol is not None
@@ -369,11 +413,12 @@ def start_call(
     except TooManyStreamsError:
         # h2 checks the server's limit before it changes anything: nothing was sent.
         return None
-    call = PendingCall(stream_id, loop.create_future(), h2)
-    call.connection = connection
-    # What grpclib's `processor.register` does, without a closure per call; see `close`.
-    call.streams = processor.streams
-    processor.streams[stream_id] = cast(Any, call)  # grpclib types it as its Stream
+    call = make(stream_id, h2)
+    registered: Any = call  # grpclib types it as its Stream
+    registered.connection = connection
+    # What grpclib's `processor.register` does, without a closure per call; see `release`.
+    registered.streams = processor.streams
+    processor.streams[stream_id] = registered
     try:
         frame = h2.max_outbound_frame_size
         for start in range(0, size, frame):
@@ -382,26 +427,39 @@ def start_call(
         connection._transport.write(h2.data_to_send())
         connection.headers_send_process()
         connection.data_send_process()
-        if deadline is not None:
-            deadlines = fast._deadlines
-            if deadlines is None or deadlines._loop is not loop:
-                deadlines = fast._deadlines = _Deadlines(loop)
-            deadlines.add(call, deadline)
     except BaseException:
-        call.close()
+        release(call)
         raise
     return call
 
 
-def raise_for_what_arrived(call: PendingCall, channel: Channel) -> None:
+def raise_for_what_arrived(call: PendingCall | Any, channel: Channel) -> None:
     """Raise the error that the headers or trailers received before a stream broke carry."""
     if call.trailers is not None:
-        _check_status(dict(call.trailers), channel)
+        check_status(dict(call.trailers), channel)
     elif call._headers is not None and "grpc-status" in dict(call._headers):
-        _check_status(dict(call._headers), channel)
+        check_status(dict(call._headers), channel)
 
 
-def _reset_if_open(connection: Any, stream_id: int) -> None:
+def release(call: PendingCall | Any) -> None:
+    """Reset `call`'s stream if it is left open, and unregister it (once; later calls do nothing).
+
+    `call` is a `PendingCall` or a `_fast_stream.PendingStream`: an object with
+    `id`, `connection` and `streams` (the processor's streams while registered).
+    """
+    streams = call.streams
+    if streams is not None:
+        call.streams = None
+        connection = call.connection
+        reset_if_open(connection, call.id)
+        # grpclib's release of a stream: forget it, wake whoever waits for a
+        # stream to close (its path, at the server's stream limit). Its
+        # acknowledgement of unread data is not needed: DATA is acknowledged on arrival.
+        streams.pop(call.id, None)
+        connection.stream_close_waiter.set()
+
+
+def reset_if_open(connection: Any, stream_id: int) -> None:
     """Reset a stream the call leaves unfinished (cancelled, timed out), as grpclib does."""
     h2 = connection._connection
     if connection.is_closing() or h2.state_machine.state is ConnectionState.CLOSED:
@@ -445,9 +503,31 @@ def answer(call: PendingCall, channel: Channel, response_type: type[Any]) -> Any
 
 def _trailers_only(call: PendingCall, channel: Channel) -> bool:
     """Check the headers and trailers by grpclib's rules: raise, or tell a trailers-only answer."""
-    if call._headers is None:
+    if check_headers(call._headers, channel):
+        return True
+    if call.trailers is None:
+        raise GRPCError(Status.UNKNOWN, "Missing grpc-status header")
+    check_status(dict(call.trailers), channel)
+    return False
+
+
+def check_headers(sent: list[tuple[str, str]] | None, channel: Channel) -> bool:
+    """Check an answer's headers by grpclib's rules: raise, or tell a trailers-only answer.
+
+    Args:
+        sent: the response headers, None if none arrived.
+        channel: the channel (its codec and status details codec).
+
+    Returns:
+        Whether the headers are a trailers-only answer with status OK.
+
+    Raises:
+        GRPCError: what grpclib raises for these headers (HTTP status, content
+            type, or the status of a trailers-only answer).
+    """
+    if sent is None:
         raise GRPCError(Status.UNKNOWN, "the stream ended without response headers")
-    headers = dict(call._headers)
+    headers = dict(sent)
     http_status = headers.get(":status")
     if http_status is None:
         raise GRPCError(Status.UNKNOWN, "Missing :status header")
@@ -461,16 +541,13 @@ def _trailers_only(call: PendingCall, channel: Channel) -> bool:
     if base != GRPC_CONTENT_TYPE or (subtype or "proto") != channel._codec.__content_subtype__:
         raise GRPCError(Status.UNKNOWN, f"Invalid content-type: {content_type!r}")
     if "grpc-status" in headers:  # a trailers-only answer
-        _check_status(headers, channel)
+        check_status(headers, channel)
         return True
-    if call.trailers is None:
-        raise GRPCError(Status.UNKNOWN, "Missing grpc-status header")
-    _check_status(dict(call.trailers), channel)
     return False
 
 
-def _check_status(headers: dict[str, str], channel: Channel) -> None:
-    """Raise the `GRPCError` grpclib raises for `grpc-status` (and its message, details)."""
+def check_status(headers: dict[str, str], channel: Channel) -> None:
+    """Raise the `GRPCError` grpclib raises for `grpc-status` (and its message, details), if not OK."""
     raw = headers.get("grpc-status")
     if raw is None:
         raise GRPCError(Status.UNKNOWN, "Missing grpc-status header")

@@ -16,7 +16,7 @@ import datetime as dt
 import importlib.util
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from grpclib.client import Channel
@@ -383,6 +383,19 @@ async def server_stream(
         if not channel._connected:
             async with asyncio.timeout_at(opened_by):
                 await connect_shared(channel)
+        fast = getattr(channel, "fast_path", None)
+        if fast is not None:
+            from ._fast_stream import start_stream  # streams only: not at `import dispatch_client`
+
+            pending = start_stream(
+                channel, fast, call.path, call.request, asyncio.get_running_loop()
+            )
+            if pending is not None:
+                record.stream = pending
+                async with aclosing(pending.responses(channel, call.response_type)) as responses:
+                    async for response in responses:
+                        yield response
+                return
         async with channel.request(call.path, *kind) as stream:
             record.stream = stream
             # Not the initial metadata: a server may hold it back until its first message.
