@@ -213,20 +213,24 @@ async def test_streams_opened_while_connecting_go_out_together(
 ) -> None:
     """Waiters on the connection wake together, not one per loop turn (and one send each)."""
     sends = 0
+    server_port = -1
     flush = _CoalescedWrites._flush
 
     def counting(self: _CoalescedWrites) -> None:
         nonlocal sends
-        sends += 1
+        if self._transport.get_extra_info("sockname")[1] != server_port:  # the client's end
+            sends += 1
         flush(self)
 
     monkeypatch.setattr(_CoalescedWrites, "_flush", counting)
     async with running_server() as server, Client(server.url) as client:
+        server_port = server.port
         streams = [client.stream(2000 + i) for i in range(200)]
         tasks = [asyncio.ensure_future(anext(stream)) for stream in streams]
         try:
             await asyncio.wait_for(server.service.wait_for_streams(None, 200), 20)
-            assert sends <= 100, sends  # one per stream (about 200, both ends) before
+            # The client's sends: about 45 here, over 100 when the waiters woke one by one.
+            assert sends <= 80, sends
         finally:
             for task in tasks:
                 task.cancel()
