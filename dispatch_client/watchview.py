@@ -14,8 +14,13 @@ ways in:
   the stream opened, so a dispatch that has buffered events is brought up to
   date by them; every other dispatch is brought to its listed version (the
   difference is what happened during the gap). The listed differences come
-  first (they happened before the stream opened), then the buffered events in
-  the server's order.
+  first, in the order they were made (`update_time`; they happened before the
+  stream opened), then the buffered events in the server's order; a listed
+  change made after the first buffered event (its event was still on its way
+  when the list was served) is told among the buffered events by
+  `update_time`. So within a catch-up, changes of different dispatches keep
+  the order they were made in; an event still on its way when the catch-up is
+  told comes after it, once.
 - `reset(dispatches)`: become exactly `dispatches` (a watcher's snapshot, or
   its re-sync after it fell behind); returns CREATED/UPDATED/DELETED for the
   difference.
@@ -35,6 +40,7 @@ and `dispatch_client.streaming`.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -167,24 +173,45 @@ class WatchView:
 
         Returns:
             The events to emit: first the changes the list shows for dispatches
-            without buffered events (CREATED and UPDATED in the list's order,
-            DELETED then CREATED where an id names another dispatch now, then
-            DELETED), then the buffered events as `apply` returns them.
-            No version older than the view's is ever emitted.
+            without buffered events (CREATED and UPDATED in `update_time`
+            order, DELETED then CREATED where an id names another dispatch
+            now, then DELETED), then the buffered events as `apply` returns
+            them. A listed change made after the first buffered event, whose
+            own event had not arrived when the list came back, goes among the
+            buffered events by `update_time` instead of before them. No
+            version older than the view's is ever emitted.
         """
         buffered = list(buffered)
         moving = {dispatch_id_of(e.dispatch) for e in buffered if e.event in _KNOWN}
         listed = {dispatch_id_of(d): d for d in snapshot}
-        events: list[DispatchEvent] = []
+        changes: list[tuple[dt.datetime | None, list[DispatchEvent]]] = []
         for dispatch_id, dispatch in listed.items():
             if dispatch_id in moving:
                 continue
-            events += self._advance(dispatch_id, self._view.get(dispatch_id), dispatch)
+            change = self._advance(dispatch_id, self._view.get(dispatch_id), dispatch)
+            if change:
+                changes.append((_update_time(dispatch), change))
+        # In the order they were made (the list's own order is not that).
+        changes.sort(key=lambda entry: (entry[0] is not None, entry[0] or _NO_TIME))
+        first = _update_time(buffered[0].dispatch) if buffered else None
+        events: list[DispatchEvent] = []
+        told = 0
+        while told < len(changes) and not _later(changes[told][0], first):
+            events += changes[told][1]
+            told += 1
         gone = [i for i in self._view if i not in listed and i not in moving]
         for dispatch_id in gone:
             events.append(DispatchEvent(Event.DELETED, self._view.pop(dispatch_id)))
         for event in buffered:
+            # A listed change made after a buffered event, whose own event
+            # was still on its way when the list was served, goes in its place.
+            made = _update_time(event.dispatch)
+            while told < len(changes) and not _later(changes[told][0], made):
+                events += changes[told][1]
+                told += 1
             events += self.apply(event)
+        for _, change in changes[told:]:
+            events += change
         return events
 
     def reset(self, dispatches: Mapping[int, Dispatch]) -> list[DispatchEvent]:
@@ -206,6 +233,18 @@ class WatchView:
                 events.append(DispatchEvent(Event.DELETED, known))
         self._view = dict(dispatches)
         return events
+
+
+_NO_TIME = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def _update_time(dispatch: Dispatch) -> dt.datetime | None:
+    return dispatch.metadata.update_time if dispatch.metadata is not None else None
+
+
+def _later(made: dt.datetime | None, than: dt.datetime | None) -> bool:
+    """Whether a change made at `made` is known to come after one made at `than`."""
+    return made is not None and than is not None and made > than
 
 
 def _change(known: Dispatch | None, dispatch: Dispatch) -> list[DispatchEvent]:

@@ -126,6 +126,15 @@ class TestCatchUp:
         ]
         assert dict(view.dispatches) == {1: dispatch(1, 6), 3: dispatch(3, 7)}
 
+    def test_a_listed_change_whose_event_is_on_its_way_keeps_its_place(self) -> None:
+        # The first open: 1 was created, then 2, both after the stream was
+        # registered; the list came back showing both while 2's event was
+        # still on its way. 1 is told before 2, as they were made.
+        view = WatchView()
+        events = view.catch_up([dispatch(2, 2), dispatch(1, 1)], created(dispatch(1, 1)))
+        assert events == [*created(dispatch(1, 1)), *created(dispatch(2, 2))]
+        assert view.apply(created(dispatch(2, 2))[0]) == []  # its event, late: told already
+
     def test_late_events_the_list_showed_are_dropped_afterwards(self) -> None:
         view = WatchView([dispatch(1)])
         assert view.catch_up([dispatch(1, 2), dispatch(2, 3)]) == [
@@ -199,16 +208,16 @@ class History:
 
 
 @st.composite
-def histories(draw: st.DrawFn, born: dt.datetime = T0) -> History:
+def histories(
+    draw: st.DrawFn, born: dt.datetime = T0, changes: tuple[str, ...] = ("update", "delete")
+) -> History:
     existing = draw(st.integers(0, 4))
     server = {key: dispatch(key, born=born) for key in range(1, existing + 1)}
     events: list[DispatchEvent] = []
     states = [dict(server)]
     next_id = existing + 1
     for step in range(1, draw(st.integers(0, 40)) + 1):
-        action = draw(
-            st.sampled_from(["create", "update", "delete"]) if server else st.just("create")
-        )
+        action = draw(st.sampled_from(["create", *changes]) if server else st.just("create"))
         if action == "create":
             server[next_id] = dispatch(next_id, step, born=born)
             events += created(server[next_id])
@@ -321,3 +330,29 @@ def test_an_event_of_an_unknown_kind_passes_through_and_changes_nothing() -> Non
     assert dict(view.dispatches) == {1: dispatch(1)}
     # Nor does it hide the listed change of its dispatch in a catch-up.
     assert view.catch_up([dispatch(1, 2)], [newer]) == [*updated(dispatch(1, 2)), newer]
+
+
+@settings(max_examples=300, deadline=None)
+@given(history=histories(changes=("update",)), data=st.data())
+def test_changes_made_while_a_stream_opens_are_told_in_the_order_they_were_made(
+    history: History, data: st.DataObject
+) -> None:
+    """Creates and updates only: whatever arrived before the list, a catch-up tells in the server's order.
+
+    (An event still on its way when the catch-up is told can come after a
+    newer listed change of another dispatch; it is told then, once.)
+    """
+    n = len(history.events)
+    events = history.events
+    baseline = data.draw(st.integers(0, n), label="baseline served after")
+    view = WatchView(history.states[baseline].values())
+    opened = data.draw(st.integers(baseline, n), label="stream registered after")
+    listed = data.draw(st.integers(opened, n), label="list served after")
+    arrived = data.draw(st.integers(opened, listed), label="events received before the list")
+    told = list(view.catch_up(history.states[listed].values(), events[opened:arrived]))
+    times = [e.dispatch.metadata.update_time for e in told if e.dispatch.metadata]
+    assert times == sorted(times)
+    consumer = Consumer(history.states[baseline])
+    consumer.take(told)
+    consumer.take([c for e in events[arrived:] for c in view.apply(e)])
+    assert dict(view.dispatches) == consumer.known == history.states[n]
