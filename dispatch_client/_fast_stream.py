@@ -6,8 +6,13 @@ stream costs, per call, the objects and event dispatches listed there, and per
 message a queue-backed buffer read, three awaits and an event dispatch. Here a
 `PendingStream` is registered with grpclib's `EventsProcessor`, which feeds it
 the HTTP/2 events; it cuts the received DATA into messages as they arrive
-(each acknowledged for flow control on arrival, as for unary answers) and
-wakes the one reader, `PendingStream.responses`.
+and wakes the one reader, `PendingStream.responses`. DATA is acknowledged
+(flow control) on arrival while the reader keeps up; once more than
+`_READ_AHEAD` bytes wait unread, further DATA is acknowledged only when the
+reader has taken what waits. A slow reader then holds the server back as on
+grpclib's path (which acknowledges on read): the client buffers at most
+`_READ_AHEAD` plus the stream's window, and the server's slow-subscriber
+cut-off still sees a slow subscriber.
 
 What the reader sees is what grpclib's stream gives: `None` once the response
 headers have arrived and passed grpclib's checks (HTTP status, content type,
@@ -51,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["PendingStream", "start_stream"]
 
 _PREFIX = 5  # compressed flag (1 byte) + big-endian length (4 bytes)
+_READ_AHEAD = 1 << 18
+"""Unread bytes past which received DATA waits for the reader to be acknowledged."""
 
 
 class PendingStream:
@@ -58,7 +65,9 @@ class PendingStream:
 
     __slots__ = (
         "_headers",
+        "_owed",
         "_partial",
+        "_unread",
         "_wake",
         "connection",
         "data_received",
@@ -85,6 +94,10 @@ class PendingStream:
         """Complete messages received and not read yet (without their 5-byte prefix)."""
         self._partial = b""
         """The start of a message whose rest has not arrived."""
+        self._unread = 0
+        """Bytes received and not read yet (messages with their prefixes, and `_partial`)."""
+        self._owed = 0
+        """Flow-controlled bytes received and not acknowledged yet (see `_READ_AHEAD`)."""
         self.ended = False
         self.failure: BaseException | None = None
         """Raised once the messages before it are read."""
@@ -104,11 +117,30 @@ class PendingStream:
         return self
 
     def add(self, data: bytes, ack_size: int) -> None:
-        if ack_size:
-            # The processor's protocol sends the window updates after this batch of events.
-            self.h2.acknowledge_received_data(ack_size, self.id)
+        self._owed += ack_size
         if self.failure is not None:
+            self._acknowledge()
             return
+        self._unread += len(data)
+        self._parse(data)
+        if self._owed and (self._unread <= _READ_AHEAD or not self.messages):
+            # Nothing to read (a message's start), or the reader keeps up. The
+            # processor's protocol sends the window updates after this batch of events.
+            self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        owed = self._owed
+        if owed:
+            self._owed = 0
+            self.h2.acknowledge_received_data(owed, self.id)
+
+    def _send_acknowledgement(self) -> None:
+        connection = self.connection
+        if not connection.is_closing():
+            self._acknowledge()
+            connection.flush()
+
+    def _parse(self, data: bytes) -> None:
         received = self._partial + data if self._partial else data
         start, size = 0, len(received)
         while size - start >= _PREFIX:
@@ -148,6 +180,8 @@ class PendingStream:
 
     def close(self) -> None:
         """Reset the stream if it is left open, and unregister it."""
+        if self._owed and self.streams is not None:
+            self._send_acknowledgement()  # the connection's window: unread DATA is dropped
         release(self)
 
     def _notify(self) -> None:
@@ -191,11 +225,15 @@ class PendingStream:
             messages = self.messages
             while True:
                 while messages:
-                    yield decode(messages.popleft(), response_type)
+                    message = messages.popleft()
+                    self._unread -= len(message) + _PREFIX
+                    yield decode(message, response_type)
                 if self.failure is not None:
                     self._raise_for_end(channel)
                 if self.ended:
                     break
+                if self._owed:  # held back while the reader was behind: it has caught up
+                    self._send_acknowledgement()
                 await self._next_event()
             if self._partial:
                 raise GRPCError(Status.INTERNAL, "the server sent an incomplete message")

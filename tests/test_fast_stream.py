@@ -247,3 +247,51 @@ async def test_a_killed_connection_ends_every_open_stream_as_unavailable() -> No
                     await anext(stream)
                 assert type(info.value).__name__ == "Unavailable"
         assert _processor_streams(client) == {}
+
+
+async def _buffered_by_client(client: Client) -> int:
+    """Bytes the client holds received and unread (the fast path's queues)."""
+    return sum(
+        len(message) + 5
+        for stream in _processor_streams(client).values()
+        if isinstance(stream, PendingStream)
+        for message in stream.messages
+    )
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["fast", "grpclib"])
+async def test_a_slow_reader_holds_the_server_back_and_is_cut_off(force: bool) -> None:
+    """A reader that falls behind is the server's slow subscriber on both paths.
+
+    The writes push more than the stream's 4 MiB window: DATA acknowledged on
+    arrival whatever the reader does made the client an endless sink (every
+    byte buffered in the client, the server's cut-off never reached).
+    """
+    events, blob = 150, "x" * 45_000  # 6.7 MB: beyond the window plus the read-ahead
+    async with (
+        running_server(stream_buffer_size=4) as server,
+        Client(server.url) as client,
+        Client(server.url) as writer,
+    ):
+        await connect_shared(client.channel)
+        if force:
+            await _force_grpclib_path(client)
+        responses = server_stream(
+            client.channel, requests.stream(MG), open_limit=3, server_url=client.server_url
+        )
+        async with aclosing(responses):
+            with anyio.fail_after(20):
+                assert await anext(responses) is None
+                await server.service.wait_for_streams(MG, 1)
+                for _ in range(events):  # the reader reads nothing meanwhile
+                    await writer.create(MG, "T", "NOW", None, [1], payload={"blob": blob})
+                await server.service.wait_for_streams(MG, 0)  # cut off
+                assert await _buffered_by_client(client) <= (1 << 18) + (4 << 20) + 50_000
+                got = 0
+                with pytest.raises(Exception) as info:
+                    async for _ in responses:
+                        got += 1
+            assert type(info.value).__name__ == "ResourceExhausted"
+            assert "fell more than 4 events behind" in str(info.value)
+            assert 4 <= got < events
+        assert _processor_streams(client) == {}
