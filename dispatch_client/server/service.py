@@ -76,7 +76,7 @@ from ..validation import check_dispatch_data
 from ._handlers import _decoding, _Encoded, _invalid, _quiet_cancellations, _RawRequest, _unary
 from .fanout import Fanout, Subscription
 from .listing import list_query, pagination_info
-from .records import ListQuery, encode_message_field
+from .records import ListQuery, encode_message_field, is_recurring
 from .stores import FanoutEvents, Replacement, Store, store_for
 from .updates import apply_update, check_mask, round_to_second
 
@@ -122,8 +122,11 @@ def _not_found(microgrid_id: int, dispatch_id: int) -> NoReturn:
 
 async def _end_time(data: DispatchData) -> dt.datetime | None:
     # A long series (e.g. minutely until a far date) may take a while to
-    # walk; do it off the event loop.
+    # walk; do it off the event loop. A single run has nothing to walk: the
+    # thread hand-off would cost more than the answer.
     try:
+        if not is_recurring(data):
+            return series_end(data)
         return await anyio.to_thread.run_sync(series_end, data)
     except (ValueError, OverflowError) as error:
         _invalid(f"recurrence cannot be evaluated: {error}")
