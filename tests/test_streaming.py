@@ -154,7 +154,9 @@ async def test_drop_oldest_keeps_the_newest_events(
             tg.start_soon(stall)
             tg.start_soon(collect, client, 1, 51, everything)
             await wait_until(lambda: 1 in client.streams and client.streams[1].consumer_count == 2)
-            await server.service.wait_for_streams(1, 1)
+            # Caught up: every change from now on comes live, one per buffered item
+            # (a change the first open's catch-up told would come in one batch with others).
+            await wait_until(lambda: client.streams[1].synced)
             await writer.churn(50)
             # Once another consumer has all 50, so has the stalled one's buffer.
             await wait_until(lambda: len(everything) == 50)
