@@ -38,11 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from grpclib.metadata import decode_metadata
 
 from ._unary import (
-    _NO_WAIT,
     FastPath,
+    FedStream,
     check_headers,
     check_status,
     raise_for_what_arrived,
@@ -60,36 +59,13 @@ _READ_AHEAD = 1 << 18
 """Unread bytes past which received DATA waits for the reader to be acknowledged."""
 
 
-class PendingStream:
-    """One server-streaming call's HTTP/2 stream, as grpclib's `EventsProcessor` sees a stream."""
+class PendingStream(FedStream):
+    """One server-streaming call's HTTP/2 stream, read by `responses`."""
 
-    __slots__ = (
-        "_headers",
-        "_owed",
-        "_partial",
-        "_unread",
-        "_wake",
-        "connection",
-        "data_received",
-        "ended",
-        "failure",
-        "h2",
-        "id",
-        "messages",
-        "streams",
-        "trailers",
-    )
-
-    headers_received = trailers_received = window_updated = _NO_WAIT
+    __slots__ = ("_owed", "_partial", "_unread", "_wake", "ended", "failure", "messages")
 
     def __init__(self, stream_id: int, h2: Any) -> None:
-        self.id = stream_id
-        self.h2 = h2
-        self.connection: Any = None
-        self.streams: dict[int, Any] | None = None
-        self._headers: list[tuple[str, str]] | None = None
-        self.trailers: list[tuple[str, str]] | None = None
-        self.data_received = 0
+        super().__init__(stream_id, h2)
         self.messages: deque[bytes] = deque()
         """Complete messages received and not read yet (without their 5-byte prefix)."""
         self._partial = b""
@@ -103,18 +79,8 @@ class PendingStream:
         """Raised once the messages before it are read."""
         self._wake: asyncio.Future[None] | None = None
 
-    @property
-    def headers(self) -> list[tuple[str, str]] | None:
-        return self._headers
-
-    @headers.setter
-    def headers(self, headers: list[tuple[str, str]]) -> None:
-        self._headers = headers
+    def _headers_arrived(self, headers: list[tuple[str, str]]) -> None:
         self._notify()
-
-    @property
-    def buffer(self) -> PendingStream:
-        return self
 
     def add(self, data: bytes, ack_size: int) -> None:
         self._owed += ack_size
@@ -160,9 +126,6 @@ class PendingStream:
         self._partial = received[start:]
         self._notify()
 
-    def unacked_size(self) -> int:
-        return 0  # acknowledged in `add`
-
     def __ended__(self) -> None:
         self.ended = True
         self._notify()
@@ -171,12 +134,6 @@ class PendingStream:
         if self.failure is None:
             self.failure = StreamTerminatedError(reason)
         self._notify()
-
-    @property
-    def trailing_metadata(self) -> Any:
-        """The trailers as grpclib's metadata (what a typed error carries)."""
-        sent = self.trailers if self.trailers is not None else self._headers
-        return None if sent is None else decode_metadata(sent)
 
     def close(self) -> None:
         """Reset the stream if it is left open, and unregister it."""

@@ -36,7 +36,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from grpclib.const import Status
 from grpclib.encoding.base import GRPC_CONTENT_TYPE
@@ -99,44 +99,27 @@ class _NoWait:
 _NO_WAIT: Final = _NoWait()
 
 
-class PendingCall:
-    """One unary call's HTTP/2 stream, as grpclib's `EventsProcessor` sees a stream.
+class FedStream:
+    """An HTTP/2 stream of ours as grpclib's `EventsProcessor` sees one: what it sets and calls.
 
-    The processor sets `headers` and `trailers`, adds DATA through `buffer.add`,
-    and calls `__ended__` or `__terminated__`; `done` resolves then, or as soon
-    as the headers carry an HTTP status other than 200 (grpclib fails the call
-    there too, whether or not the stream goes on). DATA is acknowledged (flow
-    control) as it arrives, as grpclib's reader does: an answer larger than the
-    receive windows, or many concurrent answers, must not wait for a window
-    update that only the end of the answer would send.
+    The processor sets `headers` and `trailers`, adds DATA through
+    `buffer.add`, and calls `__ended__` or `__terminated__`; subclasses say
+    what each means for their call (`PendingCall`, `_fast_stream.PendingStream`).
+    `send_request` fills in `connection` and `streams` when it registers one.
     """
 
-    __slots__ = (
-        "_headers",
-        "chunks",
-        "connection",
-        "data_received",
-        "done",
-        "h2",
-        "id",
-        "streams",
-        "timer",
-        "trailers",
-    )
+    __slots__ = ("_headers", "connection", "data_received", "h2", "id", "streams", "trailers")
 
     headers_received = trailers_received = window_updated = _NO_WAIT
 
-    def __init__(self, stream_id: int, done: asyncio.Future[None], h2: Any) -> None:
+    def __init__(self, stream_id: int, h2: Any) -> None:
         self.id = stream_id
-        self.done = done
         self.h2 = h2
         self._headers: list[tuple[str, str]] | None = None
         self.trailers: list[tuple[str, str]] | None = None
-        self.chunks: list[bytes] = []
         self.data_received = 0
         self.connection: Any = None
         self.streams: dict[int, Any] | None = None
-        self.timer: asyncio.TimerHandle | None = None
 
     @property
     def headers(self) -> list[tuple[str, str]] | None:
@@ -145,21 +128,53 @@ class PendingCall:
     @headers.setter
     def headers(self, headers: list[tuple[str, str]]) -> None:
         self._headers = headers
-        if (not headers or headers[0] != _HTTP_OK) and dict(headers).get(":status") != "200":
-            self.__ended__()  # `answer` raises what grpclib raises for these headers
+        self._headers_arrived(headers)
+
+    def _headers_arrived(self, headers: list[tuple[str, str]]) -> None:
+        """Told when the response headers arrive."""
 
     @property
-    def buffer(self) -> PendingCall:
+    def buffer(self) -> FedStream:
         return self
+
+    def unacked_size(self) -> int:
+        return 0  # subclasses acknowledge DATA themselves
+
+    @property
+    def trailing_metadata(self) -> Any:
+        """The trailers as grpclib's metadata (what a typed error carries)."""
+        sent = self.trailers if self.trailers is not None else self._headers
+        return None if sent is None else decode_metadata(sent)
+
+
+class PendingCall(FedStream):
+    """One unary call's HTTP/2 stream.
+
+    `done` resolves when the stream ends or breaks, or as soon as the headers
+    carry an HTTP status other than 200 (grpclib fails the call there too,
+    whether or not the stream goes on). DATA is acknowledged (flow control) as
+    it arrives, as grpclib's reader does: an answer larger than the receive
+    windows, or many concurrent answers, must not wait for a window update
+    that only the end of the answer would send.
+    """
+
+    __slots__ = ("chunks", "done", "timer")
+
+    def __init__(self, stream_id: int, done: asyncio.Future[None], h2: Any) -> None:
+        super().__init__(stream_id, h2)
+        self.done = done
+        self.chunks: list[bytes] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+    def _headers_arrived(self, headers: list[tuple[str, str]]) -> None:
+        if (not headers or headers[0] != _HTTP_OK) and dict(headers).get(":status") != "200":
+            self.__ended__()  # `answer` raises what grpclib raises for these headers
 
     def add(self, data: bytes, ack_size: int) -> None:
         self.chunks.append(data)
         if ack_size:
             # The processor's protocol sends the window updates after this batch of events.
             self.h2.acknowledge_received_data(ack_size, self.id)
-
-    def unacked_size(self) -> int:
-        return 0  # acknowledged in `add`
 
     def __ended__(self) -> None:
         if not self.done.done():
@@ -179,12 +194,6 @@ class PendingCall:
         if self.timer is not None:
             self.timer.cancel()
         release(self)
-
-    @property
-    def trailing_metadata(self) -> Any:
-        """The trailers as grpclib's metadata (what a typed error carries)."""
-        sent = self.trailers if self.trailers is not None else self._headers
-        return None if sent is None else decode_metadata(sent)
 
 
 class _Deadlines:
@@ -354,7 +363,7 @@ def start_call(
     return call
 
 
-_Call = TypeVar("_Call")
+_Call = TypeVar("_Call", bound="FedStream")
 
 
 def send_request(
@@ -414,11 +423,10 @@ def send_request(
         # h2 checks the server's limit before it changes anything: nothing was sent.
         return None
     call = make(stream_id, h2)
-    registered: Any = call  # grpclib types it as its Stream
-    registered.connection = connection
+    call.connection = connection
     # What grpclib's `processor.register` does, without a closure per call; see `release`.
-    registered.streams = processor.streams
-    processor.streams[stream_id] = registered
+    call.streams = processor.streams
+    processor.streams[stream_id] = cast(Any, call)  # grpclib types it as its Stream
     try:
         frame = h2.max_outbound_frame_size
         for start in range(0, size, frame):
@@ -433,7 +441,7 @@ def send_request(
     return call
 
 
-def raise_for_what_arrived(call: PendingCall | Any, channel: Channel) -> None:
+def raise_for_what_arrived(call: FedStream, channel: Channel) -> None:
     """Raise the error that the headers or trailers received before a stream broke carry."""
     if call.trailers is not None:
         check_status(dict(call.trailers), channel)
@@ -441,7 +449,7 @@ def raise_for_what_arrived(call: PendingCall | Any, channel: Channel) -> None:
         check_status(dict(call._headers), channel)
 
 
-def release(call: PendingCall | Any) -> None:
+def release(call: FedStream) -> None:
     """Reset `call`'s stream if it is left open, and unregister it (once; later calls do nothing).
 
     `call` is a `PendingCall` or a `_fast_stream.PendingStream`: an object with
