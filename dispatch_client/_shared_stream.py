@@ -87,7 +87,11 @@ acknowledgement, the first event or `open_grace` quiet seconds without an error
 count instead (counted once the baseline is in): a heuristic, but a safe one
 in practice because the stream request and the later list request share one
 HTTP/2 connection, so the stream request reaches the server first; the grace
-only covers the server's handler scheduling, not network latency. The grace
+only covers the server's handler scheduling, not network latency. So the grace
+applies only while the server has not acknowledged any stream of the hub: a
+server that acknowledges is waited for, however long it takes when busy (a
+stream counted open before its registration would let the catch-up list be
+served before it, and a change made in between would be in neither). The grace
 is waited out by the task that lists, so an acknowledged stream costs no
 timer task. It counts as `connected` (and CONNECTED is published) only once
 the baseline is in as well: a change made before the baseline is served is in
@@ -388,6 +392,8 @@ class SharedStream:
         try:
             with absorb_leaked_cancel():
                 async for response in responses:
+                    if response is None:
+                        self._settings.unacknowledged.server_acknowledges = True
                     if not self._open:
                         self._confirm()
                     if response is not None:
@@ -419,8 +425,12 @@ class SharedStream:
                 self._told = WatchView(await self._list())
             if not self._open:
                 # Without the server's acknowledgement or an event, `open_grace`
-                # quiet seconds count as open (see the module docstring).
+                # quiet seconds count as open, unless this server acknowledges
+                # its streams: then it is waited for, however long a busy server
+                # takes (see "When a stream counts as open").
                 with anyio.move_on_after(self._settings.open_grace):
+                    await self._opened.wait()
+                if not self._open and self._settings.unacknowledged.server_acknowledges:
                     await self._opened.wait()
                 self._confirm()
             self._announce()

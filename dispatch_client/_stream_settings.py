@@ -55,12 +55,14 @@ class Unacknowledged:
     loop: a client may be used by one `asyncio.run` after another.
     """
 
-    __slots__ = ("_count", "_none", "acknowledged")
+    __slots__ = ("_count", "_none", "acknowledged", "server_acknowledges")
 
     def __init__(self) -> None:
         self._count = 0
         self.acknowledged = 0
         """How many streams stopped being counted so far: progress, for `wait_for_none`."""
+        self.server_acknowledges = False
+        """Whether the server has acknowledged a stream of the hub (its initial metadata)."""
         self._none: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         """Set when none is left; made by the first waiter, in its loop."""
 
@@ -113,7 +115,8 @@ class StreamSettings:
     backoff: Backoff
     """The reconnect policy."""
     open_grace: float
-    """Seconds an unacknowledged, quiet stream must stay up before it counts as open."""
+    """Seconds an unacknowledged, quiet stream must stay up before it counts as open
+    (only while the server has acknowledged none of the hub's streams)."""
     on_status: Callable[[StreamStatus], None] | None = None
     """Told of every state change; its failures are logged, never raised."""
     probe: Callable[[], Awaitable[object]] | None = None

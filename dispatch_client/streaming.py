@@ -96,7 +96,9 @@ class StreamHub:
             backoff: the reconnect policy (default `Backoff()`).
             on_status: told of every state change of every shared stream.
             open_grace: seconds an unacknowledged, quiet stream must stay up
-                before it counts as open.
+                before it counts as open, as long as the server has
+                acknowledged none of the hub's streams (one that does is
+                waited for).
             probe: connects the channel if it is not connected, raising if it
                 cannot; lets a reconnect wait end as soon as an unreachable
                 server is back (see `Backoff.probe`). None: wait out every delay.
