@@ -24,6 +24,11 @@ from hyperframe.frame import FRAMES, ExtensionFrame, Frame
 from ._hpack_cache import CachingDecoder, CachingEncoder
 from ._unary import FastPath
 
+# Big enough that the writes of a turn of ordinary calls (64 concurrent gets:
+# ~6 KB) stay one send; small enough that a fleet's requests start reaching the
+# server after a tenth of them were made.
+FLUSH_BYTES = 16_384
+
 
 class _CoalescedWrites:
     """A transport that sends everything written during one event-loop turn at once.
@@ -34,14 +39,21 @@ class _CoalescedWrites:
     runs the receiving end of TCP, so the calls cost more than the framing.
     Joined per loop turn (and across concurrent calls), the bytes and their
     order are the same, in fewer, larger sends. The delay is one loop turn.
+
+    A turn that writes a lot (a fleet of streams opening at once: 1,000
+    stream and list requests took the client half a second of one turn) sends
+    each `FLUSH_BYTES` as they are reached instead of all at the turn's end, so
+    the peer works on the first requests while the rest are being made (the
+    server registered 1,000 streams 0.76 s -> 0.54 s after the first).
     """
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_loop", "_pending", "_size", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
+        self._size = 0
 
     def write(self, data: bytes) -> None:
         if not data:
@@ -49,9 +61,14 @@ class _CoalescedWrites:
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(data)
+        self._size += len(data)
+        if self._size >= FLUSH_BYTES:
+            # The turn's scheduled flush then finds nothing left, or what came after.
+            self._flush()
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
+        self._size = 0
         if pending and not self._transport.is_closing():
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from server_process import free_port
 
 from dispatch_client import Client
+from dispatch_client._h2_protocol import FLUSH_BYTES
 from dispatch_client._server_url import parse_server_url
 from dispatch_client.connection import _CoalescedWrites, _H2Connection, connect_shared, open_channel
 from dispatch_client.server import app
@@ -117,6 +118,64 @@ async def test_writes_of_one_turn_go_out_in_one_send() -> None:
     writes.write(b"e")
     await asyncio.sleep(0)
     assert sent == [b"abc", b"d"]  # nothing is written to a closing transport
+
+
+class _RecordingTransport:
+    closing = False
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+# A turn: the sizes of its writes (0 is an empty write).
+_turns = st.lists(st.lists(st.integers(0, 3 * FLUSH_BYTES // 2), max_size=12), max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(turns=_turns)
+def test_a_turn_sends_each_flush_bytes_as_reached_and_the_rest_at_its_end(
+    turns: list[list[int]],
+) -> None:
+    """Whatever the writes, the same bytes in the same order; never FLUSH_BYTES left waiting."""
+
+    async def run() -> None:
+        transport = _RecordingTransport()
+        writes = _CoalescedWrites(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+        written = bytearray()
+        for turn in turns:
+            for size in turn:
+                data = bytes([len(written) % 251]) * size
+                writes.write(data)
+                written += data
+                waiting = len(written) - sum(map(len, transport.sent))
+                assert waiting < FLUSH_BYTES
+            await asyncio.sleep(0)
+            # At the turn's end everything written is out.
+            assert b"".join(transport.sent) == written
+        for send in transport.sent:
+            # A send holds less than FLUSH_BYTES plus the one write that reached it.
+            assert 0 < len(send) < FLUSH_BYTES + 3 * FLUSH_BYTES // 2
+
+    asyncio.run(run())
+
+
+async def test_a_fleet_of_requests_goes_out_in_chunks_during_the_turn() -> None:
+    """The case that asked for the threshold: 2,000 small requests written in one turn."""
+    transport = _RecordingTransport()
+    writes = _CoalescedWrites(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    request = b"x" * 37  # the size of one small request's frames
+    for _ in range(2_000):
+        writes.write(request)
+    # Before the turn ends, all but the last partial chunk is already out.
+    assert len(transport.sent) == 2_000 * 37 // FLUSH_BYTES
+    await asyncio.sleep(0)
+    assert b"".join(transport.sent) == request * 2_000
 
 
 class _Pair:
