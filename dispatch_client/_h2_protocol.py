@@ -12,13 +12,18 @@ same as grpclib's.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+import struct
+from typing import Any, Final, cast
 
 from grpclib.client import Channel, Handler
 from grpclib.protocol import H2Protocol
 from h2.config import DummyLogger
-from h2.connection import H2Connection
+from h2.connection import AllowedStreamIDs, ConnectionState, H2Connection, _decode_headers
+from h2.events import DataReceived, Event, ResponseReceived, StreamEnded, TrailersReceived
+from h2.exceptions import ProtocolError, TooManyStreamsError
 from h2.frame_buffer import FrameBuffer
+from h2.stream import H2Stream, StreamClosedBy, StreamState
+from h2.utilities import authority_from_headers, extract_method_header, is_informational_response
 from hyperframe.frame import FRAMES, ExtensionFrame, Frame
 
 from ._hpack_cache import CachingDecoder, CachingEncoder
@@ -126,6 +131,239 @@ class _H2Connection(H2Connection):
             self.local_settings.max_concurrent_streams, H2Connection.open_inbound_streams
         )
 
+    fast_frames = False
+    """Whether `send_request` and `receive_data` take their short paths (`enable_fast_frames`)."""
+
+    def enable_fast_frames(self) -> None:
+        """Let the unary calls' frames take the short paths, where they apply to this connection.
+
+        They apply to a client's connection that neither logs frames nor
+        normalizes or validates headers (grpclib's settings): h2 does nothing
+        else with these frames than the short paths do.
+        """
+        config = self.config
+        self.fast_frames = bool(
+            config.client_side
+            and isinstance(config.logger, DummyLogger)
+            and not config.normalize_outbound_headers
+            and not config.validate_outbound_headers
+            and not config.normalize_inbound_headers
+            and not config.validate_inbound_headers
+            and isinstance(self.incoming_buffer, FrameBuffer)
+        )
+
+    def send_request(self, stream_id: int, headers: list[Any], body: bytes) -> None:
+        """Open `stream_id` with `headers` and send `body` on it, in frames of the largest size, ending the stream.
+
+        The bytes and the state are those of h2's `send_headers` and then
+        `send_data` per frame, END_STREAM on the last. For the unary calls'
+        requests (a new stream on an open connection, headers as bytes,
+        a body within the windows) it skips what h2 does per header and per
+        frame for nothing here: re-encoding bytes as bytes, validation flags
+        for the validation that is off, a frame object per frame, and the
+        stream's state machine stepped through OPEN to HALF_CLOSED_LOCAL.
+
+        Args:
+            stream_id: the next stream id (`get_next_available_stream_id`).
+            headers: the request headers, names and values as bytes (hpack's
+                `NeverIndexedHeaderTuple`s for the never-indexed ones).
+            body: the whole request body; not empty.
+
+        Raises:
+            TooManyStreamsError: the server's limit of concurrent streams is
+                reached; nothing was changed or sent.
+        """
+        size = len(body)
+        if (
+            not self.fast_frames
+            or not size
+            or self.state_machine.state is not ConnectionState.CLIENT_OPEN
+            or stream_id in self.streams
+            or size > self.outbound_flow_control_window
+            or size > self.remote_settings.initial_window_size
+        ):
+            self._send_request_as_h2(stream_id, headers, body)
+            return
+        limit = self.remote_settings.max_concurrent_streams
+        count = self.open_outbound_streams
+        if count + 1 > limit:
+            raise TooManyStreamsError(f"Max outbound streams is {limit}, {count} open")
+        # h2's stream, as `send_headers` makes it (also checking the id); the
+        # connection's state machine stays CLIENT_OPEN for headers and data.
+        stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
+        block = self.encoder.encode(headers)
+        frame_size = self.max_outbound_frame_size
+        out = self._data_to_send
+        if len(block) <= frame_size:
+            out += _frame(_HEADERS, _END_HEADERS, stream_id, block)
+        else:
+            last = (len(block) - 1) // frame_size * frame_size
+            out += _frame(_HEADERS, 0, stream_id, block[:frame_size])
+            for start in range(frame_size, last, frame_size):
+                out += _frame(_CONTINUATION, 0, stream_id, block[start : start + frame_size])
+            out += _frame(_CONTINUATION, _END_HEADERS, stream_id, block[last:])
+        for start in range(0, size, frame_size):
+            end = start + frame_size
+            flags = _END_STREAM if end >= size else 0
+            out += _frame(_DATA, flags, stream_id, body[start:end])
+        # What h2's transitions IDLE -> OPEN (request sent) -> HALF_CLOSED_LOCAL
+        # (END_STREAM sent) and its send paths record.
+        machine = stream.state_machine
+        machine.client = True
+        machine.headers_sent = True
+        machine.state = StreamState.HALF_CLOSED_LOCAL
+        stream._authority = authority_from_headers(headers)
+        stream.request_method = extract_method_header(headers)
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+
+    def _send_request_as_h2(self, stream_id: int, headers: list[Any], body: bytes) -> None:
+        self.send_headers(stream_id, headers)
+        frame_size = self.max_outbound_frame_size
+        size = len(body)
+        for start in range(0, size, frame_size):
+            end = start + frame_size
+            self.send_data(stream_id, body[start:end], end_stream=end >= size)
+
+    def receive_data(self, data: Any) -> list[Event]:
+        """h2's `receive_data`, with short paths for the answers on the unary calls' streams.
+
+        A response's HEADERS (END_HEADERS, no padding or priority) and
+        unpadded DATA on a stream h2 holds half closed by us are handled here,
+        with the same checks, state changes and events as h2's handlers, read
+        straight from the bytes: no frame object, flags set and dispatch per
+        frame. Every other frame, and any frame on another stream or in
+        another state, goes to h2 as it is, in order; so does everything after
+        a header block that continues in CONTINUATION frames.
+        """
+        buffer = self.incoming_buffer
+        if not self.fast_frames or buffer._headers_buffer:
+            return super().receive_data(data)
+        if buffer._data:  # the rest of a frame that began in an earlier read
+            data = bytes(buffer._data) + data
+            del buffer._data[:]
+        elif type(data) is not bytes:
+            data = bytes(data)
+        max_size = self.max_inbound_frame_size
+        buffer.max_frame_size = max_size
+        streams = self.streams
+        unpack = _FRAME_HEADER.unpack_from
+        events: list[Event] = []
+        pos, end = 0, len(data)
+        while end - pos >= 9:
+            high, low, kind, flags, stream_id = unpack(data, pos)
+            stop = pos + 9 + (high << 8 | low)
+            if stop > end:
+                break
+            stream = streams.get(stream_id & 0x7FFFFFFF) if stop - pos - 9 <= max_size else None
+            short = (
+                stream is not None
+                and stream.state_machine.state is StreamState.HALF_CLOSED_LOCAL
+                and self.state_machine.state is ConnectionState.CLIENT_OPEN
+                and (
+                    (kind == _HEADERS and flags & _HEADERS_FLAGS == _END_HEADERS)
+                    or (
+                        kind == _DATA
+                        and not flags & _PADDED
+                        and stream.state_machine.headers_received
+                        and stream._expected_content_length is None
+                    )
+                )
+            )
+            try:
+                if stream is None or not short:
+                    events += H2Connection.receive_data(self, data[pos:stop])
+                elif kind == _DATA:
+                    _receive_response_data(self, stream, data[pos + 9 : stop], flags, events)
+                else:
+                    _receive_response_headers(self, stream, data[pos + 9 : stop], flags, events)
+            except BaseException as error:
+                # h2 leaves the frames after the failing one in its buffer.
+                buffer._data += data[stop:]
+                if short and isinstance(error, ProtocolError):
+                    self._terminate_connection(error.error_code)  # as h2's receive_data does
+                raise
+            pos = stop
+            if buffer._headers_buffer:  # CONTINUATION frames follow: h2's buffer joins them
+                break
+        if pos < end:
+            events += H2Connection.receive_data(self, data[pos:])
+        return events
+
+
+# hyperframe's frame header: 24-bit length (as 16 + 8 bits), type, flags, stream id.
+_FRAME_HEADER: Final = struct.Struct(">HBBBL")
+_DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
+_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
+_HEADERS_FLAGS: Final = _END_HEADERS | _PADDED | _PRIORITY
+
+
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    """One frame as hyperframe serializes it (no padding, no priority)."""
+    size = len(payload)
+    return _FRAME_HEADER.pack(size >> 8, size & 0xFF, kind, flags, stream_id) + payload
+
+
+def _stream_ended(stream: H2Stream) -> StreamEnded:
+    """h2's END_STREAM received on a stream half closed by us: closed, by the peer's end."""
+    machine = stream.state_machine
+    machine.state = StreamState.CLOSED
+    machine.stream_closed_by = StreamClosedBy.RECV_END_STREAM
+    return StreamEnded(stream_id=stream.stream_id)
+
+
+def _receive_response_data(
+    h2: H2Connection, stream: H2Stream, data: bytes, flags: int, events: list[Event]
+) -> None:
+    """h2's `_receive_data_frame` and `H2Stream.receive_data` for an unpadded frame, no content length."""
+    size = len(data)
+    h2._inbound_flow_control_window_manager.window_consumed(size)
+    stream._inbound_window_manager.window_consumed(size)
+    stream._actual_content_length += size
+    event = DataReceived(stream_id=stream.stream_id, data=data, flow_controlled_length=size)
+    events.append(event)
+    if flags & _END_STREAM:
+        event.stream_ended = ended = _stream_ended(stream)
+        events.append(ended)
+
+
+def _receive_response_headers(
+    h2: H2Connection, stream: H2Stream, block: bytes, flags: int, events: list[Event]
+) -> None:
+    """h2's `_receive_headers_frame` for a stream half closed by us: a response's headers or trailers."""
+    headers = _decode_headers(h2.decoder, block)
+    machine = stream.state_machine
+    end_stream = bool(flags & _END_STREAM)
+    if (
+        machine.trailers_received
+        or (machine.headers_received and not end_stream)
+        or is_informational_response(headers)
+    ):
+        # Informational answers and broken ones: h2's own stream code, raising what it raises.
+        events += stream.receive_headers(headers, end_stream, h2.config.header_encoding)[1]
+        return
+    event: ResponseReceived | TrailersReceived
+    if machine.headers_received:
+        machine.trailers_received = True
+        event = TrailersReceived(stream_id=stream.stream_id)
+    else:
+        machine.headers_received = True
+        event = ResponseReceived(stream_id=stream.stream_id)
+    ended = _stream_ended(stream) if end_stream else None
+    event.stream_ended = ended
+    stream._initialize_content_length(headers)
+    encoding = h2.config.header_encoding
+    if isinstance(encoding, str):
+        event.headers = [
+            header.__class__(header[0].decode(encoding), header[1].decode(encoding))  # type: ignore[misc]
+            for header in headers
+        ]
+    else:
+        event.headers = list(headers)
+    events.append(event)
+    if ended is not None:
+        events.append(ended)
+
 
 def _quiet_class(cls: type[Frame]) -> type[Frame]:
     text = f"<{cls.__name__}: repr skipped, h2's trace log is off>"
@@ -207,6 +445,7 @@ class _Protocol(H2Protocol, asyncio.BufferedProtocol):
         h2.encoder = CachingEncoder()
         h2.decoder = CachingDecoder(h2.decoder)
         _quiet_received_frames(h2)
+        cast(_H2Connection, h2).enable_fast_frames()
 
 
 class _Channel(Channel):

@@ -402,7 +402,9 @@ def send_request(
     processor = protocol.processor
     connection = processor.connection
     h2 = connection._connection
-    if not connection.write_ready.is_set() or connection.is_closing():
+    # `_h2_protocol._H2Connection`'s (every channel with a fast path has one).
+    send: Callable[[int, list[Any], bytes], None] | None = getattr(h2, "send_request", None)
+    if send is None or not connection.write_ready.is_set() or connection.is_closing():
         return None
     body = channel._codec.encode(request, type(request))
     framed = b"\0" + len(body).to_bytes(4, "big") + body
@@ -418,20 +420,19 @@ def send_request(
     headers = fast.headers(path, timeout)
     stream_id = h2.get_next_available_stream_id()
     try:
-        h2.send_headers(stream_id, headers)
+        send(stream_id, headers, framed)
     except TooManyStreamsError:
         # h2 checks the server's limit before it changes anything: nothing was sent.
         return None
+    except BaseException:
+        reset_if_open(connection, stream_id)
+        raise
     call = make(stream_id, h2)
     call.connection = connection
     # What grpclib's `processor.register` does, without a closure per call; see `release`.
     call.streams = processor.streams
     processor.streams[stream_id] = cast(Any, call)  # grpclib types it as its Stream
     try:
-        frame = h2.max_outbound_frame_size
-        for start in range(0, size, frame):
-            end = start + frame >= size
-            h2.send_data(stream_id, framed[start : start + frame], end_stream=end)
         connection._transport.write(h2.data_to_send())
         connection.headers_send_process()
         connection.data_send_process()
