@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from . import _defaults, requests
 from ._proto.frequenz.api.dispatch.v1 import (
@@ -83,9 +83,7 @@ class ClientStreams:
 
         def _check_connected(self) -> None: ...
 
-        def _dispatches(
-            self, microgrid_id: int, **filters: Any
-        ) -> AsyncGenerator[Dispatch, None]: ...
+        def _all_dispatches(self, microgrid_id: int) -> AsyncGenerator[Dispatch, None]: ...
 
     # -- streams --------------------------------------------------------------
 
@@ -111,7 +109,7 @@ class ClientStreams:
 
             self._hub = StreamHub(
                 open_stream=self._open_stream,
-                list_dispatches=self._dispatches,
+                list_dispatches=self._all_dispatches,
                 server_url=self.server_url,
                 buffer_size=self._stream_buffer_size,
                 backoff=self._stream_backoff,

@@ -42,6 +42,10 @@ from .validation import check_positive_int
 if TYPE_CHECKING:
     from grpclib.client import Channel
 
+    from ._proto.frequenz.api.dispatch.v1 import (
+        ListMicrogridDispatchesRequest,
+        ListMicrogridDispatchesResponse,
+    )
     from .streaming import Backoff, StreamHub, StreamStatus
 
 __all__ = ["START_TIME_GRACE", "Client", "SortSpec"]
@@ -418,7 +422,14 @@ class Client(ClientStreams):
     async def _list(
         self, microgrid_id: int, **filters: Any
     ) -> AsyncGenerator[builtins.list[Dispatch], None]:
-        call = requests.list_page(microgrid_id, **filters)
+        # Built here, not in `list()`: its bad filters are raised at the first iteration.
+        async with aclosing(self._pages(requests.list_page(microgrid_id, **filters))) as pages:
+            async for page in pages:
+                yield page
+
+    async def _pages(
+        self, call: requests.Call[ListMicrogridDispatchesRequest, ListMicrogridDispatchesResponse]
+    ) -> AsyncGenerator[builtins.list[Dispatch], None]:
         seen_tokens: set[str] = set()
         while True:
             response = await self._unary(call)
@@ -454,6 +465,17 @@ class Client(ClientStreams):
         self, microgrid_id: int, **filters: Any
     ) -> AsyncGenerator[Dispatch, None]:
         async with aclosing(self._list(microgrid_id, **filters)) as pages:
+            async for page in pages:
+                for dispatch in page:
+                    yield dispatch
+
+    async def _all_dispatches(self, microgrid_id: int) -> AsyncGenerator[Dispatch, None]:
+        """Every dispatch of a microgrid: a shared stream's baseline and catch-up lists.
+
+        `requests.list_all`'s call, not `list_page`'s: a fleet opening at once
+        lists a thousand times, with no filters to build or check.
+        """
+        async with aclosing(self._pages(requests.list_all(microgrid_id))) as pages:
             async for page in pages:
                 for dispatch in page:
                     yield dispatch

@@ -61,6 +61,7 @@ __all__ = [
     "create",
     "delete",
     "get",
+    "list_all",
     "list_page",
     "next_page",
     "stream",
@@ -325,6 +326,31 @@ def list_page(
     check_dispatch_filter(request.filter, "filter")
     if request.sort_options is not None:
         check_sort_options(request.sort_options, "sort")
+    return Call(_SERVICE + "ListMicrogridDispatches", request, ListMicrogridDispatchesResponse)
+
+
+def list_all(
+    microgrid_id: int,
+) -> Call[ListMicrogridDispatchesRequest, ListMicrogridDispatchesResponse]:
+    """Build the first page of every dispatch of a microgrid: `list_page(microgrid_id)`'s call.
+
+    The same request (and bytes) as `list_page` with no filters, without
+    building and checking filters the caller cannot pass: a shared stream lists
+    its microgrid this way at least twice per open (the baseline, the
+    catch-up), a thousand times over for a fleet opening at once.
+
+    Args:
+        microgrid_id: the microgrid, an int in 0..2**64-1.
+
+    Returns:
+        The `ListMicrogridDispatches` call for the first page.
+
+    Raises:
+        ValueError: the id is not an int in range.
+    """
+    request = ListMicrogridDispatchesRequest(
+        microgrid_id=check_uint64(microgrid_id, "microgrid_id"), filter=DispatchFilter()
+    )
     return Call(_SERVICE + "ListMicrogridDispatches", request, ListMicrogridDispatchesResponse)
 
 
