@@ -44,7 +44,9 @@ class OwnedTask:
         self.name = name
         self._close_timeout = close_timeout
         self._scope = anyio.CancelScope()
-        self._done = anyio.Event()
+        # asyncio's: the task is an asyncio task, and an anyio.Event costs a
+        # backend lookup more to make, once per shared stream.
+        self._done = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
