@@ -142,6 +142,7 @@ class _H2Connection(H2Connection):
         else with these frames than the short paths do.
         """
         config = self.config
+        self._texts: dict[bytes, tuple[Any, list[Any], list[Any]]] = {}
         self.fast_frames = bool(
             config.client_side
             and isinstance(config.logger, DummyLogger)
@@ -188,11 +189,21 @@ class _H2Connection(H2Connection):
         count = self.open_outbound_streams
         if count + 1 > limit:
             raise TooManyStreamsError(f"Max outbound streams is {limit}, {count} open")
-        # h2's stream, as `send_headers` makes it (also checking the id); the
-        # connection's state machine stays CLIENT_OPEN for headers and data.
-        stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
-        block = self.encoder.encode(headers)
+        if stream_id <= self.highest_outbound_stream_id or not stream_id & 1:
+            self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)  # raises h2's error for the id
+        # h2's stream, as `_begin_new_stream` makes it; the connection's state
+        # machine stays CLIENT_OPEN for headers and data.
         frame_size = self.max_outbound_frame_size
+        stream = H2Stream(
+            stream_id,
+            config=self.config,
+            inbound_window_size=self.local_settings.initial_window_size,
+            outbound_window_size=self.remote_settings.initial_window_size,
+        )
+        stream.max_outbound_frame_size = frame_size
+        self.streams[stream_id] = stream
+        self.highest_outbound_stream_id = stream_id
+        block = self.encoder.encode(headers)
         out = self._data_to_send
         if len(block) <= frame_size:
             out += _frame(_HEADERS, _END_HEADERS, stream_id, block)
@@ -216,6 +227,21 @@ class _H2Connection(H2Connection):
         stream.request_method = extract_method_header(headers)
         stream.outbound_flow_control_window -= size
         self.outbound_flow_control_window -= size
+
+    def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
+        """h2's `acknowledge_received_data`: the same window updates, written without frame objects."""
+        stream = self.streams.get(stream_id)
+        if not self.fast_frames or stream is None or acknowledged_size < 0:
+            super().acknowledge_received_data(acknowledged_size, stream_id)
+            return
+        out = self._data_to_send
+        increment = self._inbound_flow_control_window_manager.process_bytes(acknowledged_size)
+        if increment:
+            out += _frame(_WINDOW_UPDATE, 0, 0, _INCREMENT.pack(increment & 0x7FFFFFFF))
+        if stream.open:  # h2 does not open the windows of closed streams
+            increment = stream._inbound_window_manager.process_bytes(acknowledged_size)
+            if increment:
+                out += _frame(_WINDOW_UPDATE, 0, stream_id, _INCREMENT.pack(increment & 0x7FFFFFFF))
 
     def _send_request_as_h2(self, stream_id: int, headers: list[Any], body: bytes) -> None:
         self.send_headers(stream_id, headers)
@@ -293,7 +319,8 @@ class _H2Connection(H2Connection):
 
 # hyperframe's frame header: 24-bit length (as 16 + 8 bits), type, flags, stream id.
 _FRAME_HEADER: Final = struct.Struct(">HBBBL")
-_DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
+_DATA, _HEADERS, _WINDOW_UPDATE, _CONTINUATION = 0x0, 0x1, 0x8, 0x9
+_INCREMENT: Final = struct.Struct(">L")
 _END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
 _HEADERS_FLAGS: Final = _END_HEADERS | _PADDED | _PRIORITY
 
@@ -313,7 +340,7 @@ def _stream_ended(stream: H2Stream) -> StreamEnded:
 
 
 def _receive_response_data(
-    h2: H2Connection, stream: H2Stream, data: bytes, flags: int, events: list[Event]
+    h2: _H2Connection, stream: H2Stream, data: bytes, flags: int, events: list[Event]
 ) -> None:
     """h2's `_receive_data_frame` and `H2Stream.receive_data` for an unpadded frame, no content length."""
     size = len(data)
@@ -328,10 +355,22 @@ def _receive_response_data(
 
 
 def _receive_response_headers(
-    h2: H2Connection, stream: H2Stream, block: bytes, flags: int, events: list[Event]
+    h2: _H2Connection, stream: H2Stream, block: bytes, flags: int, events: list[Event]
 ) -> None:
     """h2's `_receive_headers_frame` for a stream half closed by us: a response's headers or trailers."""
-    headers = _decode_headers(h2.decoder, block)
+    # A block of table references decodes the same while the table is unchanged (see
+    # `_hpack_cache`): its headers, as h2 hands them out, are kept with the table's count.
+    # The limit on a header list's size is h2's setting, changed as settings are acknowledged.
+    decoder = h2.decoder
+    generation = getattr(decoder.header_table, "generation", None)
+    state = (generation, decoder.max_header_list_size)
+    cached = h2._texts.get(block)
+    text: list[Any] | None = None
+    headers: list[Any]
+    if cached is not None and cached[0] == state and generation is not None:
+        headers, text = cached[1], cached[2]
+    else:
+        headers = cast(list[Any], _decode_headers(decoder, block))
     machine = stream.state_machine
     end_stream = bool(flags & _END_STREAM)
     if (
@@ -340,7 +379,7 @@ def _receive_response_headers(
         or is_informational_response(headers)
     ):
         # Informational answers and broken ones: h2's own stream code, raising what it raises.
-        events += stream.receive_headers(headers, end_stream, h2.config.header_encoding)[1]
+        events += stream.receive_headers(list(headers), end_stream, h2.config.header_encoding)[1]
         return
     event: ResponseReceived | TrailersReceived
     if machine.headers_received:
@@ -352,14 +391,22 @@ def _receive_response_headers(
     ended = _stream_ended(stream) if end_stream else None
     event.stream_ended = ended
     stream._initialize_content_length(headers)
-    encoding = h2.config.header_encoding
-    if isinstance(encoding, str):
-        event.headers = [
-            header.__class__(header[0].decode(encoding), header[1].decode(encoding))  # type: ignore[misc]
-            for header in headers
-        ]
-    else:
-        event.headers = list(headers)
+    if text is None:
+        encoding = h2.config.header_encoding
+        if isinstance(encoding, str):
+            text = [
+                header.__class__(header[0].decode(encoding), header[1].decode(encoding))
+                for header in headers
+            ]
+        else:
+            text = list(headers)
+        if generation is not None and generation == getattr(
+            decoder.header_table, "generation", None
+        ):
+            if len(h2._texts) >= 256:
+                h2._texts.clear()
+            h2._texts[block] = (state, headers, text)
+    event.headers = list(text)
     events.append(event)
     if ended is not None:
         events.append(ended)

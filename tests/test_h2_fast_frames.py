@@ -42,8 +42,14 @@ def _config(encoding: str | None) -> H2Configuration:
     )
 
 
-def _clients(encoding: str | None, server_settings: dict[int, int]) -> tuple[Any, Any]:
-    """(fast, reference): the same connection with the short paths and without them."""
+def _clients(
+    encoding: str | None, server_settings: dict[int, int], window: int = 65_535
+) -> tuple[Any, Any]:
+    """(fast, reference): the same connection with the short paths and without them.
+
+    `window` is the clients' receive window per stream: a small one has them
+    send window updates after a few answers.
+    """
     fast = _H2Connection(_config(encoding))
     fast.encoder = CachingEncoder()
     fast.decoder = CachingDecoder(fast.decoder)
@@ -55,9 +61,11 @@ def _clients(encoding: str | None, server_settings: dict[int, int]) -> tuple[Any
     server.initiate_connection()
     server.update_settings(server_settings)
     greeting = server.data_to_send()
+    settings_ack = b"\0\0\0\x04\x01\0\0\0\0"
     for client in (fast, reference):
         client.initiate_connection()
-        client.receive_data(greeting)
+        client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: window})
+        client.receive_data(greeting + settings_ack + settings_ack)
         client.data_to_send()
     return fast, reference
 
@@ -100,17 +108,22 @@ def _state(h2: Any) -> Any:
     )
 
 
-def _outcome(action: Any) -> Any:
+def _outcome(action: Any, result: list[Any]) -> Any:
     try:
-        return ("ok", _norm(action()))
+        value = action()
     except Exception as error:
         return ("raised", type(error).__name__, str(error))
+    result.append(value)
+    return ("ok", _norm(value))
 
 
-def _same(fast: Any, reference: Any, do_fast: Any, do_reference: Any) -> None:
-    assert _outcome(do_fast) == _outcome(do_reference)
+def _same(fast: Any, reference: Any, do_fast: Any, do_reference: Any) -> Any:
+    """Run both; the same outcome, bytes to send and state. Returns the fast one's result."""
+    result: list[Any] = []
+    assert _outcome(do_fast, result) == _outcome(do_reference, [])
     assert fast.data_to_send() == reference.data_to_send()
     assert _state(fast) == _state(reference)
+    return result[0] if result else None
 
 
 # Requests: bytes headers as the fast path sends them, a never-indexed tail sometimes,
@@ -155,7 +168,7 @@ _whole = st.builds(
     st.sampled_from([10, 11]),
 )
 _answer = st.tuples(
-    st.integers(0, 3), st.one_of(_whole, _whole, st.lists(_part, min_size=1, max_size=4))
+    st.integers(0, 3), st.one_of(*[_whole] * 4, st.lists(_part, min_size=1, max_size=4))
 )
 # Now and then any frame at all, on any stream, malformed too.
 _any_frame = st.tuples(
@@ -175,29 +188,36 @@ _any_step = st.one_of(
 )
 
 
-def _answer_frames(encoder: hpack.Encoder, sent: list[int], answer: Any) -> bytes:
+def _answer_frames(
+    encoder: hpack.Encoder, sent: list[int], answer: Any, pending: list[int]
+) -> bytes:
+    """An answer's frames: on the oldest unanswered stream mostly, else on the latest one."""
     target, parts = answer
-    if target >= len(sent):
+    if not sent:
         return b""
+    stream_id = pending.pop(0) if target < 3 and pending else sent[-1]
     frames = []
     for kind, flags, choice in parts:
         if kind == 0x0:
             size, payload = choice, b"\5" * choice
-            head = struct.pack(">HBBBL", size >> 8, size & 0xFF, kind, flags, sent[-1 - target])
-            frames.append(head + payload)
         else:
-            frames.append(_server_frame(encoder, sent, (kind, flags, target, choice, b"")))
+            payload = encoder.encode(_BLOCKS[choice // 2] if choice % 2 == 0 else _literals(choice))
+            size = len(payload)
+        head = struct.pack(">HBBBL", size >> 8, size & 0xFF, kind, flags, stream_id)
+        frames.append(head + payload)
     return b"".join(frames)
+
+
+def _literals(choice: int) -> list[Any]:
+    # Literals: the server's table stays as the client's, whatever the client drops.
+    return [hpack.NeverIndexedHeaderTuple(n, v) for n, v in _BLOCKS[choice // 2]]
 
 
 def _server_frame(encoder: hpack.Encoder, sent: list[int], frame: Any) -> bytes:
     kind, flags, target, choice, payload = frame
     stream_id = sent[-1 - target] if target < len(sent) else (0, 2, 999, 1 << 31 | 1)[target % 4]
     if kind == 0x1 and choice < 2 * len(_BLOCKS):
-        block = _BLOCKS[choice // 2]
-        if choice % 2:  # literals: the server's table stays as the client's, whatever it drops
-            block = [hpack.NeverIndexedHeaderTuple(n, v) for n, v in block]
-        payload = encoder.encode(block)
+        payload = encoder.encode(_BLOCKS[choice // 2] if choice % 2 == 0 else _literals(choice))
         if flags & 0x20:
             payload = b"\0\0\0\0\x10" + payload  # priority fields
         if flags & 0x8:
@@ -214,7 +234,7 @@ def _server_frame(encoder: hpack.Encoder, sent: list[int], frame: Any) -> bytes:
         payload, stream_id = b"", 0
     size = len(payload)
     head: bytes = struct.pack(">HBBBL", size >> 8, size & 0xFF, kind, flags, stream_id)
-    return head + payload
+    return head + bytes(payload)
 
 
 _settings = st.fixed_dictionaries(
@@ -225,30 +245,42 @@ _settings = st.fixed_dictionaries(
     }
 )
 _encoding = st.sampled_from(["ascii", None, "utf-8"])
+_window = st.sampled_from([65_535, 100])
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(encoding=_encoding, server=_settings, steps=st.lists(_usual_step, min_size=1, max_size=16))
+@given(
+    encoding=_encoding,
+    server=_settings,
+    window=_window,
+    steps=st.lists(_usual_step, min_size=6, max_size=16),
+)
 def test_requests_and_answers_go_as_through_h2(
-    encoding: str | None, server: dict[int, int], steps: list[Any]
+    encoding: str | None, server: dict[int, int], window: int, steps: list[Any]
 ) -> None:
     """Requests, and answers in the usual order or not, cut anywhere: as through h2."""
-    _run(encoding, server, steps)
+    _run(encoding, server, window, steps)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(encoding=_encoding, server=_settings, steps=st.lists(_any_step, min_size=1, max_size=12))
+@given(
+    encoding=_encoding,
+    server=_settings,
+    window=_window,
+    steps=st.lists(_any_step, min_size=1, max_size=12),
+)
 def test_any_frames_from_the_server_go_as_through_h2(
-    encoding: str | None, server: dict[int, int], steps: list[Any]
+    encoding: str | None, server: dict[int, int], window: int, steps: list[Any]
 ) -> None:
     """Any frame on any stream, malformed ones too, among the answers: as through h2."""
-    _run(encoding, server, steps)
+    _run(encoding, server, window, steps)
 
 
-def _run(encoding: str | None, server: dict[int, int], steps: list[Any]) -> None:
-    fast, reference = _clients(encoding, server)
+def _run(encoding: str | None, server: dict[int, int], window: int, steps: list[Any]) -> None:
+    fast, reference = _clients(encoding, server, window)
     encoder = hpack.Encoder()
     sent: list[int] = []
+    pending: list[int] = []  # sent, not answered yet
     for step in steps:
         if step[0] == "request":
             extra, never, size = step[1]
@@ -264,18 +296,32 @@ def _run(encoding: str | None, server: dict[int, int], steps: list[Any]) -> None
             )
             if stream_id in fast.streams:
                 sent.append(stream_id)
+                pending.append(stream_id)
         else:
-            make = _answer_frames if step[0] == "answers" else _server_frame
+            make = (
+                partial(_answer_frames, pending=pending) if step[0] == "answers" else _server_frame
+            )
             data = b"".join(make(encoder, sent, item) for item in step[1])
             cuts = sorted({min(cut, len(data)) for cut in step[2]})
             for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
                 chunk = data[start:end]
-                _same(
+                events = _same(
                     fast,
                     reference,
                     partial(fast.receive_data, chunk),
                     partial(reference.receive_data, chunk),
                 )
+                for event in events or ():  # acknowledged as the calls do, in window updates
+                    if isinstance(event, DataReceived):
+                        size, stream_id = event.flow_controlled_length, event.stream_id
+                        _same(
+                            fast,
+                            reference,
+                            partial(fast.acknowledge_received_data, size, stream_id),
+                            partial(
+                                H2Connection.acknowledge_received_data, reference, size, stream_id
+                            ),
+                        )
 
 
 def _response(stream_id: int, encoder: hpack.Encoder) -> bytes:
