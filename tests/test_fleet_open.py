@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatch_client import requests
+from dispatch_client import Client, requests
+from dispatch_client.streaming import StreamState, StreamStatus
+from dispatch_client.testing import running_server
 
 
 @given(st.integers(min_value=0, max_value=2**64 - 1))
@@ -26,3 +30,27 @@ def test_list_all_refuses_what_list_page_refuses(microgrid_id: object) -> None:
     with pytest.raises(ValueError) as fast:
         requests.list_all(microgrid_id)  # type: ignore[arg-type]
     assert str(fast.value) == str(full.value)
+
+
+@pytest.mark.anyio
+async def test_a_fleet_opening_as_the_client_connects_opens_once() -> None:
+    # 60 microgrids: 120 HTTP/2 streams (a stream and its baseline list each),
+    # all written before the reference server's SETTINGS reach the client;
+    # the server held them to h2's 100 until then and dropped the connection.
+    statuses: list[StreamStatus] = []
+    async with (
+        running_server() as server,
+        Client(server.url, on_stream_status=statuses.append) as client,
+    ):
+        streams = [client.stream(3000 + i) for i in range(60)]
+        tasks = [asyncio.ensure_future(anext(stream)) for stream in streams]
+        try:
+            await asyncio.wait_for(server.service.wait_for_streams(None, 60), 20)
+            assert {stream.open_count for stream in client.streams.values()} == {1}
+            assert not [s for s in statuses if s.state is not StreamState.CONNECTING]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for stream in streams:
+                await stream.aclose()

@@ -87,6 +87,11 @@ class _ConnectionTracker(asyncio.Protocol):
             h2.__class__ = H2Connection
             h2.encoder = CachingEncoder()
             h2.decoder = CachingDecoder(h2.decoder)
+            # No limit until the client has our SETTINGS, as RFC 9113 (6.5.2)
+            # has it: h2 held it to 100 meanwhile and dropped the connection
+            # at the 101st stream, so a client opening more than 50 microgrids
+            # as it connects (a stream and a baseline list each) lost them all.
+            del h2.local_settings[SettingCodes.MAX_CONCURRENT_STREAMS]
             h2.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS_PER_CONNECTION})
             connection.flush()
 
