@@ -400,9 +400,13 @@ class SharedStream:
     async def _read(self) -> BaseException:
         self._settings.unacknowledged.add()
         self._counted = True
-        responses = self._settings.open_stream(self.microgrid_id)
+        responses = None
         try:
             with absorb_leaked_cancel():
+                # Inside the try: an `open_stream` may raise at the call (the
+                # client's does when it was disconnected meanwhile), and that
+                # ends the attempt as a failure at the first message would.
+                responses = self._settings.open_stream(self.microgrid_id)
                 async for response in responses:
                     if response is None:
                         self._settings.unacknowledged.server_acknowledges = True
@@ -415,7 +419,8 @@ class SharedStream:
             return exc
         finally:
             self._uncount()
-            await aclose_quietly(responses)
+            if responses is not None:
+                await aclose_quietly(responses)
 
     def _uncount(self) -> None:
         if self._counted:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatch_client import Client, requests
-from dispatch_client.streaming import StreamState, StreamStatus
+from dispatch_client import Client, Dispatch, Unauthenticated, requests
+from dispatch_client.streaming import StreamHub, StreamState, StreamStatus
 from dispatch_client.testing import running_server
+from dispatch_client.wire import StreamMicrogridDispatchesResponse
 
 
 @given(st.integers(min_value=0, max_value=2**64 - 1))
@@ -54,3 +57,25 @@ async def test_a_fleet_opening_as_the_client_connects_opens_once() -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
             for stream in streams:
                 await stream.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_open_stream_that_raises_at_the_call_ends_the_stream_with_its_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The client's `open_stream` is a plain function returning the call's
+    # generator: what it raises at the call must end the consumers as a failed
+    # stream does, not crash the reader.
+    async def no_list(_: int) -> AsyncIterator[Dispatch]:
+        return
+        yield  # pragma: no cover
+
+    def refused(microgrid_id: int) -> AsyncIterator[StreamMicrogridDispatchesResponse | None]:
+        raise Unauthenticated("no key", server_url="grpc://x")
+
+    hub = StreamHub(open_stream=refused, list_dispatches=no_list, server_url="grpc://x")
+    with anyio.fail_after(5), pytest.raises(Unauthenticated, match="no key"):
+        async for _ in hub.subscribe(7):
+            pass  # pragma: no cover
+    assert "crashed" not in caplog.text
+    assert not hub.streams
