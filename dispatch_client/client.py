@@ -435,13 +435,9 @@ class Client(ClientStreams):
             response = await self._unary(call)
             if response.dispatches:
                 yield list(response.dispatches)
-            info = response.pagination_info
-            token = info.next_page_token if info is not None else None
-            # A token seen before would make the loop endless; stop instead.
-            if not token or token in seen_tokens:
+            if (after := _next_page(call, response, seen_tokens)) is None:
                 return
-            seen_tokens.add(token)
-            call = requests.next_page(call, token)
+            call = after
 
     @trio_aware
     def dispatches(self, microgrid_id: int, **filters: Any) -> AsyncGenerator[Dispatch, None]:
@@ -475,7 +471,29 @@ class Client(ClientStreams):
         `requests.list_all`'s call, not `list_page`'s: a fleet opening at once
         lists a thousand times, with no filters to build or check.
         """
-        async with aclosing(self._pages(requests.list_all(microgrid_id))) as pages:
-            async for page in pages:
-                for dispatch in page:
-                    yield dispatch
+        # The pages walked here rather than through `_pages`: one async
+        # generator less per list.
+        call = requests.list_all(microgrid_id)
+        seen_tokens: set[str] = set()
+        while True:
+            response = await self._unary(call)
+            for dispatch in response.dispatches:
+                yield dispatch
+            if (after := _next_page(call, response, seen_tokens)) is None:
+                return
+            call = after
+
+
+def _next_page(
+    call: requests.Call[ListMicrogridDispatchesRequest, ListMicrogridDispatchesResponse],
+    response: ListMicrogridDispatchesResponse,
+    seen_tokens: set[str],
+) -> requests.Call[ListMicrogridDispatchesRequest, ListMicrogridDispatchesResponse] | None:
+    """The call of the page after `response`, or None after the last (`seen_tokens` grows)."""
+    info = response.pagination_info
+    token = info.next_page_token if info is not None else None
+    # A token seen before would make the loop endless; stop instead.
+    if not token or token in seen_tokens:
+        return None
+    seen_tokens.add(token)
+    return requests.next_page(call, token)

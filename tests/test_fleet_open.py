@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
 
 import anyio
@@ -79,3 +80,16 @@ async def test_an_open_stream_that_raises_at_the_call_ends_the_stream_with_its_e
             pass  # pragma: no cover
     assert "crashed" not in caplog.text
     assert not hub.streams
+
+
+@pytest.mark.anyio
+async def test_a_streams_list_walks_every_page_as_client_dispatches_does() -> None:
+    # `_all_dispatches` (the baseline and catch-up lists) walks the pages
+    # itself rather than through `_pages`: the same dispatches in the same order.
+    async with running_server() as server, Client(server.url) as client:
+        server.service.default_page_size = 3
+        for index in range(8):
+            await client.create(9, f"T{index}", "NOW", dt.timedelta(minutes=5), [1])
+        listed = [dispatch async for dispatch in client._all_dispatches(9)]
+        assert len(listed) == 8
+        assert listed == [dispatch async for dispatch in client.dispatches(9)]
