@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatch_client import (
@@ -72,6 +72,78 @@ def test_parse_time_phrases_against_the_real_clock() -> None:
     at_eight = parse_time("08:00")
     assert (at_eight.hour, at_eight.minute) == (8, 0)
     assert dt.timedelta(0) < at_eight - before <= dt.timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("now", "text", "expected"),
+    [
+        # dateparser's own "future" answers were 1 November, 1 December 2027,
+        # 1 February and 1 January: the 1st of the month being ended.
+        pytest.param(
+            dt.datetime(2026, 11, 30, 8, 15, tzinfo=UTC),
+            "08:00",
+            dt.datetime(2026, 12, 1, 8, tzinfo=UTC),
+            id="month-end",
+        ),
+        pytest.param(
+            dt.datetime(2026, 12, 31, 23, tzinfo=UTC),
+            "08:00",
+            dt.datetime(2027, 1, 1, 8, tzinfo=UTC),
+            id="year-end",
+        ),
+        pytest.param(
+            dt.datetime(2027, 2, 28, 10, tzinfo=UTC),
+            "9am",
+            dt.datetime(2027, 3, 1, 9, tzinfo=UTC),
+            id="february",
+        ),
+        pytest.param(
+            dt.datetime(2026, 1, 31, 12, tzinfo=UTC),
+            "midnight",
+            dt.datetime(2026, 2, 1, tzinfo=UTC),
+            id="midnight",
+        ),
+        pytest.param(
+            dt.datetime(2026, 11, 30, 8, 15, tzinfo=UTC),
+            "08:00 CET",
+            dt.datetime(2026, 12, 1, 7, tzinfo=UTC),
+            id="zone",
+        ),
+        pytest.param(
+            dt.datetime(2026, 11, 30, 8, 15, tzinfo=UTC),
+            "23:30",
+            dt.datetime(2026, 11, 30, 23, 30, tzinfo=UTC),
+            id="later-today",
+        ),
+        pytest.param(
+            dt.datetime(2026, 11, 30, 8, 15, tzinfo=UTC),
+            "today 08:00",
+            dt.datetime(2026, 11, 30, 8, tzinfo=UTC),
+            id="today-as-said",
+        ),
+    ],
+)
+def test_a_time_of_day_is_its_next_occurrence(
+    now: dt.datetime, text: str, expected: dt.datetime
+) -> None:
+    assert parse_time(text, now=now) == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    now=st.datetimes(dt.datetime(2000, 1, 1), dt.datetime(2099, 12, 30), timezones=st.just(UTC)),
+    hour=st.integers(0, 23),
+    minute=st.integers(0, 59),
+    form=st.sampled_from(["{h:02d}:{m:02d}", "{h}:{m:02d}", "{h12}:{m:02d} {ampm}"]),
+)
+def test_every_time_of_day_is_read_as_its_next_occurrence(
+    now: dt.datetime, hour: int, minute: int, form: str
+) -> None:
+    """Any day (month and year ends included), any time of day: the first one after `now`."""
+    text = form.format(h=hour, m=minute, h12=(hour - 1) % 12 + 1, ampm="am" if hour < 12 else "pm")
+    parsed = parse_time(text, now=now)
+    assert (parsed.hour, parsed.minute, parsed.second) == (hour, minute, 0), text
+    assert now < parsed <= now + dt.timedelta(days=1), (now, text, parsed)
 
 
 @pytest.mark.parametrize("text", ["", "   ", "blah", "5", "12.5", "the day after never"])

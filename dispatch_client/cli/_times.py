@@ -58,6 +58,21 @@ def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
 
 
 def _parse_phrase(text: str, now: dt.datetime) -> dt.datetime | None:
+    result = _dateparser(text, now.astimezone(dt.UTC).replace(tzinfo=None), "future")
+    if result is None:
+        return None
+    _check_understood(text, result)
+    if _names_a_time_of_day_only(text) and not _TODAY.search(text):
+        # dateparser's "future" moves a past time of day to the next day by
+        # adding one to the day of the month, which at a month's end wraps to
+        # the 1st of the same month (08:00 on 30 November at 08:15 gave
+        # 1 November; on 31 December, 1 December of next year).
+        result = _next_occurrence(text, now)
+    return result
+
+
+def _dateparser(text: str, base: dt.datetime, prefer: str) -> dt.datetime | None:
+    """Dateparser's reading of `text` relative to `base` (naive UTC), aware UTC, or None."""
     # Imported here: dateparser is slow to import and only phrases need it.
     import dateparser
 
@@ -65,19 +80,46 @@ def _parse_phrase(text: str, now: dt.datetime) -> dt.datetime | None:
         "TIMEZONE": "UTC",
         "TO_TIMEZONE": "UTC",
         "RETURN_AS_TIMEZONE_AWARE": True,
-        "PREFER_DATES_FROM": "future",
+        "PREFER_DATES_FROM": prefer,
+        "RELATIVE_BASE": base,
     }
-    # dateparser resolves bare times ("08:00") to January 1st when given a
-    # RELATIVE_BASE, so only pass one when the caller pinned `now` explicitly
-    # far from the real clock (tests); otherwise dateparser's own clock is right.
-    real_now = dt.datetime.now(dt.UTC)
-    if abs(now - real_now) > dt.timedelta(seconds=5):
-        settings["RELATIVE_BASE"] = now.astimezone(dt.UTC).replace(tzinfo=None)
     result = dateparser.parse(text, languages=["en"], settings=settings)
-    if not isinstance(result, dt.datetime):
-        return None
-    _check_understood(text, result)
-    return result
+    return result if isinstance(result, dt.datetime) else None
+
+
+# Probe days in the middle of a month, far from any month's or year's end.
+_PROBE = dt.datetime(2001, 1, 10, 12)
+_TODAY = re.compile(r"\btoday\b", re.IGNORECASE)
+
+
+def _names_a_time_of_day_only(text: str) -> bool:
+    """Whether `text` is a time of day on the day it is read ("08:00", "9am CET", "midnight").
+
+    Such a phrase does not move with the hour it is read at, and moves by
+    exactly a day with the day; relative phrases ("in 10 min") move with the
+    hour, weekdays and dates do not move by a day.
+    """
+    same_day = _dateparser(text, _PROBE, "current_period")
+    later_hour = _dateparser(text, _PROBE + dt.timedelta(hours=1), "current_period")
+    next_day = _dateparser(text, _PROBE + dt.timedelta(days=1), "current_period")
+    return (
+        same_day is not None
+        and same_day == later_hour
+        and next_day is not None
+        and next_day - same_day == dt.timedelta(days=1)
+    )
+
+
+def _next_occurrence(text: str, now: dt.datetime) -> dt.datetime | None:
+    """The first instant after `now` that `text` names when read on `now`'s day or a later one."""
+    base = now.astimezone(dt.UTC).replace(tzinfo=None)
+    # Two days later at most: in the phrase's own zone (01:00 in Tokyo) the
+    # day may already be UTC's tomorrow.
+    for days in range(3):
+        candidate = _dateparser(text, base + dt.timedelta(days=days), "current_period")
+        if candidate is not None and candidate > now:
+            return candidate
+    return None
 
 
 # A time of day as written: 8:00, 08:00:30, 9.30, 9am, 9:30 p.m., 25h. Only
