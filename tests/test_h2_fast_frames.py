@@ -26,6 +26,7 @@ from h2.settings import SettingCodes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dispatch_client import _h2_protocol
 from dispatch_client._h2_protocol import _H2Connection, _quiet_received_frames
 from dispatch_client._hpack_cache import CachingDecoder, CachingEncoder
 
@@ -378,3 +379,18 @@ def test_a_plain_answer_takes_the_short_paths(monkeypatch: pytest.MonkeyPatch) -
     assert fast.data_to_send() == reference.data_to_send()
     assert _norm(reference.receive_data(_response(stream_id, hpack.Encoder()))) == _norm(events)
     assert handled  # the reference did go through h2's handlers
+
+
+@pytest.mark.parametrize(
+    ("version", "tested"),
+    [("4.4.1", True), ("4.4.0", True), ("4.5.0", False), ("4.1.0", False), ("5.0.0", False)],
+)
+def test_only_the_h2_release_the_short_paths_were_proven_on_gets_them(
+    monkeypatch: pytest.MonkeyPatch, version: str, tested: bool
+) -> None:
+    """Another h2 may keep its private state differently: it gets h2's own paths."""
+    monkeypatch.setattr(_h2_protocol, "_H2_VERSION", version)
+    connection = _H2Connection(_config("ascii"))
+    _quiet_received_frames(connection)
+    connection.enable_fast_frames()
+    assert connection.fast_frames is tested
