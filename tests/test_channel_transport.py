@@ -17,6 +17,7 @@ from h2.settings import SettingCodes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from server_process import free_port
+from stream_fleet import streams_held
 
 from dispatch_client import Client
 from dispatch_client._h2_protocol import FLUSH_BYTES
@@ -74,19 +75,13 @@ async def test_many_streams_open_on_one_connection(monkeypatch: pytest.MonkeyPat
         return original(self, remainder)
 
     monkeypatch.setattr(H2Connection, "_open_streams", counting)
-    async with running_server() as server, Client(server.url) as client:
-        streams = [client.stream(1000 + i) for i in range(150)]
-        try:
-            tasks = [asyncio.ensure_future(anext(stream)) for stream in streams]
-            await asyncio.wait_for(server.service.wait_for_streams(None, 150), 20)
-            # Neither end walks all its streams for each new one (O(n²) for a fleet).
-            assert walks[True] <= 10 and walks[False] <= 10, walks
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            for stream in streams:
-                await stream.aclose()
+    async with (
+        running_server() as server,
+        Client(server.url) as client,
+        streams_held(client, server, 1000, 150),
+    ):
+        # Neither end walks all its streams for each new one (O(n²) for a fleet).
+        assert walks[True] <= 10 and walks[False] <= 10, walks
 
 
 async def test_writes_of_one_turn_go_out_in_one_send() -> None:
@@ -284,20 +279,11 @@ async def test_streams_opened_while_connecting_go_out_together(
     monkeypatch.setattr(_CoalescedWrites, "_flush", counting)
     async with running_server() as server, Client(server.url) as client:
         server_port = server.port
-        streams = [client.stream(2000 + i) for i in range(200)]
-        tasks = [asyncio.ensure_future(anext(stream)) for stream in streams]
-        try:
-            await asyncio.wait_for(server.service.wait_for_streams(None, 200), 20)
+        async with streams_held(client, server, 2000, 200):
             # The client's sends: about 3 here (the 400 requests in one), over 100
             # when the waiters woke one by one. (It read about 45 while the server
             # dropped the connection at the 101st stream and every stream re-opened.)
             assert sends <= 80, sends
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for stream in streams:
-                await stream.aclose()
 
 
 async def test_a_failed_shared_connection_attempt_fails_every_waiter() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 
@@ -10,6 +9,7 @@ import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from stream_fleet import streams_held
 
 from dispatch_client import Client, Dispatch, Unauthenticated, requests
 from dispatch_client.streaming import StreamHub, StreamState, StreamStatus
@@ -45,19 +45,10 @@ async def test_a_fleet_opening_as_the_client_connects_opens_once() -> None:
     async with (
         running_server() as server,
         Client(server.url, on_stream_status=statuses.append) as client,
+        streams_held(client, server, 3000, 60),
     ):
-        streams = [client.stream(3000 + i) for i in range(60)]
-        tasks = [asyncio.ensure_future(anext(stream)) for stream in streams]
-        try:
-            await asyncio.wait_for(server.service.wait_for_streams(None, 60), 20)
-            assert {stream.open_count for stream in client.streams.values()} == {1}
-            assert not [s for s in statuses if s.state is not StreamState.CONNECTING]
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for stream in streams:
-                await stream.aclose()
+        assert {stream.open_count for stream in client.streams.values()} == {1}
+        assert not [s for s in statuses if s.state is not StreamState.CONNECTING]
 
 
 @pytest.mark.anyio
