@@ -146,6 +146,35 @@ def test_every_time_of_day_is_read_as_its_next_occurrence(
     assert now < parsed <= now + dt.timedelta(days=1), (now, text, parsed)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    now=st.datetimes(dt.datetime(2000, 1, 2), dt.datetime(2099, 12, 30), timezones=st.just(UTC)),
+    hour=st.integers(0, 23),
+    minute=st.integers(0, 59),
+    day=st.sampled_from([("yesterday", -1), ("today", 0), ("tomorrow", 1)]),
+)
+def test_a_day_word_keeps_its_day(
+    now: dt.datetime, hour: int, minute: int, day: tuple[str, int]
+) -> None:
+    """'yesterday 08:00' is yesterday's 08:00 even when that is past (was: the next 08:00)."""
+    word, offset = day
+    parsed = parse_time(f"{word} {hour:02d}:{minute:02d}", now=now)
+    on = (now + dt.timedelta(days=offset)).date()
+    assert parsed == dt.datetime.combine(on, dt.time(hour, minute), tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("yesterday 08:00", dt.datetime(2026, 11, 29, 8, tzinfo=UTC)),
+        ("yesterday 23:00", dt.datetime(2026, 11, 29, 23, tzinfo=UTC)),
+        ("tomorrow 08:00", dt.datetime(2026, 12, 1, 8, tzinfo=UTC)),
+    ],
+)
+def test_named_day_word_cases(text: str, expected: dt.datetime) -> None:
+    assert parse_time(text, now=dt.datetime(2026, 11, 30, 8, 15, tzinfo=UTC)) == expected
+
+
 @pytest.mark.parametrize("text", ["", "   ", "blah", "5", "12.5", "the day after never"])
 def test_parse_time_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="ISO 8601"):

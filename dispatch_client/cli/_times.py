@@ -97,7 +97,11 @@ def _names_a_time_of_day_only(text: str) -> bool:
 
     Such a phrase does not move with the hour it is read at, and moves by
     exactly a day with the day; relative phrases ("in 10 min") move with the
-    hour, weekdays and dates do not move by a day.
+    hour, weekdays and dates do not move by a day. A phrase with a day word
+    ("yesterday 08:00", "tomorrow 9am") moves with the day too, but names its
+    day: only a time of day alone is read a day apart when dateparser prefers
+    the future or the past (at one of two probes: the time of a probe itself
+    is the same either way).
     """
     same_day = _dateparser(text, _PROBE, "current_period")
     later_hour = _dateparser(text, _PROBE + dt.timedelta(hours=1), "current_period")
@@ -107,7 +111,14 @@ def _names_a_time_of_day_only(text: str) -> bool:
         and same_day == later_hour
         and next_day is not None
         and next_day - same_day == dt.timedelta(days=1)
+        and any(_either_day(text, _PROBE + dt.timedelta(hours=h)) for h in (0, 1))
     )
+
+
+def _either_day(text: str, base: dt.datetime) -> bool:
+    future = _dateparser(text, base, "future")
+    past = _dateparser(text, base, "past")
+    return future is not None and past is not None and future - past == dt.timedelta(days=1)
 
 
 def _next_occurrence(text: str, now: dt.datetime) -> dt.datetime | None:
