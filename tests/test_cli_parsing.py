@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -173,6 +174,27 @@ def test_a_day_word_keeps_its_day(
 )
 def test_named_day_word_cases(text: str, expected: dt.datetime) -> None:
     assert parse_time(text, now=dt.datetime(2026, 11, 30, 8, 15, tzinfo=UTC)) == expected
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    zone=st.sampled_from(["UTC", "GMT", "CET", "PST"]),
+    sign=st.sampled_from("+-"),
+    number=st.integers(15, 99),
+    day=st.sampled_from(["", "tomorrow "]),
+)
+def test_a_zone_with_an_unreadable_offset_is_refused(
+    zone: str, sign: str, number: int, day: str
+) -> None:
+    """'08:00 UTC+15' was 08:00 UTC on the 15th (dateparser took 'UTC+' and read 15 as the day)."""
+    with pytest.raises(ValueError, match=re.escape(f"'{zone}{sign}{number}'")):
+        parse_time(f"{day}08:00 {zone}{sign}{number}", now=NOW)
+
+
+@pytest.mark.parametrize("offset", range(-12, 15))
+def test_a_utc_offset_zone_is_read(offset: int) -> None:
+    parsed = parse_time(f"tomorrow 08:00 UTC{offset:+d}", now=NOW)
+    assert parsed.astimezone(dt.timezone(dt.timedelta(hours=offset))).time() == dt.time(8)
 
 
 @pytest.mark.parametrize("text", ["", "   ", "blah", "5", "12.5", "the day after never"])

@@ -146,6 +146,8 @@ _MONTH_WORD = re.compile(
     r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\b", re.IGNORECASE
 )
 _SIGNED = re.compile(r"(?<![\w:.])[+-]\d")
+# A zone name with an offset written after it: UTC+14, GMT-3, CET+5:30.
+_ZONE_OFFSET = re.compile(r"\b[A-Za-z]+[+-](?P<n>\d[\d:]*)")
 
 
 def _check_understood(text: str, result: dt.datetime) -> None:
@@ -162,6 +164,14 @@ def _check_understood(text: str, result: dt.datetime) -> None:
     from dateparser.timezone_parser import pop_tz_offset_from_string
 
     rest, zone = pop_tz_offset_from_string(text)
+    for offset in _ZONE_OFFSET.finditer(text):
+        # dateparser takes "UTC+" of an offset it cannot read ("UTC+15",
+        # "CET+5") as the zone and reads the number left behind as a day.
+        if re.search(rf"(?<![\w:.]){offset.group('n')}(?![\w:])", rest):
+            raise ValueError(
+                f"{offset.group(0)!r} in {text!r} is not a time zone (offsets are -12..+14);"
+                f" use {TIME_HELP}"
+            )
     clocks = [(m.group(0), m.groupdict()) for m in _CLOCK.finditer(rest) if _is_clock(m)]
     if not _MONTH_WORD.search(rest):
         clocks += [
