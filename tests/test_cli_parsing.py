@@ -424,3 +424,28 @@ def test_parse_uint64_accepts_every_wire_id(value: int) -> None:
 def test_parse_uint64_refuses_what_the_wire_cannot_carry(value: int) -> None:
     with pytest.raises(ValueError, match=r"0\.\.2\*\*64-1"):
         parse_uint64(str(value))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    day=st.dates(dt.date(2001, 1, 1), dt.date(2098, 12, 31)),
+    hour=st.integers(0, 23),
+    minute=st.integers(0, 59),
+    separator=st.sampled_from(["-", "/"]),
+    zone=st.sampled_from([("UTC", 0), ("JST", 9), ("EST", -5)]),
+)
+def test_a_numeric_date_with_a_time_and_a_zone_is_read(
+    day: dt.date, hour: int, minute: int, separator: str, zone: tuple[str, int]
+) -> None:
+    """The date's digits are no time of day ('2026' was checked as 20:26 and refused)."""
+    name, offset = zone
+    text = f"{day:%Y}{separator}{day:%m}{separator}{day:%d} {hour:02d}:{minute:02d} {name}"
+    expected = dt.datetime.combine(
+        day, dt.time(hour, minute), dt.timezone(dt.timedelta(hours=offset))
+    )
+    assert parse_time(text, now=NOW) == expected.astimezone(UTC)
+
+
+def test_a_numeric_date_with_an_impossible_time_is_refused() -> None:
+    with pytest.raises(ValueError, match="2026-12-03 25:00 CET"):
+        parse_time("2026-12-03 25:00 CET", now=NOW)

@@ -141,6 +141,7 @@ _CLOCK = re.compile(
     re.IGNORECASE,
 )
 # 0830 / 2500: a bare 3-4 digit number next to a day word reads as a time too.
+_NUMERIC_DATE = re.compile(r"(?<![\w.:])\d{1,4}([-/.])\d{1,2}\1\d{1,4}(?![\w.:])")
 _BARE_CLOCK = re.compile(r"(?<![\w:.+-])(?P<h>\d{1,2})(?P<m>\d{2})(?![\w:.])")
 _MONTH_WORD = re.compile(
     r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\b", re.IGNORECASE
@@ -164,6 +165,8 @@ def _check_understood(text: str, result: dt.datetime) -> None:
     from dateparser.timezone_parser import pop_tz_offset_from_string
 
     rest, zone = pop_tz_offset_from_string(text)
+    # A numeric date's parts (2026-12-03, 2026/12/03, 03.12.2026) are no times of day.
+    rest = _NUMERIC_DATE.sub(" ", rest)
     for offset in _ZONE_OFFSET.finditer(text):
         # dateparser takes "UTC+" of an offset it cannot read ("UTC+15",
         # "CET+5") as the zone and reads the number left behind as a day.
