@@ -111,8 +111,9 @@ from ._fanout import Audience, Batch, Consumer, Item, Overflow, Snapshot
 from ._proto.frequenz.api.common.v1alpha8.streaming import Event
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
 from ._reconnect import is_retryable, unreachable, wait_to_retry
-from ._stream_settings import StreamSettings, StreamState, StreamStatus, Unacknowledged
+from ._stream_settings import StreamSettings, StreamState, StreamStatus
 from ._tasks import OwnedTask, aclose_quietly
+from .connection import withdraw_leaked_cancels
 from .errors import Cancelled, StreamGap, Unavailable, copy_error
 from .watchview import DispatchEvent, WatchView
 
@@ -121,7 +122,6 @@ __all__ = [
     "StreamSettings",
     "StreamState",
     "StreamStatus",
-    "Unacknowledged",
 ]
 
 _log = logging.getLogger("dispatch_client.streaming")
@@ -134,23 +134,13 @@ class _ListFailed(Exception):
     """Ends an attempt's task group (the reader is cancelled): a list failed, see `_list_failure`."""
 
 
-def _withdraw_leaked_cancels(task: asyncio.Task[object] | None, baseline: int) -> None:
-    """What `absorb_leaked_cancel` does on a failure, for the hot paths below.
-
-    Written out there: a generator-based context manager costs a few µs, twice
-    per stream opened (the reader, the baseline list).
-    """
-    while task is not None and task.cancelling() > baseline:
-        task.uncancel()
-
-
 async def _collect(dispatches: AsyncIterator[Dispatch]) -> list[Dispatch]:
     task = asyncio.current_task()
     baseline = task.cancelling() if task is not None else 0
     try:
         return [dispatch async for dispatch in dispatches]
     except Exception:
-        _withdraw_leaked_cancels(task, baseline)
+        withdraw_leaked_cancels(task, baseline)
         raise
     finally:
         await aclose_quietly(dispatches)
@@ -430,7 +420,7 @@ class SharedStream:
                     self._receive(response)
             return Unavailable("the server ended the stream", server_url=self._settings.server_url)
         except Exception as exc:
-            _withdraw_leaked_cancels(task, baseline)
+            withdraw_leaked_cancels(task, baseline)
             return exc
         finally:
             self._uncount()

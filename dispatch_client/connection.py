@@ -61,6 +61,7 @@ __all__ = [
     "seconds_or_none",
     "server_stream",
     "unary",
+    "withdraw_leaked_cancels",
 ]
 
 _Resp = TypeVar("_Resp")
@@ -346,8 +347,7 @@ async def unary(
             await stream.send_message(call.request, end=True)
             response = await stream.recv_message()
     except Exception as exc:
-        while task is not None and task.cancelling() > baseline:
-            task.uncancel()
+        withdraw_leaked_cancels(task, baseline)
         if isinstance(exc, DispatchApiError):
             raise
         typed = typed_error(exc, server_url, record)
@@ -447,6 +447,20 @@ def absorb_leaked_cancel() -> Iterator[None]:
     try:
         yield
     except Exception:
-        while task is not None and task.cancelling() > baseline:
-            task.uncancel()
+        withdraw_leaked_cancels(task, baseline)
         raise
+
+
+def withdraw_leaked_cancels(task: asyncio.Task[Any] | None, baseline: int) -> None:
+    """Withdraw `task`'s cancel requests above `baseline` (see `absorb_leaked_cancel`).
+
+    For the hot paths that write `absorb_leaked_cancel` out instead of
+    entering a generator-based context manager per call: they take the
+    baseline before the grpclib call and call this when it fails.
+
+    Args:
+        task: the task making the call, or None outside a task.
+        baseline: `task.cancelling()` before the call.
+    """
+    while task is not None and task.cancelling() > baseline:
+        task.uncancel()
