@@ -20,6 +20,13 @@ classes' own field metadata, and only bytes that pass reach the parser:
 Unknown field numbers are allowed (a newer client may send them) but must be
 well framed. After parsing, `validation.check_message` checks what the bytes
 cannot say: enum values are members the schema defines.
+
+The small requests a client sends most (a stream's or a get's ids, a list
+without filters: `08 b1 ea 01 12 00`) take a short path (`_decode_simple`)
+that builds the message straight from the bytes: unsigned integers in range
+and empty messages, each field once, nothing else. It answers the same as the
+walk, the parser and the checks (tests/test_server_decoding.py holds them side
+by side over any bytes); whatever else it meets, it hands to them.
 """
 
 from __future__ import annotations
@@ -81,6 +88,18 @@ def decode_request(message_type: type[_M], data: bytes) -> _M:
             e.g. `dispatch_data.start_time: 253402300800 s is after
             9999-12-31T23:59:59Z`.
     """
+    shape = _SHAPES.get(message_type)
+    if shape is None:
+        shape = _SHAPES[message_type] = _simple_shape(message_type)
+    if shape:
+        simple = _decode_simple(message_type, shape, data)
+        if simple is not None:
+            return simple
+    return _decode_checked(message_type, data)
+
+
+def _decode_checked(message_type: type[_M], data: bytes) -> _M:
+    """`decode_request` without its short path: walk, parse, check."""
     try:
         _walk(message_type, memoryview(data), "", 1)
     except _Malformed as error:
@@ -91,6 +110,92 @@ def decode_request(message_type: type[_M], data: bytes) -> _M:
         raise ValueError(f"{message_type.__name__} cannot be decoded: {error}") from None
     check_message(message, "")
     return message
+
+
+# A field the short path reads: its name, and the largest value of an unsigned
+# integer, or the class of a message sent empty.
+_SimpleField = tuple[str, int, type[betterproto2.Message] | None]
+_Shape = dict[int, _SimpleField]
+_SHAPES: dict[type[Any], _Shape | None] = {}
+_UINT_LIMITS = {"uint64": 2**64 - 1, "uint32": 2**32 - 1}
+
+
+def _simple_shape(message_type: type[betterproto2.Message]) -> _Shape | None:
+    """The fields of `message_type` the short path reads, by their one-byte key; None for none.
+
+    Unsigned integers (any value in range is valid) and messages that are
+    valid empty, outside oneofs, not repeated and numbered 1..15 (a one-byte
+    key). A type whose defaults fail `check_message` gets no short path: the
+    fields the bytes leave out would have to be checked.
+    """
+    meta: Any = cast(Any, message_type)._betterproto
+    try:
+        check_message(message_type(), "")
+    except ValueError:
+        return None
+    shape: _Shape = {}
+    for number, name in meta.field_name_by_number.items():
+        fmeta = meta.meta_by_field_name[name]
+        if number > 15 or fmeta.repeated or fmeta.group is not None:
+            continue
+        limit = _UINT_LIMITS.get(fmeta.proto_type)
+        if limit is not None:
+            shape[number << 3 | _VARINT] = (name, limit, None)
+            continue
+        field_cls = meta.cls_by_field[name]
+        if (
+            fmeta.proto_type != "message"
+            or fmeta.unwrap
+            or not isinstance(field_cls, type)
+            or not issubclass(field_cls, betterproto2.Message)
+            or field_cls is Timestamp
+        ):
+            continue
+        try:
+            check_message(field_cls(), name)
+        except ValueError:
+            continue
+        shape[number << 3 | _LENGTH] = (name, 0, field_cls)
+    return shape or None
+
+
+def _decode_simple(message_type: type[_M], shape: _Shape, data: bytes) -> _M | None:
+    """`data` as a `message_type` if it holds only fields of `shape`, each once; else None.
+
+    None also for anything the general path might refuse or read otherwise
+    (a varint past 64 bits, a message that is not empty, a field repeated):
+    the caller then takes that path.
+    """
+    values: dict[str, Any] = {}
+    pos, end = 0, len(data)
+    while pos < end:
+        field = shape.get(data[pos])
+        if field is None:
+            return None
+        name, limit, field_cls = field
+        if name in values:
+            return None
+        pos += 1
+        if field_cls is not None:
+            if pos >= end or data[pos]:
+                return None
+            values[name] = field_cls()
+            pos += 1
+            continue
+        value = shift = 0
+        while True:
+            if pos >= end or shift > 63:
+                return None
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        if value > limit:
+            return None
+        values[name] = value
+    return message_type(**values)
 
 
 def _varint(data: memoryview, pos: int, where: str) -> tuple[int, int]:
