@@ -18,7 +18,7 @@ from h2.settings import SettingCodes
 
 from .._unary import CachingDecoder, CachingEncoder
 from ..connection import _CoalescedWrites as CoalescedWrites
-from ..connection import _H2Connection as H2Connection
+from ._h2_frames import ServerH2Connection
 from .auth import RequestAuthenticator
 from .operability import OPEN_SERVICES, Operability
 from .operability import available as operability_available
@@ -86,7 +86,8 @@ class _ConnectionTracker(asyncio.Protocol):
             h2 = connection._connection
             # Each stream a client opens would otherwise cost a walk over all
             # it holds open: quadratic for a client following many microgrids.
-            h2.__class__ = H2Connection
+            h2.__class__ = ServerH2Connection
+            h2.enable_answer_frames()
             h2.encoder = CachingEncoder()
             h2.decoder = CachingDecoder(h2.decoder)
             # No limit until the client has our SETTINGS, as RFC 9113 (6.5.2)
