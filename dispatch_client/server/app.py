@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import socket
 import ssl as _ssl
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final
 
 import anyio
 import anyio.lowlevel
@@ -36,6 +38,37 @@ h2 advertises 100 unless told otherwise; a client following more microgrids
 than that over one channel would then see its later streams wait, unopened,
 for earlier ones to end. gRPC's own servers advertise no practical limit.
 """
+
+
+GC_THRESHOLDS: Final = (10_000, 10, 10)
+"""The cyclic garbage collector's thresholds while `serve()` runs (Python's: 700, 10, 10).
+
+A server following a fleet holds about a hundred objects per open stream, and
+each request it answers allocates about as many: with Python's thresholds the
+collector ran every few requests, a fifth of the server's time as a client
+opened 1,000 streams (about 160 of 800 ms; 70 ms with these). Garbage cycles
+are still collected, after 10,000 allocations instead of 700.
+"""
+
+
+@contextmanager
+def _collecting_for_a_server() -> Iterator[None]:
+    """Set `GC_THRESHOLDS`, and leave the objects made so far out of the collector's walks.
+
+    What exists once the server listens (modules, the store) lives as long
+    as the process: frozen (`gc.freeze`), full collections no longer walk it.
+    Both are undone on exit (the freeze only if it was not the caller's).
+    """
+    previous = gc.get_threshold()
+    frozen_before = gc.get_freeze_count()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        if not frozen_before:
+            gc.unfreeze()
 
 
 def server_ssl_context(cert_file: str, key_file: str) -> _ssl.SSLContext:
@@ -321,7 +354,9 @@ async def serve(
     """Run a dispatch server until cancelled, then stop it cleanly.
 
     Logs one line with the URL to connect to; `on_ready` (if given) is called
-    with the running `DispatchServer` once it listens.
+    with the running `DispatchServer` once it listens. Meanwhile the process's
+    cyclic garbage collector runs less often (`GC_THRESHOLDS`), and what was
+    made before the server listened is left out of its walks (`gc.freeze`).
 
     Args:
         host: address to listen on.
@@ -352,12 +387,13 @@ async def serve(
             shutdown_grace_s=shutdown_grace_s,
         )
         async with server:
-            _log.info(
-                "Dispatch server listening (db %s, %s); connect with %s",
-                describe_db(db),
-                server.authenticator.describe(),
-                server.url,
-            )
-            if on_ready is not None:
-                on_ready(server)
-            await anyio.sleep_forever()
+            with _collecting_for_a_server():
+                _log.info(
+                    "Dispatch server listening (db %s, %s); connect with %s",
+                    describe_db(db),
+                    server.authenticator.describe(),
+                    server.url,
+                )
+                if on_ready is not None:
+                    on_ready(server)
+                await anyio.sleep_forever()
