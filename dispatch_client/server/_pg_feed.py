@@ -19,11 +19,8 @@ import anyio.to_thread
 import psycopg
 import psycopg.sql
 
-from .._proto.frequenz.api.common.v1alpha8.streaming import Event
-from .._proto.frequenz.api.dispatch.v1 import (
-    Dispatch,
-    StreamMicrogridDispatchesResponse,
-)
+from .fanout import StreamEvent
+from .replies import stream_event
 from .store_api import (
     StoreEvents,
     redact,
@@ -150,11 +147,10 @@ class PgChangeFeed:
             row = rows.get(seq)
             if row is not None and self._events is not None:
                 _, microgrid_id, kind, blob = row
+                # Sent as stored: parsed only if an in-process subscriber asks.
                 self._events.publish(
                     microgrid_id if microgrid_id >= 0 else microgrid_id + 2**64,
-                    StreamMicrogridDispatchesResponse(
-                        dispatch=Dispatch.parse(blob), event=Event(kind)
-                    ),
+                    StreamEvent(data=stream_event(blob, kind)),
                 )
             waiter = self._waiters.get(seq)
             if waiter is not None:

@@ -3,6 +3,11 @@
 `publish` never waits: each subscriber has a bounded buffer, and one that is
 full is cut off (its stream then ends with RESOURCE_EXHAUSTED) instead of
 slowing down the writer or the other subscribers.
+
+Each event goes out as a `StreamEvent`, shared by all subscribers: its wire
+bytes are made once, by the first stream that sends it, not once per
+subscriber (and a store that has them already, PostgreSQL's change feed,
+hands them in as they are).
 """
 
 from __future__ import annotations
@@ -14,8 +19,55 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._proto.frequenz.api.dispatch.v1 import StreamMicrogridDispatchesResponse
+from .replies import encode_event
 
-__all__ = ["Fanout", "Subscription"]
+__all__ = ["Fanout", "StreamEvent", "Subscription"]
+
+
+class StreamEvent:
+    """One published event: its `message` and its wire bytes, each made at most once.
+
+    Made from either; the other is derived when first asked for. grpclib
+    sends it as it sends a protobuf message (`SerializeToString`).
+
+    Args:
+        message: the event.
+        data: the event's wire bytes (`bytes(message)`), e.g. as a store keeps them.
+
+    Raises:
+        TypeError: neither or both given.
+    """
+
+    __slots__ = ("_data", "_message")
+
+    def __init__(
+        self,
+        message: StreamMicrogridDispatchesResponse | None = None,
+        *,
+        data: bytes | None = None,
+    ) -> None:
+        if (message is None) == (data is None):
+            raise TypeError("StreamEvent takes either a message or its data")
+        self._message = message
+        self._data = data
+
+    def __repr__(self) -> str:
+        return f"StreamEvent({self.message!r})"
+
+    @property
+    def message(self) -> StreamMicrogridDispatchesResponse:
+        """The event as a message (parsed from the data on first use; shared, do not modify)."""
+        if self._message is None:
+            assert self._data is not None
+            self._message = StreamMicrogridDispatchesResponse.parse(self._data)
+        return self._message
+
+    def SerializeToString(self) -> bytes:
+        """Return the event's wire bytes (encoded on first use); the method grpclib calls."""
+        if self._data is None:
+            assert self._message is not None
+            self._data = encode_event(self._message)
+        return self._data
 
 
 @dataclass(eq=False)
@@ -23,8 +75,8 @@ class Subscription:
     """One subscriber's view of a microgrid's events."""
 
     microgrid_id: int
-    events: MemoryObjectReceiveStream[StreamMicrogridDispatchesResponse]
-    _sender: MemoryObjectSendStream[StreamMicrogridDispatchesResponse] = field(repr=False)
+    events: MemoryObjectReceiveStream[StreamEvent]
+    _sender: MemoryObjectSendStream[StreamEvent] = field(repr=False)
     overflowed: bool = False
     """Set when the buffer filled up and the subscriber was cut off."""
     shut_down: bool = False
@@ -60,9 +112,7 @@ class Fanout:
             The subscription; its `events` stream ends when it is cut off
             (`overflowed`), the fan-out closes (`shut_down`) or it is unsubscribed.
         """
-        sender, receiver = anyio.create_memory_object_stream[StreamMicrogridDispatchesResponse](
-            self.buffer_size
-        )
+        sender, receiver = anyio.create_memory_object_stream[StreamEvent](self.buffer_size)
         subscription = Subscription(microgrid_id, receiver, sender)
         self._subscribers.setdefault(microgrid_id, set()).add(subscription)
         self._opened[microgrid_id] += 1
@@ -78,7 +128,9 @@ class Fanout:
         subscription.events.close()
         self._drop(subscription)
 
-    def publish(self, microgrid_id: int, event: StreamMicrogridDispatchesResponse) -> None:
+    def publish(
+        self, microgrid_id: int, event: StreamMicrogridDispatchesResponse | StreamEvent
+    ) -> None:
         """Hand `event` to every subscriber of the microgrid, without waiting.
 
         A subscriber whose buffer is full is cut off (`overflowed` set); it still
@@ -86,8 +138,11 @@ class Fanout:
 
         Args:
             microgrid_id: the microgrid the event belongs to.
-            event: the event to send.
+            event: the event to send; a message is wrapped in one `StreamEvent`
+                for all subscribers.
         """
+        if not isinstance(event, StreamEvent):
+            event = StreamEvent(event)
         for subscription in list(self._subscribers.get(microgrid_id, ())):
             try:
                 subscription._sender.send_nowait(event)

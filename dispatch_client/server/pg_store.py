@@ -60,6 +60,7 @@ from ._pg_feed import PgChangeFeed
 from ._pg_schema import _check_may_migrate, _first, _one, _schema_is_current, migrate
 from ._pg_schema import known_migrations as known_migrations
 from .records import SORT_COLUMNS, ListQuery, ListResult, to_micros
+from .replies import encode_dispatch
 from .sql import (
     FIELDS,
     SqlDialect,
@@ -402,6 +403,18 @@ class PgDispatchStore(PgChangeFeed):
             found = await cursor.fetchone()
         return None if found is None else from_row(found)
 
+    async def get_encoded(self, microgrid_id: int, dispatch_id: int) -> bytes | None:
+        """Return what `get` returns as `Dispatch` wire bytes (stored data unparsed), or None."""
+        if dispatch_id > _INT64_MAX:
+            return None
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                f"SELECT {FIELDS} FROM dispatches WHERE id = %s AND microgrid_id = %s",
+                (dispatch_id, signed(microgrid_id)),
+            )
+            found = await cursor.fetchone()
+        return None if found is None else encoded_row(found)
+
     async def list(self, query: ListQuery) -> ListResult[Dispatch]:
         """Return one page of the dispatches matching `query`, and their total count."""
         return await self._list(query, from_row)
@@ -490,7 +503,7 @@ class PgDispatchStore(PgChangeFeed):
                     "WITH e AS (INSERT INTO dispatch_events (microgrid_id, kind, dispatch)"
                     " VALUES (%s, %s, %s) RETURNING seq)"
                     " SELECT seq, pg_notify(%s, seq::text) FROM e",
-                    (signed(microgrid_id), int(kind), bytes(dispatch), self._channel),
+                    (signed(microgrid_id), int(kind), encode_dispatch(dispatch), self._channel),
                 )
                 seq = _one(await cursor.fetchone())
                 self._waiters[seq] = asyncio.Event()

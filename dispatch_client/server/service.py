@@ -74,9 +74,17 @@ from .._proto.frequenz.api.dispatch.v1 import (
 from ..recurrence import series_end
 from ..validation import check_dispatch_data
 from ._handlers import _decoding, _Encoded, _invalid, _quiet_cancellations, _RawRequest, _unary
-from .fanout import Fanout, Subscription
+from .fanout import Fanout, StreamEvent, Subscription
 from .listing import list_query, pagination_info
-from .records import ListQuery, encode_message_field, is_recurring
+from .records import ListQuery, is_recurring
+from .replies import (
+    delete_reply,
+    dispatch_reply,
+    encode,
+    encode_dispatch,
+    get_reply,
+    message_field,
+)
 from .stores import FanoutEvents, Replacement, Store, store_for
 from .updates import apply_update, check_mask, round_to_second
 
@@ -249,6 +257,9 @@ class DispatchService(MicrogridDispatchServiceBase):
             GRPCError: INVALID_ARGUMENT naming the field for data that breaks a
                 rule of `dispatch_client.validation`.
         """
+        return CreateMicrogridDispatchResponse(dispatch=await self._create(message))
+
+    async def _create(self, message: CreateMicrogridDispatchRequest) -> Dispatch:
         if message.dispatch_data is None:
             _invalid("dispatch_data is required")
         data = message.dispatch_data
@@ -274,7 +285,7 @@ class DispatchService(MicrogridDispatchServiceBase):
 
         dispatch = await self._write(message.microgrid_id, Event.CREATED, write)
         assert dispatch is not None
-        return CreateMicrogridDispatchResponse(dispatch=dispatch)
+        return dispatch
 
     async def get_microgrid_dispatch(
         self, message: GetMicrogridDispatchRequest
@@ -295,6 +306,26 @@ class DispatchService(MicrogridDispatchServiceBase):
             _not_found(message.microgrid_id, message.dispatch_id)
         return GetMicrogridDispatchResponse(microgrid_id=message.microgrid_id, dispatch=dispatch)
 
+    async def encoded_get(self, message: GetMicrogridDispatchRequest) -> bytes:
+        """Return `bytes(await get_microgrid_dispatch(message))`, without parsing stored data.
+
+        The server answers gets with this: the stored dispatch data goes out
+        as stored (see `encoded_list`).
+
+        Args:
+            message: the request (microgrid and dispatch id).
+
+        Returns:
+            The encoded `GetMicrogridDispatchResponse`.
+
+        Raises:
+            GRPCError: as `get_microgrid_dispatch`.
+        """
+        dispatch = await self.store.get_encoded(message.microgrid_id, message.dispatch_id)
+        if dispatch is None:
+            _not_found(message.microgrid_id, message.dispatch_id)
+        return get_reply(message.microgrid_id, dispatch)
+
     async def delete_microgrid_dispatch(
         self, message: DeleteMicrogridDispatchRequest
     ) -> DeleteMicrogridDispatchResponse:
@@ -309,15 +340,17 @@ class DispatchService(MicrogridDispatchServiceBase):
         Raises:
             GRPCError: NOT_FOUND for unknown ids and ids of other microgrids.
         """
+        await self._delete(message)
+        return DeleteMicrogridDispatchResponse(
+            microgrid_id=message.microgrid_id, dispatch_id=message.dispatch_id
+        )
 
+    async def _delete(self, message: DeleteMicrogridDispatchRequest) -> None:
         async def write() -> Dispatch | None:
             return await self.store.delete(message.microgrid_id, message.dispatch_id)
 
         if await self._write(message.microgrid_id, Event.DELETED, write) is None:
             _not_found(message.microgrid_id, message.dispatch_id)
-        return DeleteMicrogridDispatchResponse(
-            microgrid_id=message.microgrid_id, dispatch_id=message.dispatch_id
-        )
 
     async def update_microgrid_dispatch(
         self, message: UpdateMicrogridDispatchRequest
@@ -335,6 +368,9 @@ class DispatchService(MicrogridDispatchServiceBase):
                 a fixed or unknown path or a value that breaks a rule; NOT_FOUND for
                 unknown ids.
         """
+        return UpdateMicrogridDispatchResponse(dispatch=await self._update(message))
+
+    async def _update(self, message: UpdateMicrogridDispatchRequest) -> Dispatch:
         paths = list(message.update_mask.paths) if message.update_mask is not None else []
         try:
             check_mask(paths)
@@ -360,7 +396,7 @@ class DispatchService(MicrogridDispatchServiceBase):
         dispatch = await self._write(mid, Event.UPDATED, write)
         if dispatch is None:
             _not_found(mid, did)
-        return UpdateMicrogridDispatchResponse(dispatch=dispatch)
+        return dispatch
 
     async def list_microgrid_dispatches(
         self, message: ListMicrogridDispatchesRequest
@@ -404,8 +440,8 @@ class DispatchService(MicrogridDispatchServiceBase):
         # ListMicrogridDispatchesResponse: dispatches = 1, pagination_info = 2.
         return b"".join(
             [
-                *(encode_message_field(1, dispatch) for dispatch in result.dispatches),
-                encode_message_field(2, bytes(pagination_info(query, result))),
+                *(message_field(1, dispatch) for dispatch in result.dispatches),
+                message_field(2, encode(pagination_info(query, result))),
             ]
         )
 
@@ -428,7 +464,7 @@ class DispatchService(MicrogridDispatchServiceBase):
         subscription = self._fanout.subscribe(message.microgrid_id)
         try:
             async for event in self._events(subscription):
-                yield event
+                yield event.message
         finally:
             self._fanout.unsubscribe(subscription)
 
@@ -442,13 +478,16 @@ class DispatchService(MicrogridDispatchServiceBase):
         `decode_request` inside the handler, so they get INVALID_ARGUMENT.
         The stream's handler sends initial metadata only once the
         subscription is registered, so a client that has received it knows
-        every later change reaches it. The list's sends `encoded_list()`.
+        every later change reaches it. Every reply goes out as wire bytes
+        built from stored bytes or encoded once (`replies`): the list's from
+        `encoded_list()`, the get's from `encoded_get()`, a stream event's
+        once for all its subscribers (`StreamEvent`).
         """
-        unary: dict[str, Callable[[Any], Awaitable[Any]]] = {
-            "CreateMicrogridDispatch": self.create_microgrid_dispatch,
-            "GetMicrogridDispatch": self.get_microgrid_dispatch,
-            "DeleteMicrogridDispatch": self.delete_microgrid_dispatch,
-            "UpdateMicrogridDispatch": self.update_microgrid_dispatch,
+        unary: dict[str, Callable[[Any], Awaitable[_Encoded]]] = {
+            "CreateMicrogridDispatch": self._encoded_create,
+            "GetMicrogridDispatch": self._encoded_get,
+            "DeleteMicrogridDispatch": self._encoded_delete,
+            "UpdateMicrogridDispatch": self._encoded_update,
         }
         mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
         for path, handler in mapping.items():
@@ -456,11 +495,11 @@ class DispatchService(MicrogridDispatchServiceBase):
             reply_type = handler.reply_type
             serve: Callable[[grpclib.server.Stream[Any, Any], Any], Awaitable[None]]
             if name == "StreamMicrogridDispatches":
-                serve = self._serve_stream
+                serve, reply_type = self._serve_stream, StreamEvent
             elif name == "ListMicrogridDispatches":
                 serve, reply_type = self._serve_list, _Encoded
             else:
-                serve = _unary(unary[name])
+                serve, reply_type = _unary(unary[name]), _Encoded
             mapping[path] = grpclib.const.Handler(
                 _decoding(serve, handler.request_type),
                 handler.cardinality,
@@ -468,6 +507,19 @@ class DispatchService(MicrogridDispatchServiceBase):
                 reply_type,
             )
         return mapping
+
+    async def _encoded_create(self, request: CreateMicrogridDispatchRequest) -> _Encoded:
+        return _Encoded(dispatch_reply(encode_dispatch(await self._create(request))))
+
+    async def _encoded_get(self, request: GetMicrogridDispatchRequest) -> _Encoded:
+        return _Encoded(await self.encoded_get(request))
+
+    async def _encoded_delete(self, request: DeleteMicrogridDispatchRequest) -> _Encoded:
+        await self._delete(request)
+        return _Encoded(delete_reply(request.microgrid_id, request.dispatch_id))
+
+    async def _encoded_update(self, request: UpdateMicrogridDispatchRequest) -> _Encoded:
+        return _Encoded(dispatch_reply(encode_dispatch(await self._update(request))))
 
     async def _serve_list(
         self, stream: grpclib.server.Stream[Any, Any], request: ListMicrogridDispatchesRequest
@@ -490,9 +542,7 @@ class DispatchService(MicrogridDispatchServiceBase):
         finally:
             self._fanout.unsubscribe(subscription)
 
-    async def _events(
-        self, subscription: Subscription
-    ) -> AsyncIterator[StreamMicrogridDispatchesResponse]:
+    async def _events(self, subscription: Subscription) -> AsyncIterator[StreamEvent]:
         async for event in subscription.events:
             yield event
         if subscription.overflowed:

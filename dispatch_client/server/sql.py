@@ -17,12 +17,12 @@ from .records import (
     SORT_COLUMNS,
     ListQuery,
     ListResult,
-    encode_message_field,
     from_micros,
     is_recurring,
     target_key,
     to_micros,
 )
+from .replies import encode, message_field, metadata
 
 __all__ = [
     "FIELDS",
@@ -78,7 +78,7 @@ def columns(data: DispatchData, end_time: dt.datetime | None) -> Columns:
         dry_run=int(data.is_dry_run),
         recurring=int(is_recurring(data)),
         target=target_key(data.target),
-        blob=bytes(data),
+        blob=encode(data),
     )
 
 
@@ -117,14 +117,14 @@ def encoded_row(row: Sequence[object]) -> bytes:
     """`bytes(from_row(row))`, with the stored `DispatchData` bytes spliced in unparsed."""
     dispatch_id, create_us, update_us, end_us, blob = row
     assert isinstance(blob, bytes)
-    metadata = metadata_of(
+    encoded_metadata = metadata(
         int(dispatch_id),  # type: ignore[call-overload]
         int(create_us),  # type: ignore[call-overload]
         int(update_us),  # type: ignore[call-overload]
         None if end_us is None else int(end_us),  # type: ignore[call-overload]
     )
     # Dispatch: metadata = 1, data = 2; both set, so both written, as betterproto2 does.
-    return encode_message_field(1, bytes(metadata)) + encode_message_field(2, blob)
+    return message_field(1, encoded_metadata) + message_field(2, blob)
 
 
 @dataclass(frozen=True)

@@ -417,6 +417,31 @@ class DispatchStore:
 
         return await self._run(read)
 
+    async def get_encoded(self, microgrid_id: int, dispatch_id: int) -> bytes | None:
+        """Return what `get` returns as `Dispatch` wire bytes, the stored data unparsed.
+
+        Args:
+            microgrid_id: the microgrid it belongs to.
+            dispatch_id: its id.
+
+        Returns:
+            `bytes(await get(...))`, or None when it does not exist in that microgrid.
+
+        Raises:
+            RuntimeError: the store is not open.
+        """
+        if dispatch_id > _INT64_MAX:
+            return None
+
+        def read(conn: sqlite3.Connection) -> bytes | None:
+            found = conn.execute(
+                f"SELECT {FIELDS} FROM dispatches WHERE id = ? AND microgrid_id = ?",
+                (dispatch_id, signed(microgrid_id)),
+            ).fetchone()
+            return None if found is None else encoded_row(found)
+
+        return await self._run(read)
+
     async def list(self, query: ListQuery) -> ListResult[Dispatch]:
         """Return one page of the dispatches matching `query`, and their total count.
 

@@ -27,6 +27,7 @@ from .._proto.frequenz.api.dispatch.v1 import (
     DispatchData,
     StreamMicrogridDispatchesResponse,
 )
+from .fanout import StreamEvent
 from .records import ListQuery, ListResult
 
 __all__ = [
@@ -65,7 +66,9 @@ Change = Callable[[Dispatch], Awaitable[Replacement]]
 class StoreEvents(Protocol):
     """Where a store that publishes events (`publishes_events`) sends them."""
 
-    def publish(self, microgrid_id: int, event: StreamMicrogridDispatchesResponse) -> None:
+    def publish(
+        self, microgrid_id: int, event: StreamMicrogridDispatchesResponse | StreamEvent
+    ) -> None:
         """Hand a committed change to the microgrid's subscribers (must not block)."""
 
     def feed_lost(self) -> None:
@@ -130,6 +133,9 @@ class Store(Protocol):
 
     async def get(self, microgrid_id: int, dispatch_id: int) -> Dispatch | None:
         """Return one dispatch of a microgrid, or None."""
+
+    async def get_encoded(self, microgrid_id: int, dispatch_id: int) -> bytes | None:
+        """Return what `get` returns as `Dispatch` wire bytes (stored data unparsed), or None."""
 
     async def list(self, query: ListQuery) -> ListResult[Dispatch]:
         """Return one page of the dispatches matching `query`, and their total count."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .._proto.frequenz.api.dispatch.v1 import StreamMicrogridDispatchesResponse
-from .fanout import Fanout
+from .fanout import Fanout, StreamEvent
 from .store import DispatchStore
 from .store_api import (
     Change,
@@ -116,7 +116,9 @@ class FanoutEvents:
         """The store's health as last reported."""
         self._watchers: list[Callable[[bool], object]] = []
 
-    def publish(self, microgrid_id: int, event: StreamMicrogridDispatchesResponse) -> None:
+    def publish(
+        self, microgrid_id: int, event: StreamMicrogridDispatchesResponse | StreamEvent
+    ) -> None:
         """Hand a committed change to the microgrid's subscribers."""
         self._fanout.publish(microgrid_id, event)
 
