@@ -385,3 +385,42 @@ def test_the_upb_path_is_the_one_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(DispatchData, "__bytes__", counting)
     assert replies.encode_dispatch(dispatch) == expected
     assert calls == []
+
+
+class _RenamingService(DispatchService):
+    """Overrides two RPCs' methods: the server must answer through them."""
+
+    async def get_microgrid_dispatch(
+        self, message: GetMicrogridDispatchRequest
+    ) -> GetMicrogridDispatchResponse:
+        reply = await super().get_microgrid_dispatch(message)
+        assert reply.dispatch is not None and reply.dispatch.data is not None
+        reply.dispatch.data.type = "OVERRIDDEN"
+        return reply
+
+    async def delete_microgrid_dispatch(
+        self, message: DeleteMicrogridDispatchRequest
+    ) -> DeleteMicrogridDispatchResponse:
+        return DeleteMicrogridDispatchResponse(microgrid_id=message.microgrid_id, dispatch_id=0)
+
+
+@pytest.mark.anyio
+async def test_a_subclass_overriding_an_rpc_method_answers_it(fast: bool) -> None:
+    from dispatch_client.server import DispatchServer
+
+    async with _RenamingService() as service, DispatchServer(service) as server:
+        data = DispatchData(type="ORIGINAL", start_time=NOW + dt.timedelta(days=3))
+        created = await service.store.insert(7, data, now=NOW, end_time=None)
+        assert created.metadata is not None
+        did = created.metadata.dispatch_id
+        channel = Channel(server.host, server.port)
+        try:
+            get = GetMicrogridDispatchRequest(microgrid_id=7, dispatch_id=did)
+            reply = await unary(channel, "GetMicrogridDispatch", get)
+            assert reply == bytes(await service.get_microgrid_dispatch(get))
+            assert b"OVERRIDDEN" in reply
+            delete = DeleteMicrogridDispatchRequest(microgrid_id=7, dispatch_id=did)
+            reply = await unary(channel, "DeleteMicrogridDispatch", delete)
+            assert reply == bytes(DeleteMicrogridDispatchResponse(microgrid_id=7))
+        finally:
+            channel.close()

@@ -42,12 +42,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import anyio
-import grpclib.const
-import grpclib.server
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
@@ -64,7 +62,6 @@ from .._proto.frequenz.api.dispatch.v1 import (
     GetMicrogridDispatchResponse,
     ListMicrogridDispatchesRequest,
     ListMicrogridDispatchesResponse,
-    MicrogridDispatchServiceBase,
     StreamMicrogridDispatchesRequest,
     StreamMicrogridDispatchesResponse,
     UpdateMicrogridDispatchRequest,
@@ -73,15 +70,13 @@ from .._proto.frequenz.api.dispatch.v1 import (
 )
 from ..recurrence import series_end
 from ..validation import check_dispatch_data
-from ._handlers import _decoding, _Encoded, _invalid, _quiet_cancellations, _RawRequest, _unary
-from .fanout import Fanout, StreamEvent, Subscription
+from ._handlers import _invalid, _quiet_cancellations
+from ._routing import WireHandlers
+from .fanout import Fanout
 from .listing import list_query, pagination_info
 from .records import ListQuery, is_recurring
 from .replies import (
-    delete_reply,
-    dispatch_reply,
     encode,
-    encode_dispatch,
     get_reply,
     message_field,
 )
@@ -140,7 +135,7 @@ async def _end_time(data: DispatchData) -> dt.datetime | None:
         _invalid(f"recurrence cannot be evaluated: {error}")
 
 
-class DispatchService(MicrogridDispatchServiceBase):
+class DispatchService(WireHandlers):
     """The servicer: pass it to a grpclib `Server` (or use `DispatchServer`).
 
     Open it before serving (`await service.open()` or `async with service`):
@@ -469,91 +464,6 @@ class DispatchService(MicrogridDispatchServiceBase):
             self._fanout.unsubscribe(subscription)
 
     # Plumbing -------------------------------------------------------------------
-
-    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        """Route every RPC through a handler that decodes the request itself.
-
-        grpclib would decode a request before the handler runs, where a
-        failure can only become UNKNOWN; here the raw bytes are decoded by
-        `decode_request` inside the handler, so they get INVALID_ARGUMENT.
-        The stream's handler sends initial metadata only once the
-        subscription is registered, so a client that has received it knows
-        every later change reaches it. Every reply goes out as wire bytes
-        built from stored bytes or encoded once (`replies`): the list's from
-        `encoded_list()`, the get's from `encoded_get()`, a stream event's
-        once for all its subscribers (`StreamEvent`).
-        """
-        unary: dict[str, Callable[[Any], Awaitable[_Encoded]]] = {
-            "CreateMicrogridDispatch": self._encoded_create,
-            "GetMicrogridDispatch": self._encoded_get,
-            "DeleteMicrogridDispatch": self._encoded_delete,
-            "UpdateMicrogridDispatch": self._encoded_update,
-        }
-        mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
-        for path, handler in mapping.items():
-            name = path.rsplit("/", 1)[-1]
-            reply_type = handler.reply_type
-            serve: Callable[[grpclib.server.Stream[Any, Any], Any], Awaitable[None]]
-            if name == "StreamMicrogridDispatches":
-                serve, reply_type = self._serve_stream, StreamEvent
-            elif name == "ListMicrogridDispatches":
-                serve, reply_type = self._serve_list, _Encoded
-            else:
-                serve, reply_type = _unary(unary[name]), _Encoded
-            mapping[path] = grpclib.const.Handler(
-                _decoding(serve, handler.request_type),
-                handler.cardinality,
-                _RawRequest,
-                reply_type,
-            )
-        return mapping
-
-    async def _encoded_create(self, request: CreateMicrogridDispatchRequest) -> _Encoded:
-        return _Encoded(dispatch_reply(encode_dispatch(await self._create(request))))
-
-    async def _encoded_get(self, request: GetMicrogridDispatchRequest) -> _Encoded:
-        return _Encoded(await self.encoded_get(request))
-
-    async def _encoded_delete(self, request: DeleteMicrogridDispatchRequest) -> _Encoded:
-        await self._delete(request)
-        return _Encoded(delete_reply(request.microgrid_id, request.dispatch_id))
-
-    async def _encoded_update(self, request: UpdateMicrogridDispatchRequest) -> _Encoded:
-        return _Encoded(dispatch_reply(encode_dispatch(await self._update(request))))
-
-    async def _serve_list(
-        self, stream: grpclib.server.Stream[Any, Any], request: ListMicrogridDispatchesRequest
-    ) -> None:
-        await stream.send_message(_Encoded(await self.encoded_list(request)))
-
-    async def _serve_stream(
-        self, stream: grpclib.server.Stream[Any, Any], request: StreamMicrogridDispatchesRequest
-    ) -> None:
-        if not self.store.healthy:
-            # Its change feed is down: this stream would miss events unnoticed.
-            raise GRPCError(
-                Status.UNAVAILABLE, "the server's database is unreachable; retry shortly"
-            )
-        subscription = self._fanout.subscribe(request.microgrid_id)
-        try:
-            await stream.send_initial_metadata()
-            async for event in self._events(subscription):
-                await stream.send_message(event)
-        finally:
-            self._fanout.unsubscribe(subscription)
-
-    async def _events(self, subscription: Subscription) -> AsyncIterator[StreamEvent]:
-        async for event in subscription.events:
-            yield event
-        if subscription.overflowed:
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"stream of microgrid {subscription.microgrid_id} fell more than"
-                f" {self._fanout.buffer_size} events behind and was closed;"
-                " re-open it and re-list to catch up",
-            )
-        if subscription.shut_down:
-            raise GRPCError(Status.UNAVAILABLE, subscription.shut_down_reason)
 
     async def _write(
         self,
