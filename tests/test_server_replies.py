@@ -424,3 +424,31 @@ async def test_a_subclass_overriding_an_rpc_method_answers_it(fast: bool) -> Non
             assert reply == bytes(DeleteMicrogridDispatchResponse(microgrid_id=7))
         finally:
             channel.close()
+
+
+class _CountingService(DispatchService):
+    """Overrides the wire path of a get (`encoded_get`), not its public method."""
+
+    gets = 0
+
+    async def encoded_get(self, message: GetMicrogridDispatchRequest) -> bytes:
+        self.gets += 1
+        return await super().encoded_get(message)
+
+
+@pytest.mark.anyio
+async def test_a_subclass_overriding_the_wire_path_answers_it() -> None:
+    from dispatch_client.server import DispatchServer
+
+    async with _CountingService() as service, DispatchServer(service) as server:
+        data = DispatchData(type="T", start_time=NOW + dt.timedelta(days=3))
+        created = await service.store.insert(7, data, now=NOW, end_time=None)
+        assert created.metadata is not None
+        get = GetMicrogridDispatchRequest(microgrid_id=7, dispatch_id=created.metadata.dispatch_id)
+        channel = Channel(server.host, server.port)
+        try:
+            reply = await unary(channel, "GetMicrogridDispatch", get)
+        finally:
+            channel.close()
+        assert service.gets == 1
+        assert reply == bytes(await service.get_microgrid_dispatch(get))

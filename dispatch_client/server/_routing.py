@@ -44,12 +44,19 @@ def _encoding(method: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaita
 
 
 _PUBLIC_UNARY = {
-    "CreateMicrogridDispatch": "create_microgrid_dispatch",
-    "GetMicrogridDispatch": "get_microgrid_dispatch",
-    "DeleteMicrogridDispatch": "delete_microgrid_dispatch",
-    "UpdateMicrogridDispatch": "update_microgrid_dispatch",
+    "CreateMicrogridDispatch": ("create_microgrid_dispatch", "_create"),
+    "GetMicrogridDispatch": ("get_microgrid_dispatch", "encoded_get"),
+    "DeleteMicrogridDispatch": ("delete_microgrid_dispatch", "_delete"),
+    "UpdateMicrogridDispatch": ("update_microgrid_dispatch", "_update"),
 }
-"""The unary RPCs by name, and the method answering each: a subclass may override it."""
+"""The unary RPCs by name: the public method answering each, and what the wire path calls."""
+
+
+def _overrides(cls: type[Any], method: str, instead_of: str) -> bool:
+    """Whether `cls` got `method` from a subclass of where it got `instead_of` from."""
+    mro = cls.__mro__
+    where = next(i for i, klass in enumerate(mro) if method in vars(klass))
+    return where < next(i for i, klass in enumerate(mro) if instead_of in vars(klass))
 
 
 class WireHandlers(MicrogridDispatchServiceBase):
@@ -84,16 +91,14 @@ class WireHandlers(MicrogridDispatchServiceBase):
         once for all its subscribers (`StreamEvent`). A subclass overriding
         a unary RPC's method is served by it, its reply encoded once.
         """
-        from .service import DispatchService as service_class
-
         unary: dict[str, Callable[[Any], Awaitable[_Encoded]]] = {
             "CreateMicrogridDispatch": self._encoded_create,
             "GetMicrogridDispatch": self._encoded_get,
             "DeleteMicrogridDispatch": self._encoded_delete,
             "UpdateMicrogridDispatch": self._encoded_update,
         }
-        for name, method in _PUBLIC_UNARY.items():
-            if getattr(type(self), method) is not getattr(service_class, method):
+        for name, (method, wire_path) in _PUBLIC_UNARY.items():
+            if _overrides(type(self), method, wire_path):
                 unary[name] = _encoding(getattr(self, method))
         mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
         for path, handler in mapping.items():
