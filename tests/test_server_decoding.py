@@ -171,3 +171,10 @@ def test_short_and_general_paths_agree_on_any_bytes(
         fast = decoding._decode_simple(message_type, shape, data)
         if fast is not None:
             assert outcome(lambda _t, _d: fast, message_type, data) == general
+
+
+def test_an_empty_filter_passes_the_checks_the_listing_skips_for_it() -> None:
+    """The listing checks a request's filter unless it is empty: empty must then be valid."""
+    from dispatch_client.validation import check_dispatch_filter
+
+    check_dispatch_filter(DispatchFilter())

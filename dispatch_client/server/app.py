@@ -18,6 +18,7 @@ import grpclib.protocol
 import grpclib.server
 from h2.settings import SettingCodes
 
+from .._h2_protocol import _quiet_received_frames as quiet_received_frames
 from .._unary import CachingDecoder, CachingEncoder
 from ..connection import _CoalescedWrites as CoalescedWrites
 from ._h2_frames import ServerH2Connection
@@ -123,6 +124,7 @@ class _ConnectionTracker(asyncio.Protocol):
             h2.enable_answer_frames()
             h2.encoder = CachingEncoder()
             h2.decoder = CachingDecoder(h2.decoder)
+            quiet_received_frames(h2)
             # No limit until the client has our SETTINGS, as RFC 9113 (6.5.2)
             # has it: h2 held it to 100 meanwhile and dropped the connection
             # at the 101st stream, so a client opening more than 50 microgrids

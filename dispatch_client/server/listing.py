@@ -122,10 +122,14 @@ def _interval(interval: Interval | None) -> tuple[int | None, int | None]:
     return low, high
 
 
+_NO_FILTER = DispatchFilter()
+
+
 def _filter_criteria(filter_: DispatchFilter | None) -> dict[str, Any]:
     if filter_ is None:
         return {}
-    check_dispatch_filter(filter_)
+    if filter_ != _NO_FILTER:  # an empty filter is valid: no walk over it per list
+        check_dispatch_filter(filter_)
     criteria: dict[str, Any] = {
         "is_active": filter_.is_active,
         "is_dry_run": filter_.is_dry_run,
