@@ -1,4 +1,4 @@
-"""The reference server's HTTP/2 connection: answers' header blocks written without h2's frame objects.
+"""The reference server's HTTP/2 connection: requests read and answers' headers written without h2's frame objects.
 
 Every call the server answers sends one or two header blocks on the stream the
 client opened: the response headers (`:status`, `content-type`) and the
@@ -10,24 +10,36 @@ about a sixth of the server's time opening a fleet of streams. Here those
 blocks go out through a short path with the same bytes and the same state
 changes; anything else (another h2 release, a trace log, informational
 answers, a stream in another state, priority data) goes to h2 as before.
+
+The same holds for what a call's request brings in: a HEADERS frame opening
+a stream and the DATA frames of its message are read straight from the bytes
+(`receive_data`), with h2's checks, state changes and events; the headers'
+text is kept per header block, as on the client (see `dispatch_client._h2_protocol`).
 tests/test_h2_server_frames.py runs both side by side.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from h2 import __version__ as _H2_VERSION
 from h2.config import DummyLogger
-from h2.connection import ConnectionState
-from h2.stream import StreamClosedBy, StreamState
+from h2.connection import AllowedStreamIDs, ConnectionState, H2Connection, _decode_headers
+from h2.events import DataReceived, Event, RequestReceived, StreamEnded
+from h2.exceptions import ProtocolError, TooManyStreamsError
+from h2.frame_buffer import FrameBuffer
+from h2.stream import H2Stream, StreamClosedBy, StreamState
 from h2.utilities import extract_method_header, is_informational_response, utf8_encode_headers
 
 from .._h2_protocol import (
     _CONTINUATION,
+    _DATA,
     _END_HEADERS,
     _END_STREAM,
+    _FRAME_HEADER,
     _HEADERS,
+    _HEADERS_FLAGS,
+    _PADDED,
     _frame,
     _H2Connection,
     _short_paths_tested,
@@ -56,6 +68,7 @@ class ServerH2Connection(_H2Connection):
         """Let answers' header blocks take the short path, if it applies to this connection."""
         config = self.config
         self._prepared: dict[tuple[Any, ...], _Prepared] = {}
+        self._texts: dict[bytes, tuple[Any, list[Any], list[Any]]] = {}
         self.answer_frames = bool(
             _short_paths_tested(_H2_VERSION)
             and not config.client_side
@@ -63,6 +76,87 @@ class ServerH2Connection(_H2Connection):
             and not config.normalize_outbound_headers
             and not config.validate_outbound_headers
         )
+        self.request_frames = bool(
+            self.answer_frames
+            and not config.normalize_inbound_headers
+            and not config.validate_inbound_headers
+            and isinstance(self.incoming_buffer, FrameBuffer)
+        )
+
+    request_frames = False
+    """Whether `receive_data` takes its short paths (see `enable_answer_frames`)."""
+
+    def receive_data(self, data: Any) -> list[Event]:
+        """h2's `receive_data`, with short paths for the frames of the calls' requests.
+
+        A HEADERS frame (END_HEADERS, no padding or priority) opening a new
+        stream, and unpadded DATA on a stream the client keeps open, are
+        handled here with the same checks, state changes and events as h2's
+        handlers, read straight from the bytes. Every other frame goes to h2
+        as it is, in order; so does everything after a header block that
+        continues in CONTINUATION frames, and everything before the client's
+        preface is through.
+        """
+        buffer = self.incoming_buffer
+        if not self.request_frames or buffer._headers_buffer or buffer._preamble_len:
+            return H2Connection.receive_data(self, data)
+        if buffer._data:  # the rest of a frame that began in an earlier read
+            data = bytes(buffer._data) + data
+            del buffer._data[:]
+        elif type(data) is not bytes:
+            data = bytes(data)
+        max_size = self.max_inbound_frame_size
+        buffer.max_frame_size = max_size
+        streams = self.streams
+        unpack = _FRAME_HEADER.unpack_from
+        events: list[Event] = []
+        pos, end = 0, len(data)
+        while end - pos >= 9:
+            high, low, kind, flags, stream_id = unpack(data, pos)
+            stop = pos + 9 + (high << 8 | low)
+            if stop > end:
+                break
+            stream_id &= 0x7FFFFFFF
+            short = False
+            stream = None
+            if (
+                stop - pos - 9 <= max_size
+                and self.state_machine.state is ConnectionState.SERVER_OPEN
+            ):
+                if kind == _HEADERS:
+                    short = (
+                        flags & _HEADERS_FLAGS == _END_HEADERS
+                        and stream_id & 1 == 1
+                        and stream_id > self.highest_inbound_stream_id
+                        and stream_id not in streams
+                    )
+                elif kind == _DATA and not flags & _PADDED:
+                    stream = streams.get(stream_id)
+                    short = bool(
+                        stream is not None
+                        and stream.state_machine.state is StreamState.OPEN
+                        and stream.state_machine.headers_received
+                        and stream._expected_content_length is None
+                    )
+            try:
+                if not short:
+                    events += H2Connection.receive_data(self, data[pos:stop])
+                elif stream is not None:
+                    _receive_request_data(self, stream, data[pos + 9 : stop], flags, events)
+                else:
+                    _receive_request_headers(self, stream_id, data[pos + 9 : stop], flags, events)
+            except BaseException as error:
+                # h2 leaves the frames after the failing one in its buffer.
+                buffer._data += data[stop:]
+                if short and isinstance(error, ProtocolError):
+                    self._terminate_connection(error.error_code)  # as h2's receive_data does
+                raise
+            pos = stop
+            if buffer._headers_buffer:  # CONTINUATION frames follow: h2's buffer joins them
+                break
+        if pos < end:
+            events += H2Connection.receive_data(self, data[pos:])
+        return events
 
     def send_headers(
         self,
@@ -164,3 +258,77 @@ class ServerH2Connection(_H2Connection):
                 self._prepared.clear()
             self._prepared[key] = prepared
         return prepared
+
+
+def _receive_request_headers(
+    h2: ServerH2Connection, stream_id: int, block: bytes, flags: int, events: list[Event]
+) -> None:
+    """h2's `_receive_headers_frame` for a HEADERS frame opening stream `stream_id` (new, odd, higher)."""
+    limit = h2.local_settings.max_concurrent_streams
+    count = h2.open_inbound_streams  # once, as h2 reads it: the property may walk the streams
+    if count + 1 > limit:
+        raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
+    # A block of table references decodes the same while the table is unchanged (see
+    # `_hpack_cache`): its headers, as h2 hands them out, are kept with the table's count.
+    decoder = h2.decoder
+    generation = getattr(decoder.header_table, "generation", None)
+    state = (generation, decoder.max_header_list_size)
+    cached = h2._texts.get(block)
+    text: list[Any] | None = None
+    headers: list[Any]
+    if cached is not None and cached[0] == state and generation is not None:
+        headers, text = cached[1], cached[2]
+    else:
+        headers = cast(list[Any], _decode_headers(decoder, block))
+    stream = h2._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
+    end_stream = bool(flags & _END_STREAM)
+    if is_informational_response(headers):
+        # A request that looks like an informational answer: h2's own stream code.
+        events += stream.receive_headers(list(headers), end_stream, h2.config.header_encoding)[1]
+        return
+    # h2's transitions IDLE -> OPEN (request received) and, with END_STREAM, -> HALF_CLOSED_REMOTE.
+    machine = stream.state_machine
+    machine.client = False
+    machine.headers_received = True
+    machine.state = StreamState.OPEN
+    event = RequestReceived(stream_id=stream_id)
+    ended = None
+    if end_stream:
+        machine.state = StreamState.HALF_CLOSED_REMOTE
+        event.stream_ended = ended = StreamEnded(stream_id=stream_id)
+    stream._initialize_content_length(headers)
+    if text is None:
+        encoding = h2.config.header_encoding
+        if isinstance(encoding, str):
+            text = [
+                header.__class__(header[0].decode(encoding), header[1].decode(encoding))
+                for header in headers
+            ]
+        else:
+            text = list(headers)
+        if generation is not None and generation == getattr(
+            decoder.header_table, "generation", None
+        ):
+            if len(h2._texts) >= 256:
+                h2._texts.clear()
+            h2._texts[block] = (state, headers, text)
+    event.headers = list(text)
+    events.append(event)
+    if ended is not None:
+        events.append(ended)
+
+
+def _receive_request_data(
+    h2: ServerH2Connection, stream: H2Stream, data: bytes, flags: int, events: list[Event]
+) -> None:
+    """h2's `_receive_data_frame` for an unpadded frame on a stream the client keeps open, no content length."""
+    size = len(data)
+    h2._inbound_flow_control_window_manager.window_consumed(size)
+    stream._inbound_window_manager.window_consumed(size)
+    stream._actual_content_length += size
+    event = DataReceived(stream_id=stream.stream_id, data=data, flow_controlled_length=size)
+    events.append(event)
+    if flags & _END_STREAM:
+        stream.state_machine.state = StreamState.HALF_CLOSED_REMOTE
+        event.stream_ended = ended = StreamEnded(stream_id=stream.stream_id)
+        events.append(ended)
