@@ -1,8 +1,9 @@
 """The server's short paths through h2: the same bytes, events, state and errors as h2's.
 
-`ServerH2Connection.send_headers` writes an answer's headers or trailers
-itself on a stream the client half closed, and its `receive_data` reads the
-HEADERS opening a call's stream and the DATA of its request. These property
+`ServerH2Connection.send_headers` and `send_data` write an answer's headers,
+message and trailers themselves on a stream the client half closed, and its
+`receive_data` reads the HEADERS opening a call's stream and the DATA of its
+request. These property
 tests run two server connections side by side on generated requests from a
 client, any frames at all (on new, open, closed, even and too low streams,
 padded, with priority, in CONTINUATION frames, over the windows and the
@@ -163,7 +164,7 @@ _request = st.tuples(
     st.booleans(),
     st.integers(0, 2),
     st.lists(st.integers(0, 120), max_size=2),
-    st.sampled_from([0, 0, 0, 1, 2]),  # which of `_REQUEST_BLOCKS`
+    st.sampled_from([0] * 8 + [1, 2]),  # which of `_REQUEST_BLOCKS`
 )
 _answer = st.tuples(
     st.just(0) | st.integers(0, 5),  # which stream: a recent one, or one never opened
@@ -176,7 +177,13 @@ _usual_step = st.one_of(
     st.tuples(st.just("request"), _request),
     st.tuples(st.just("request"), _request),
     st.tuples(st.just("answer"), _answer),
-    st.tuples(st.just("data"), st.integers(0, 5), st.booleans()),
+    st.tuples(
+        st.just("data"),
+        st.just(0) | st.integers(0, 5),  # which stream
+        st.booleans(),  # end_stream
+        st.sampled_from([6, 6, 0, 25, 100, 17_000]),  # size: over a small window, the frame size
+        st.sampled_from(["bytes", "bytes", "memoryview", "padded"]),
+    ),
     st.tuples(st.just("reset"), st.integers(0, 5)),
 )
 _any_step = st.one_of(
@@ -200,6 +207,7 @@ _client_settings = st.fixed_dictionaries(
     {
         SettingCodes.MAX_FRAME_SIZE: st.sampled_from([16_384, 20_000]),
         SettingCodes.HEADER_TABLE_SIZE: st.sampled_from([4_096, 0, 100]),
+        SettingCodes.INITIAL_WINDOW_SIZE: st.sampled_from([65_535, 65_535, 30]),
     }
 )
 _server_settings = st.fixed_dictionaries(
@@ -208,6 +216,10 @@ _server_settings = st.fixed_dictionaries(
         SettingCodes.INITIAL_WINDOW_SIZE: st.sampled_from([65_535, 65_535, 20]),
         SettingCodes.MAX_HEADER_LIST_SIZE: st.sampled_from([65_536, 65_536, 65_536, 60]),
     }
+)
+# Limits that leave the usual requests room (the window still small at times).
+_roomy_server_settings = st.fixed_dictionaries(
+    {SettingCodes.INITIAL_WINDOW_SIZE: st.sampled_from([65_535, 65_535, 20])}
 )
 # Request header blocks for raw frames: grpclib's, with a content length (valid or
 # not), one that reads as an informational answer, and a long one.
@@ -263,7 +275,7 @@ def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True) if b > a]
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     client_settings=_client_settings,
     server_settings=_server_settings,
@@ -295,10 +307,10 @@ def test_any_frames_go_as_through_h2(
     _run(client_settings, server_settings, steps)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     client_settings=_client_settings,
-    server_settings=_server_settings,
+    server_settings=_roomy_server_settings,
     steps=st.lists(_usual_step, min_size=4, max_size=20),
 )
 @example(  # headers, then a second block not ending the stream: h2 refuses it
@@ -366,13 +378,18 @@ def _run(
                 priority_weight=weight,
             )
         elif step[0] == "data":
-            _same(fast, reference, "send_data", target(step[1]), b"\0\0\0\0\x01y", step[2])
+            _, choice, end, size, form = step
+            payload: Any = b"\5" * size
+            if form == "memoryview":
+                payload = memoryview(payload)
+            pad = 3 if form == "padded" else None
+            _same(fast, reference, "send_data", target(choice), payload, end, pad_length=pad)
         else:
             _same(fast, reference, "reset_stream", target(step[1]))
 
 
 def test_a_plain_answer_takes_the_short_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """grpclib's headers and trailers for a unary call never reach h2's `send_headers`."""
+    """grpclib's headers, message and trailers for a unary call never reach h2's own paths."""
     fast, reference, client = _servers({})
     client.send_headers(1, _REQUEST, True)
     request = client.data_to_send()
@@ -380,6 +397,7 @@ def test_a_plain_answer_takes_the_short_path(monkeypatch: pytest.MonkeyPatch) ->
     reference.receive_data(request)
     called: list[Any] = []
     monkeypatch.setattr(H2Connection, "send_headers", lambda *a, **k: called.append(a))
+    monkeypatch.setattr(H2Connection, "send_data", lambda *a, **k: called.append(a))
     for h2 in (fast,):
         h2.send_headers(1, list(_GRPCLIB_BLOCKS[0]))
         h2.send_data(1, b"\0\0\0\0\x01x")
@@ -427,3 +445,41 @@ def test_reused_header_lists_send_the_same_blocks() -> None:
     client.update_settings({SettingCodes.HEADER_TABLE_SIZE: 0})
     _same(fast, reference, "receive_data", client.data_to_send())
     send(3, list(_GRPCLIB_BLOCKS[3]), end_stream=True)
+
+
+_reply = st.tuples(
+    st.sampled_from([6, 6, 0, 25, 100, 17_000]),  # message size: over a small window, a frame
+    st.sampled_from(["bytes", "bytes", "memoryview", "padded"]),
+    st.booleans(),  # the message ends the stream (no trailers)
+    st.integers(0, 3),  # answer this call, or an earlier one
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    client_settings=_client_settings,
+    replies=st.lists(_reply, min_size=1, max_size=12),
+)
+@example(  # messages past the connection's window (the client acknowledges none)
+    client_settings={SettingCodes.MAX_FRAME_SIZE: 20_000},
+    replies=[(17_000, "bytes", False, 0)] * 5,
+)
+def test_calls_answered_go_as_through_h2(
+    client_settings: dict[int, int], replies: list[Any]
+) -> None:
+    """Unary calls answered with headers, a message of any size and trailers: as through h2."""
+    fast, reference, client = _servers(client_settings)
+    opened: list[int] = []
+    for size, form, ends, back in replies:
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, _REQUEST, end_stream=True)
+        _same(fast, reference, "receive_data", client.data_to_send())
+        opened.append(stream_id)
+        target = opened[-1 - back] if back < len(opened) else opened[0]
+        payload: Any = b"\5" * size
+        if form == "memoryview":
+            payload = memoryview(payload)
+        pad = 3 if form == "padded" else None
+        _same(fast, reference, "send_headers", target, list(_GRPCLIB_BLOCKS[0]))
+        _same(fast, reference, "send_data", target, payload, ends, pad_length=pad)
+        _same(fast, reference, "send_headers", target, list(_GRPCLIB_BLOCKS[1]), end_stream=True)
