@@ -449,3 +449,62 @@ def test_a_numeric_date_with_a_time_and_a_zone_is_read(
 def test_a_numeric_date_with_an_impossible_time_is_refused() -> None:
     with pytest.raises(ValueError, match="2026-12-03 25:00 CET"):
         parse_time("2026-12-03 25:00 CET", now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("text", "refusal"),
+    [
+        ("03.12.2026", "ambiguous: 2026-12-03 \\(day first\\) or 2026-03-12 \\(month first\\)"),
+        ("03/12/2026 08:00", "ambiguous"),
+        ("3-12-2026", "ambiguous"),
+        ("03.12.26", "no four-digit year"),  # was 2126-03-12
+        ("13/12/26", "no four-digit year"),
+        ("26-12-03", "no four-digit year"),
+    ],
+)
+def test_a_numeric_date_read_two_ways_is_refused(text: str, refusal: str) -> None:
+    """Named cases: dateparser read 03.12.2026 as 12 March and 03.12.26 as 2126-03-12."""
+    with pytest.raises(ValueError, match=refusal):
+        parse_time(text, now=NOW)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    day=st.dates(dt.date(2001, 1, 1), dt.date(2098, 12, 31)),
+    separator=st.sampled_from(["-", "/", "."]),
+    order=st.sampled_from(["ymd", "dmy", "mdy"]),
+    padded=st.booleans(),
+    clock=st.sampled_from(["", " 08:00", " 23:59 CET"]),
+)
+def test_a_numeric_date_is_read_as_written_or_refused_as_ambiguous(
+    day: dt.date, separator: str, order: str, padded: bool, clock: str
+) -> None:
+    """Year first is ISO 8601's order; year last is read only when day and month cannot swap."""
+    width = "02" if padded else ""
+    fields = {"y": f"{day.year:04d}", "m": f"{day.month:{width}}", "d": f"{day.day:{width}}"}
+    text = separator.join(fields[part] for part in order) + clock
+    ambiguous = order != "ymd" and day.day != day.month and day.day <= 12
+    if ambiguous:
+        with pytest.raises(ValueError, match="ambiguous"):
+            parse_time(text, now=NOW)
+    else:
+        assert (
+            parse_time(text, now=NOW)
+            .astimezone(dt.timezone(dt.timedelta(hours=1)) if "CET" in clock else UTC)
+            .date()
+            == day
+        )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    day=st.dates(dt.date(2001, 1, 1), dt.date(2098, 12, 31)),
+    separator=st.sampled_from(["-", "/", "."]),
+    order=st.sampled_from(["ymd", "dmy", "mdy"]),
+)
+def test_a_numeric_date_with_a_two_digit_year_is_refused(
+    day: dt.date, separator: str, order: str
+) -> None:
+    fields = {"y": f"{day.year % 100:02d}", "m": f"{day.month:02d}", "d": f"{day.day:02d}"}
+    with pytest.raises(ValueError, match="no four-digit year"):
+        parse_time(separator.join(fields[part] for part in order), now=NOW)

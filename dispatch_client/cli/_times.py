@@ -58,6 +58,7 @@ def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
 
 
 def _parse_phrase(text: str, now: dt.datetime) -> dt.datetime | None:
+    _check_numeric_dates(text)
     result = _dateparser(text, now.astimezone(dt.UTC).replace(tzinfo=None), "future")
     if result is None:
         return None
@@ -149,6 +150,37 @@ _MONTH_WORD = re.compile(
 _SIGNED = re.compile(r"(?<![\w:.])[+-]\d")
 # A zone name with an offset written after it: UTC+14, GMT-3, CET+5:30.
 _ZONE_OFFSET = re.compile(r"\b[A-Za-z]+[+-](?P<n>\d[\d:]*)")
+
+
+def _check_numeric_dates(text: str) -> None:
+    """Refuse a numeric date that can be read two ways, or without a four-digit year.
+
+    dateparser reads 03.12.2026 month first (3 December to most of Europe, 12
+    March to it) and 03.12.26 as 2126-03-12: a guess either way. A date is
+    read only as year-month-day (ISO 8601 order: 2026-12-03, 2026/12/03), or
+    with the year last when its first two numbers can only be one way round
+    (13.12.2026, 12.13.2026, or the same number twice).
+
+    Raises:
+        ValueError: naming the date, both readings, and the ISO 8601 form.
+    """
+    for match in _NUMERIC_DATE.finditer(text):
+        written = match.group(0)
+        parts = re.split(r"[-/.]", written)
+        if len(parts[0]) == 4:
+            continue
+        if len(parts[2]) != 4:
+            raise ValueError(
+                f"{written!r} in {text!r} has no four-digit year; write the date as"
+                f" YYYY-MM-DD (ISO 8601)"
+            )
+        first, second, year = (int(part) for part in parts)
+        if first != second and 1 <= first <= 12 and 1 <= second <= 12:
+            raise ValueError(
+                f"{written!r} in {text!r} is ambiguous: {year:04d}-{second:02d}-{first:02d}"
+                f" (day first) or {year:04d}-{first:02d}-{second:02d} (month first);"
+                f" write the date as YYYY-MM-DD (ISO 8601)"
+            )
 
 
 def _check_understood(text: str, result: dt.datetime) -> None:
