@@ -27,9 +27,11 @@ from typing import Any, cast
 from h2 import __version__ as _H2_VERSION
 from h2.config import DummyLogger
 from h2.connection import AllowedStreamIDs, ConnectionState, H2Connection, _decode_headers
-from h2.events import DataReceived, Event, RequestReceived, StreamEnded
+from h2.errors import ErrorCodes
+from h2.events import DataReceived, Event, RequestReceived, StreamEnded, StreamReset
 from h2.exceptions import ProtocolError, TooManyStreamsError
 from h2.frame_buffer import FrameBuffer
+from hyperframe.frame import HeadersFrame
 from h2.stream import H2Stream, StreamClosedBy, StreamState
 from h2.utilities import extract_method_header, is_informational_response, utf8_encode_headers
 
@@ -67,8 +69,15 @@ class ServerH2Connection(_H2Connection):
     """Whether `send_headers` takes its short path (see `enable_answer_frames`)."""
 
     def enable_answer_frames(self) -> None:
-        """Let answers' header blocks take the short path, if it applies to this connection."""
+        """Let answers' header blocks take the short path, if it applies to this connection.
+
+        Whatever the h2 release, a header block whose bytes are not text in
+        the configured encoding (grpclib's: ASCII) from then on ends its stream
+        only (`_refuse_undecodable`), not the whole connection.
+        """
         config = self.config
+        # h2 binds its frame handlers as it starts, before this class was given.
+        self._frame_dispatch_table[HeadersFrame] = self._receive_headers_frame
         self._prepared: dict[tuple[Any, ...], _Prepared] = {}
         self._texts: dict[bytes, tuple[Any, list[Any], list[Any]]] = {}
         self.answer_frames = bool(
@@ -87,6 +96,35 @@ class ServerH2Connection(_H2Connection):
 
     request_frames = False
     """Whether `receive_data` takes its short paths (see `enable_answer_frames`)."""
+
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        """h2's handler of a received HEADERS frame (or a block joined from CONTINUATION frames).
+
+        h2 turns the headers into text after the stream has taken them in, and
+        a byte the encoding lacks (a UTF-8 `é` in a header's name or value)
+        raised `UnicodeDecodeError` out of `receive_data`: grpclib let it end
+        the connection with every call on it, without a GOAWAY.
+        """
+        known = frame.stream_id in self.streams
+        try:
+            return H2Connection._receive_headers_frame(self, frame)
+        except UnicodeDecodeError:
+            return [], self._refuse_undecodable(frame.stream_id, known)
+
+    def _refuse_undecodable(self, stream_id: int, known: bool) -> list[Event]:
+        """End the stream whose header block is not text: RST_STREAM(PROTOCOL_ERROR).
+
+        The stream has taken the block in (h2's state changes are done), so it
+        is reset as a malformed request is (RFC 9113, 8.1.1). A stream grpclib
+        already serves (`known`: these were trailers) learns it from a
+        `StreamReset` event, as for any stream h2 resets itself.
+        """
+        stream = self.streams.get(stream_id)
+        if stream is not None and not stream.closed:
+            self.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+        if not known:
+            return []
+        return [StreamReset(stream_id=stream_id, error_code=ErrorCodes.PROTOCOL_ERROR, remote_reset=False)]
 
     def receive_data(self, data: Any) -> list[Event]:
         """h2's `receive_data`, with short paths for the frames of the calls' requests.
@@ -146,7 +184,12 @@ class ServerH2Connection(_H2Connection):
                 elif stream is not None:
                     _receive_request_data(self, stream, data[pos + 9 : stop], flags, events)
                 else:
-                    _receive_request_headers(self, stream_id, data[pos + 9 : stop], flags, events)
+                    try:
+                        _receive_request_headers(
+                            self, stream_id, data[pos + 9 : stop], flags, events
+                        )
+                    except UnicodeDecodeError:  # as h2's path (`_receive_headers_frame`)
+                        events += self._refuse_undecodable(stream_id, False)
             except BaseException as error:
                 # h2 leaves the frames after the failing one in its buffer.
                 buffer._data += data[stop:]

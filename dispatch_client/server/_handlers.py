@@ -9,8 +9,9 @@ cancelled call is demoted to DEBUG.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import grpclib.server
 from grpclib.const import Status
@@ -20,6 +21,13 @@ from .decoding import decode_request
 
 # The service's logger: these lines were always logged under its name.
 _log = logging.getLogger(__package__ + ".service")
+
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+"""Largest request message a call may announce (gRPC's usual default); larger is RESOURCE_EXHAUSTED.
+
+The largest valid request (a list filter of 1000 ids and queries, a 50 KiB
+payload) is far below it.
+"""
 
 
 def _invalid(message: str) -> NoReturn:
@@ -53,10 +61,7 @@ def _decoding(
     """
 
     async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
-        try:
-            raw = await stream.recv_message()
-        except NotImplementedError:  # grpclib's answer to a compressed message
-            raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported") from None
+        raw = await _receive_request(stream)
         if raw is None:
             _invalid(f"the call carries no {request_type.__name__}")
         try:
@@ -70,6 +75,52 @@ def _decoding(
             _invalid(str(error))
 
     return handle
+
+
+async def _receive_request(stream: grpclib.server.Stream[Any, Any]) -> _RawRequest | None:
+    """grpclib's `Stream.recv_message`, refusing a badly framed message with a clear status.
+
+    grpclib asserts that the call carries as many bytes as the message's
+    5-byte prefix announces (UNKNOWN "Internal Server Error" when the call
+    ends sooner) and waits for, and buffers, whatever length is announced,
+    up to 4 GiB. Here the announced length is checked before anything more
+    is read.
+
+    Returns:
+        The request's bytes, or None when the call ended without a message.
+
+    Raises:
+        GRPCError: INVALID_ARGUMENT when the call ends inside the prefix or the
+            message, RESOURCE_EXHAUSTED for a message over `MAX_REQUEST_BYTES`,
+            UNIMPLEMENTED for a compressed one.
+    """
+    inner = stream._stream
+    try:
+        prefix = await inner.recv_data(5)
+    except AssertionError:  # grpclib's signal that the call ended before 5 bytes
+        _invalid("the call ends inside a message's 5-byte prefix (flag and length)")
+    if not prefix:
+        return None
+    if prefix[0]:
+        raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
+    length = int.from_bytes(prefix[1:5], "big")
+    if length > MAX_REQUEST_BYTES:
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"the request message announces {length} bytes; at most {MAX_REQUEST_BYTES} are accepted",
+        )
+    try:
+        data = await inner.recv_data(length)
+    except AssertionError:  # as above: fewer bytes than announced
+        data = b""
+    if len(data) != length:
+        _invalid(f"the call ends before the {length} bytes its message announces")
+    # What grpclib's recv_message does after decoding: events and counters.
+    (raw,) = await stream._dispatch.recv_message(_RawRequest(data))
+    stream._messages_received += 1
+    inner.connection.messages_received += 1
+    inner.connection.last_message_received = time.monotonic()
+    return cast(_RawRequest, raw)
 
 
 def _unary(

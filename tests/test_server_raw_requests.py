@@ -1,0 +1,246 @@
+"""Requests a grpclib client never sends, straight over a socket: a clear answer, the connection kept.
+
+A hostile or broken client can frame a call's message badly (a length prefix
+announcing more than the call carries, or gigabytes) or send header bytes
+that are not ASCII. Each must end that call with a clear gRPC status
+(INVALID_ARGUMENT, RESOURCE_EXHAUSTED) or an HTTP/2 stream error, never
+grpclib's UNKNOWN "Internal Server Error" or a dropped connection, and the
+other calls on the same connection go on. The frames are written by hand and
+the answers read with hyperframe and hpack, not through grpclib's client.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import hpack
+import pytest
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
+
+from dispatch_client.server._handlers import MAX_REQUEST_BYTES
+from dispatch_client.testing import running_server
+
+pytestmark = pytest.mark.anyio
+
+SERVICE = "/frequenz.api.dispatch.v1.MicrogridDispatchService/"
+RPCS = [
+    "GetMicrogridDispatch",
+    "DeleteMicrogridDispatch",
+    "ListMicrogridDispatches",
+    "CreateMicrogridDispatch",
+    "UpdateMicrogridDispatch",
+    "StreamMicrogridDispatches",
+]
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, RST_STREAM, SETTINGS = 0x0, 0x1, 0x3, 0x4
+END_STREAM, END_HEADERS = 0x1, 0x4
+GET = b"\x08\x01\x10\x01"  # microgrid 1, dispatch 1
+CLEAR = {"0", "3", "5", "8", "16"}  # OK, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAUTH.
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    size = len(payload)
+    return struct.pack(">BHBBL", size >> 16, size & 0xFFFF, kind, flags, stream_id) + payload
+
+
+def message(data: bytes, length: int | None = None) -> bytes:
+    """A gRPC message: flag, 4-byte length (`length` may lie about `data`), bytes."""
+    return b"\0" + struct.pack(">L", len(data) if length is None else length) + data
+
+
+def request_headers(rpc: str, extra: list[tuple[bytes, bytes]] = ()) -> list[Any]:  # type: ignore[assignment]
+    return [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", (SERVICE + rpc).encode()),
+        (b":authority", b"127.0.0.1"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+        *extra,
+    ]
+
+
+class RawConnection:
+    """An HTTP/2 connection written frame by frame; answers collected per stream."""
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self.encoder = hpack.Encoder()
+        self.decoder = hpack.Decoder()
+        self.buffer = b""
+        self.headers: dict[int, list[dict[str, str]]] = {}
+        self.data: dict[int, bytes] = {}
+        self.resets: dict[int, int] = {}
+        self.goaway: int | None = None
+        self.closed = False
+
+    def block(self, headers: list[Any]) -> bytes:
+        return bytes(self.encoder.encode(headers))
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send(data)
+
+    async def call(self, stream_id: int, rpc: str, body: bytes, **kwargs: Any) -> None:
+        """Open `stream_id` for `rpc` and send `body` as its DATA, ending the stream."""
+        await self.send(
+            frame(HEADERS, END_HEADERS, stream_id, self.block(request_headers(rpc, **kwargs)))
+            + frame(DATA, END_STREAM, stream_id, body)
+        )
+
+    async def read_until(self, done: Any, timeout: float = 5.0) -> None:
+        """Read frames until `done()` holds, the connection closes or `timeout` s pass."""
+        with anyio.move_on_after(timeout):
+            while not done() and not self.closed:
+                try:
+                    chunk = await self.stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    self.closed = True
+                    break
+                self.buffer += chunk
+                self._parse()
+
+    def _parse(self) -> None:
+        while len(self.buffer) >= 9:
+            size = int.from_bytes(self.buffer[:3], "big")
+            if len(self.buffer) < 9 + size:
+                return
+            parsed, _ = Frame.parse_frame_header(memoryview(self.buffer[:9]))
+            parsed.parse_body(memoryview(self.buffer[9 : 9 + size]))
+            self.buffer = self.buffer[9 + size :]
+            if isinstance(parsed, HeadersFrame):
+                assert "END_HEADERS" in parsed.flags  # the server's blocks fit one frame here
+                decoded = self.decoder.decode(bytes(parsed.data))
+                self.headers.setdefault(parsed.stream_id, []).append(dict(decoded))
+            elif isinstance(parsed, DataFrame):
+                self.data[parsed.stream_id] = self.data.get(parsed.stream_id, b"") + bytes(
+                    parsed.data
+                )
+            elif isinstance(parsed, RstStreamFrame):
+                self.resets[parsed.stream_id] = parsed.error_code
+            elif isinstance(parsed, GoAwayFrame):
+                self.goaway = parsed.error_code
+
+    def status(self, stream_id: int) -> str | None:
+        """The grpc-status the server ended `stream_id` with, if it did."""
+        for block in self.headers.get(stream_id, []):
+            if "grpc-status" in block:
+                return block["grpc-status"]
+        return None
+
+    def message(self, stream_id: int) -> str:
+        for block in self.headers.get(stream_id, []):
+            if "grpc-message" in block:
+                return block["grpc-message"]
+        return ""
+
+    def answered(self, *stream_ids: int) -> bool:
+        return all(self.status(s) is not None or s in self.resets for s in stream_ids)
+
+
+@asynccontextmanager
+async def raw_connection(port: int) -> AsyncIterator[RawConnection]:
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        connection = RawConnection(stream)
+        await connection.send(PREFACE + frame(SETTINGS, 0, 0, b""))
+        yield connection
+
+
+async def test_a_message_cut_short_is_invalid_argument() -> None:
+    async with running_server() as server, raw_connection(server.port) as raw:
+        # A stream stays open on the same connection through all of it.
+        await raw.send(
+            frame(HEADERS, END_HEADERS, 1, raw.block(request_headers(RPCS[-1])))
+            + frame(DATA, 0, 1, message(b"\x08\x07"))
+        )
+        await raw.call(3, "GetMicrogridDispatch", message(GET, length=len(GET) + 1))
+        await raw.call(5, "GetMicrogridDispatch", message(GET)[:3])  # inside the 5-byte prefix
+        await raw.call(7, "GetMicrogridDispatch", message(GET))
+        await raw.read_until(lambda: raw.answered(3, 5, 7))
+        assert (raw.status(3), raw.status(5)) == ("3", "3"), raw.headers
+        assert "ends" in raw.message(3), raw.message(3)
+        assert "ends" in raw.message(5), raw.message(5)
+        assert raw.status(7) == "5"  # NOT_FOUND: the connection still serves
+        assert raw.status(1) is None and 1 not in raw.resets and not raw.closed
+
+
+async def test_a_message_over_the_limit_is_resource_exhausted_before_it_arrives() -> None:
+    async with running_server() as server, raw_connection(server.port) as raw:
+        # The stream stays open: the server must not wait for (and buffer) 4 GiB.
+        await raw.send(
+            frame(HEADERS, END_HEADERS, 1, raw.block(request_headers("CreateMicrogridDispatch")))
+            + frame(DATA, 0, 1, message(b"\x08\x01", length=2**32 - 1))
+        )
+        await raw.call(3, "GetMicrogridDispatch", message(GET))
+        await raw.read_until(lambda: raw.answered(1, 3))
+        assert raw.status(1) == "8", raw.headers
+        assert str(MAX_REQUEST_BYTES) in raw.message(1)
+        assert raw.status(3) == "5" and not raw.closed
+
+
+async def test_header_bytes_that_are_not_ascii_end_that_call_only() -> None:
+    async with running_server() as server, raw_connection(server.port) as raw:
+        await raw.send(
+            frame(HEADERS, END_HEADERS, 1, raw.block(request_headers(RPCS[-1])))
+            + frame(DATA, 0, 1, message(b"\x08\x07"))
+        )
+        await raw.call(3, "GetMicrogridDispatch", message(GET), extra=[(b"x-name", "é".encode())])
+        await raw.call(5, "GetMicrogridDispatch", message(GET), extra=[("é".encode(), b"v")])
+        await raw.call(7, "GetMicrogridDispatch", message(GET))
+        await raw.read_until(lambda: raw.answered(3, 5, 7))
+        assert not raw.closed and raw.goaway is None
+        assert raw.answered(3, 5) and raw.status(3) != "2" and raw.status(5) != "2"
+        assert raw.status(7) == "5"
+        assert raw.status(1) is None and 1 not in raw.resets
+
+
+# Each case: (name, the DATA a call sends, whether it ends the stream).
+_NAMED_FRAMINGS = [
+    ("cut inside the message", message(GET, length=5), True),
+    ("cut inside the prefix", b"\0\0\0", True),
+    ("prefix alone", b"\0\0\0\0\x09", True),
+    ("a length of 2**32-1", message(b"", length=2**32 - 1), False),
+    ("just over the limit", message(b"", length=MAX_REQUEST_BYTES + 1), False),
+    ("two messages", message(GET) + message(GET), True),
+    ("nothing", b"", True),
+]
+
+
+async def test_any_framing_of_a_request_gets_a_clear_answer() -> None:
+    """Named framings, then seeded random ones, on every RPC: a clear status, never UNKNOWN."""
+    rng = random.Random(5)
+    cases: list[tuple[str, bytes, bool]] = list(_NAMED_FRAMINGS)
+    for index in range(60):
+        body = message(bytes(rng.randrange(256) for _ in range(rng.randrange(12))))
+        cut = rng.randrange(len(body) + 1)
+        length = rng.choice([None, rng.randrange(2**32), rng.randrange(40)])
+        if length is not None:
+            body = body[:1] + struct.pack(">L", length) + body[5:]
+        cases.append((f"random {index}", body[:cut] if rng.random() < 0.5 else body, True))
+    async with running_server() as server, raw_connection(server.port) as raw:
+        expected: dict[int, str] = {}
+        stream_id = 1
+        for name, body, end in cases:
+            for rpc in RPCS:
+                await raw.send(
+                    frame(HEADERS, END_HEADERS, stream_id, raw.block(request_headers(rpc)))
+                    + frame(DATA, END_STREAM if end else 0, stream_id, body)
+                )
+                expected[stream_id] = f"{name} to {rpc}"
+                stream_id += 2
+        # A stream RPC given a good request stays open: every other call must be answered.
+        unary = [s for s, what in expected.items() if not what.endswith("StreamMicrogridDispatches")]
+        await raw.read_until(lambda: all(raw.status(s) is not None for s in unary), 15.0)
+        await raw.read_until(lambda: False, 0.5)  # the stream RPCs' answers
+        assert not raw.closed
+        for sid, what in expected.items():
+            status = raw.status(sid)
+            if status is None:
+                assert what.endswith("StreamMicrogridDispatches"), what
+                assert raw.headers[sid] == [{":status": "200", "content-type": "application/grpc+proto"}]
+                continue
+            assert status in CLEAR, (what, status, raw.message(sid))
