@@ -20,6 +20,8 @@ from typing import Any
 import anyio
 import hpack
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 from dispatch_client.server._handlers import MAX_REQUEST_BYTES
@@ -244,3 +246,83 @@ async def test_any_framing_of_a_request_gets_a_clear_answer() -> None:
                 assert raw.headers[sid] == [{":status": "200", "content-type": "application/grpc+proto"}]
                 continue
             assert status in CLEAR, (what, status, raw.message(sid))
+
+
+# --- the class: any header bytes, on either of the server's paths through h2 ---------------
+
+
+def _server_connection(short_paths: bool) -> Any:
+    from h2.config import H2Configuration
+
+    from dispatch_client._hpack_cache import CachingDecoder, CachingEncoder
+    from dispatch_client.server._h2_frames import ServerH2Connection
+
+    h2 = ServerH2Connection(
+        H2Configuration(  # grpclib's server settings
+            client_side=False,
+            header_encoding="ascii",
+            validate_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_inbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+    )
+    h2.encoder = CachingEncoder()
+    h2.decoder = CachingDecoder(h2.decoder)
+    h2.enable_answer_frames()
+    h2.request_frames = short_paths and h2.request_frames
+    h2.initiate_connection()
+    h2.receive_data(PREFACE + frame(SETTINGS, 0, 0, b"") + frame(SETTINGS, 0x1, 0, b""))
+    h2.data_to_send()
+    return h2
+
+
+def _described(events: list[Any]) -> list[Any]:
+    return [(type(e).__name__, e.stream_id, getattr(e, "headers", None)) for e in events]
+
+
+_header_bytes = st.binary(min_size=1, max_size=6) | st.sampled_from(
+    [b"\xc3\xa9", b"x-\xff", b"\x80", b"caf\xc3\xa9", b"key"]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=_header_bytes,
+    value=st.binary(max_size=6) | st.just("é".encode()),
+    where=st.sampled_from(["new stream", "in CONTINUATION", "trailers"]),
+)
+@example(name=b"x-name", value="é".encode(), where="new stream")  # the socket test's cases
+@example(name="é".encode(), value=b"v", where="new stream")
+@example(name=b"x-name", value="é".encode(), where="trailers")
+def test_any_header_bytes_end_at_most_their_stream(name: bytes, value: bytes, where: str) -> None:
+    """Any name and value bytes: the short path and h2's agree, and only that stream ends."""
+    outcomes = []
+    for short_paths in (True, False):
+        h2 = _server_connection(short_paths)
+        client = hpack.Encoder()
+        extra = [(name.lower(), value)]
+        if where == "trailers":
+            wire = frame(HEADERS, END_HEADERS, 1, client.encode(request_headers(RPCS[0])))
+            wire += frame(HEADERS, END_HEADERS | END_STREAM, 1, client.encode(extra))
+        else:
+            block = client.encode(request_headers(RPCS[0], extra=extra))
+            if where == "new stream":
+                wire = frame(HEADERS, END_HEADERS | END_STREAM, 1, block)
+            else:
+                wire = frame(HEADERS, END_STREAM, 1, block[:4])
+                wire += frame(0x9, END_HEADERS, 1, block[4:])
+        wire += frame(HEADERS, END_HEADERS | END_STREAM, 3, client.encode(request_headers(RPCS[0])))
+        events = h2.receive_data(wire)  # never raises
+        outcomes.append((_described(events), h2.data_to_send(), h2.streams[1].state_machine.state))
+        text = all(byte < 0x80 for byte in name.lower() + value)
+        kinds = [(type(e).__name__, e.stream_id) for e in events]
+        assert ("RequestReceived", 3) in kinds  # the next call goes on
+        if where == "trailers":
+            ended = ("TrailersReceived", 1) if text else ("StreamReset", 1)
+            assert ended in kinds
+        else:
+            assert (("RequestReceived", 1) in kinds) == text
+        if not text:
+            assert frame(RST_STREAM, 0, 1, struct.pack(">L", 1)) in outcomes[-1][1]
+    assert outcomes[0] == outcomes[1]
