@@ -20,9 +20,9 @@ from typing import Any
 import anyio
 import hpack
 import pytest
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 from dispatch_client.server._handlers import MAX_REQUEST_BYTES
 from dispatch_client.testing import running_server
@@ -94,9 +94,9 @@ class RawConnection:
             + frame(DATA, END_STREAM, stream_id, body)
         )
 
-    async def read_until(self, done: Any, timeout: float = 5.0) -> None:
-        """Read frames until `done()` holds, the connection closes or `timeout` s pass."""
-        with anyio.move_on_after(timeout):
+    async def read_until(self, done: Any, seconds: float = 5.0) -> None:
+        """Read frames until `done()` holds, the connection closes or `seconds` pass."""
+        with anyio.move_on_after(seconds):
             while not done() and not self.closed:
                 try:
                     chunk = await self.stream.receive()
@@ -235,7 +235,9 @@ async def test_any_framing_of_a_request_gets_a_clear_answer() -> None:
                 expected[stream_id] = f"{name} to {rpc}"
                 stream_id += 2
         # A stream RPC given a good request stays open: every other call must be answered.
-        unary = [s for s, what in expected.items() if not what.endswith("StreamMicrogridDispatches")]
+        unary = [
+            s for s, what in expected.items() if not what.endswith("StreamMicrogridDispatches")
+        ]
         await raw.read_until(lambda: all(raw.status(s) is not None for s in unary), 15.0)
         await raw.read_until(lambda: False, 0.5)  # the stream RPCs' answers
         assert not raw.closed
@@ -243,7 +245,9 @@ async def test_any_framing_of_a_request_gets_a_clear_answer() -> None:
             status = raw.status(sid)
             if status is None:
                 assert what.endswith("StreamMicrogridDispatches"), what
-                assert raw.headers[sid] == [{":status": "200", "content-type": "application/grpc+proto"}]
+                assert raw.headers[sid] == [
+                    {":status": "200", "content-type": "application/grpc+proto"}
+                ]
                 continue
             assert status in CLEAR, (what, status, raw.message(sid))
 

@@ -31,9 +31,9 @@ from h2.errors import ErrorCodes
 from h2.events import DataReceived, Event, RequestReceived, StreamEnded, StreamReset
 from h2.exceptions import ProtocolError, TooManyStreamsError
 from h2.frame_buffer import FrameBuffer
-from hyperframe.frame import HeadersFrame
 from h2.stream import H2Stream, StreamClosedBy, StreamState
 from h2.utilities import extract_method_header, is_informational_response, utf8_encode_headers
+from hyperframe.frame import HeadersFrame
 
 from .._h2_protocol import (
     _CONTINUATION,
@@ -124,7 +124,11 @@ class ServerH2Connection(_H2Connection):
             self.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
         if not known:
             return []
-        return [StreamReset(stream_id=stream_id, error_code=ErrorCodes.PROTOCOL_ERROR, remote_reset=False)]
+        return [
+            StreamReset(
+                stream_id=stream_id, error_code=ErrorCodes.PROTOCOL_ERROR, remote_reset=False
+            )
+        ]
 
     def receive_data(self, data: Any) -> list[Event]:
         """h2's `receive_data`, with short paths for the frames of the calls' requests.

@@ -78,7 +78,7 @@ def _decoding(
 
 
 async def _receive_request(stream: grpclib.server.Stream[Any, Any]) -> _RawRequest | None:
-    """grpclib's `Stream.recv_message`, refusing a badly framed message with a clear status.
+    """Grpclib's `Stream.recv_message`, refusing a badly framed message with a clear status.
 
     grpclib asserts that the call carries as many bytes as the message's
     5-byte prefix announces (UNKNOWN "Internal Server Error" when the call
