@@ -11,6 +11,7 @@ the answers read with hyperframe and hpack, not through grpclib's client.
 
 from __future__ import annotations
 
+import logging
 import random
 import struct
 from collections.abc import AsyncIterator
@@ -330,3 +331,46 @@ def test_any_header_bytes_end_at_most_their_stream(name: bytes, value: bytes, wh
         if not text:
             assert frame(RST_STREAM, 0, 1, struct.pack(">L", 1)) in outcomes[-1][1]
     assert outcomes[0] == outcomes[1]
+
+
+# --- grpc-timeout: unreadable or already spent ---------------------------------------------
+
+_NAMED_TIMEOUTS = {
+    "xyz": "3",  # not a timeout: INVALID_ARGUMENT (was UNKNOWN)
+    "-1S": "3",
+    "1": "3",
+    "9" * 400 + "S": "3",  # too large for a float (was UNKNOWN "Internal Server Error")
+    "0n": "4",  # spent: DEADLINE_EXCEEDED (was UNKNOWN "Internal Server Error")
+    "1n": "4",
+    "99999999H": "5",  # served: NOT_FOUND
+    "30S": "5",
+}
+
+
+async def test_a_bad_or_spent_timeout_is_invalid_argument_or_deadline_exceeded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rng = random.Random(7)
+    alphabet = "0123456789HMSmun -+.xé١"
+    values: dict[str, str | None] = dict(_NAMED_TIMEOUTS)
+    for _ in range(60):
+        values.setdefault("".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 6))), None)
+    async with running_server() as server, raw_connection(server.port) as raw:
+        streams: dict[int, str] = {}
+        for number, value in enumerate(values):
+            stream_id = 2 * number + 1
+            extra = [(b"grpc-timeout", value.encode())]
+            await raw.call(stream_id, "GetMicrogridDispatch", message(GET), extra=extra)
+            streams[stream_id] = value
+        await raw.read_until(lambda: raw.answered(*streams))
+        for stream_id, value in streams.items():
+            if not value.isascii():
+                assert stream_id in raw.resets  # not ASCII: that stream's error
+                continue
+            status = raw.status(stream_id)
+            assert status in {"3", "4", "5"}, (value, status, raw.message(stream_id))
+            if values[value] is not None:
+                assert status == values[value], (value, status, raw.message(stream_id))
+            if status == "3":
+                assert "grpc-timeout" in raw.message(stream_id)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

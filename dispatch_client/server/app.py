@@ -14,8 +14,11 @@ from typing import Any, Final
 
 import anyio
 import anyio.lowlevel
+import grpclib.exceptions
 import grpclib.protocol
 import grpclib.server
+from grpclib.const import Status
+from grpclib.metadata import Deadline, encode_grpc_message
 from h2.settings import SettingCodes
 
 from .._h2_protocol import _quiet_received_frames as quiet_received_frames
@@ -151,6 +154,68 @@ class _ConnectionTracker(asyncio.Protocol):
         self._inner.connection_lost(exc)
 
 
+_LEAST_TIME_S = 0.001
+"""A call arriving with less time than this to its deadline is answered DEADLINE_EXCEEDED at once."""
+
+
+async def _request_handler(
+    mapping: dict[str, Any],
+    stream: grpclib.protocol.Stream,
+    headers: Any,
+    *args: Any,
+) -> None:
+    """Grpclib's `request_handler`, answering a call's bad or spent `grpc-timeout` itself.
+
+    grpclib answers a `grpc-timeout` it cannot read with UNKNOWN, and a call
+    whose deadline has passed before its handler starts (`0n`, or `1m` on a
+    busy server) with UNKNOWN "Internal Server Error" and an ERROR log line
+    with a traceback. Here they get INVALID_ARGUMENT naming the header and
+    DEADLINE_EXCEEDED, for the paths grpclib serves; nothing awaits between
+    this check and grpclib starting the deadline's timer.
+    """
+    refusal = _deadline_refusal(headers) if dict(headers).get(":path") in mapping else None
+    if refusal is None:
+        await grpclib.server.request_handler(mapping, stream, headers, *args)
+        return
+    release_stream = args[-1]
+    try:
+        status, message = refusal
+        await stream.send_headers(
+            [
+                (":status", "200"),
+                ("content-type", "application/grpc+proto"),
+                ("grpc-status", str(status.value)),
+                ("grpc-message", encode_grpc_message(message)),
+            ],
+            end_stream=True,
+        )
+        if stream.closable:
+            stream.reset_nowait()
+    except (grpclib.exceptions.ProtocolError, grpclib.exceptions.StreamTerminatedError):
+        pass  # the connection or the stream is gone: no one to answer
+    finally:
+        release_stream()
+
+
+def _deadline_refusal(headers: Any) -> tuple[Status, str] | None:
+    """(status, message) for a call whose `grpc-timeout` is unreadable or spent; None to serve it."""
+    try:
+        deadline = Deadline.from_headers(headers)
+    except (ValueError, OverflowError):
+        values = [value for name, value in headers if name == "grpc-timeout"]
+        shown = ", ".join(repr(value[:24]) for value in values[:3])
+        return Status.INVALID_ARGUMENT, (
+            f"header grpc-timeout: {shown} is not a timeout"
+            " (allowed: digits and a unit H, M, S, m, u or n, e.g. 30S)"
+        )
+    if deadline is not None and deadline.time_remaining() < _LEAST_TIME_S:
+        return (
+            Status.DEADLINE_EXCEEDED,
+            "the call's deadline (grpc-timeout) passed before it started",
+        )
+    return None
+
+
 class _Handler(grpclib.server.Handler):
     """grpclib's per-connection handler, forgetting each call's task as it ends.
 
@@ -171,7 +236,7 @@ class _Handler(grpclib.server.Handler):
         release_stream: Callable[[], Any],
     ) -> None:
         task = self.loop.create_task(
-            grpclib.server.request_handler(
+            _request_handler(
                 self.mapping,
                 stream,
                 headers,
