@@ -374,3 +374,24 @@ async def test_a_bad_or_spent_timeout_is_invalid_argument_or_deadline_exceeded(
             if status == "3":
                 assert "grpc-timeout" in raw.message(stream_id)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- a request without the pseudo-headers grpclib reads --------------------------------------
+
+
+async def test_a_request_without_method_or_path_is_reset_not_left_hanging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Malformed (RFC 9113, 8.3.1): RST_STREAM(PROTOCOL_ERROR); was no answer and an ERROR log."""
+    dropped = [(b":method",), (b":path",), (b":method", b":path"), ()]
+    async with running_server() as server, raw_connection(server.port) as raw:
+        for number, names in enumerate(dropped):
+            headers = [h for h in request_headers("GetMicrogridDispatch") if h[0] not in names]
+            await raw.send(
+                frame(HEADERS, END_HEADERS, 2 * number + 1, raw.block(headers))
+                + frame(DATA, END_STREAM, 2 * number + 1, message(GET))
+            )
+        await raw.read_until(lambda: raw.answered(1, 3, 5, 7))
+        assert {1, 3, 5} <= set(raw.resets), (raw.resets, raw.headers)
+        assert 7 not in raw.resets and raw.status(7) == "5" and not raw.closed
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -17,8 +17,10 @@ import anyio.lowlevel
 import grpclib.exceptions
 import grpclib.protocol
 import grpclib.server
+import h2.exceptions
 from grpclib.const import Status
 from grpclib.metadata import Deadline, encode_grpc_message
+from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
 from .._h2_protocol import _quiet_received_frames as quiet_received_frames
@@ -171,13 +173,25 @@ async def _request_handler(
     busy server) with UNKNOWN "Internal Server Error" and an ERROR log line
     with a traceback. Here they get INVALID_ARGUMENT naming the header and
     DEADLINE_EXCEEDED, for the paths grpclib serves; nothing awaits between
-    this check and grpclib starting the deadline's timer.
+    this check and grpclib starting the deadline's timer. A request without
+    `:method` or `:path` is reset (PROTOCOL_ERROR) instead of left unanswered.
     """
-    refusal = _deadline_refusal(headers) if dict(headers).get(":path") in mapping else None
+    release_stream = args[-1]
+    pseudo = dict(headers)
+    if ":method" not in pseudo or ":path" not in pseudo:
+        # Malformed (RFC 9113, 8.3.1): grpclib met a KeyError, logged it as an
+        # ERROR and left the stream without an answer.
+        try:
+            stream.reset_nowait(ErrorCodes.PROTOCOL_ERROR)
+        except h2.exceptions.ProtocolError:  # the stream is gone already
+            pass
+        finally:
+            release_stream()
+        return
+    refusal = _deadline_refusal(headers) if pseudo[":path"] in mapping else None
     if refusal is None:
         await grpclib.server.request_handler(mapping, stream, headers, *args)
         return
-    release_stream = args[-1]
     try:
         status, message = refusal
         await stream.send_headers(
