@@ -395,3 +395,67 @@ async def test_a_request_without_method_or_path_is_reset_not_left_hanging(
         assert {1, 3, 5} <= set(raw.resets), (raw.resets, raw.headers)
         assert 7 not in raw.resets and raw.status(7) == "5" and not raw.closed
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+_HEADER_POOL: dict[bytes, list[bytes]] = {
+    b":method": [b"POST", b"GET", b""],
+    b":path": [(SERVICE + rpc).encode() for rpc in RPCS] + [b"/x", b"", SERVICE.encode()],
+    b"content-type": [b"application/grpc", b"application/grpc+proto", b"text/plain", b""],
+    b"te": [b"trailers", b"gzip"],
+    b"grpc-timeout": [b"10S", b"0n", b"x", b"1M", b"9" * 30 + b"H"],
+    b"key": [b"k", b""],
+    b"grpc-encoding": [b"identity", b"gzip"],
+}
+
+
+async def test_any_request_headers_get_an_answer_never_unknown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Seeded random header lists (any header left out, repeated, odd values), each call answered.
+
+    Every call gets a gRPC status, or an HTTP refusal (:status not 200, grpclib's
+    answer to a request that is not gRPC), or RST_STREAM; a gRPC answer is never
+    UNKNOWN/INTERNAL, and nothing is logged as an ERROR.
+    """
+    rng = random.Random(11)
+    cases: list[list[tuple[bytes, bytes]]] = []
+    for _ in range(120):
+        headers = [
+            (name, rng.choice(values))
+            for name, values in _HEADER_POOL.items()
+            if (name in (b":method", b":path") and rng.random() < 0.9) or rng.random() < 0.6
+        ]
+        if rng.random() < 0.2 and headers:
+            headers.append(rng.choice(headers))  # a header twice
+        rng.shuffle(headers)
+        cases.append([(b":scheme", b"http"), (b":authority", b"h"), *headers])
+    async with running_server() as server, raw_connection(server.port) as raw:
+        for number, headers in enumerate(cases):
+            body = message(
+                GET if b"Stream" not in dict(headers).get(b":path", b"") else b"\x08\x01"
+            )
+            await raw.send(
+                frame(HEADERS, END_HEADERS, 2 * number + 1, raw.block(headers))
+                + frame(DATA, END_STREAM, 2 * number + 1, body)
+            )
+        ids = [2 * number + 1 for number in range(len(cases))]
+
+        def settled(stream_id: int) -> bool:
+            # An HTTP refusal may carry no grpc-status; a stream RPC that opened
+            # answers its headers and stays open.
+            blocks = raw.headers.get(stream_id, [])
+            return (
+                raw.answered(stream_id)
+                or (bool(blocks) and blocks[0].get(":status") != "200")
+                or (b"Stream" in dict(cases[stream_id // 2]).get(b":path", b"") and bool(blocks))
+            )
+
+        await raw.read_until(lambda: all(settled(s) for s in ids), 10.0)
+        assert not raw.closed
+        for stream_id in ids:
+            what = cases[stream_id // 2]
+            assert settled(stream_id), (what, raw.headers.get(stream_id), raw.resets.get(stream_id))
+            first = raw.headers.get(stream_id, [{}])[0]
+            if first.get(":status", "200") == "200" and raw.status(stream_id) is not None:
+                assert raw.status(stream_id) not in ("2", "13"), (what, raw.headers[stream_id])
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
