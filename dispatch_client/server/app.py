@@ -188,7 +188,9 @@ async def _request_handler(
         finally:
             release_stream()
         return
-    refusal = _deadline_refusal(headers) if pseudo[":path"] in mapping else None
+    refusal = None
+    if "grpc-timeout" in pseudo and pseudo[":path"] in mapping:
+        refusal = _deadline_refusal(headers)
     if refusal is None:
         await grpclib.server.request_handler(mapping, stream, headers, *args)
         return
