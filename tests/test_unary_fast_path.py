@@ -795,7 +795,9 @@ async def test_a_storm_of_cancelled_calls_leaves_nothing_behind(tmp_path: Path) 
         assert _processor_streams(client) == {}
         assert all(stream.closed for stream in _h2(client).streams.values())
         assert await client.get(MG, dispatch_id) == created
-    assert outcomes["cancelled"] > 0 and outcomes["ok"] > 0
+    # Some calls were cancelled and some ran to an answer or to their deadline
+    # (on a loaded machine a whole wave can outlast every cancel delay: no "ok").
+    assert outcomes["cancelled"] > 0 and outcomes["ok"] + outcomes["deadline"] > 0
 
 
 async def test_calls_over_the_servers_stream_limit_wait_for_a_free_stream() -> None:
