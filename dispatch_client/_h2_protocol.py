@@ -20,7 +20,7 @@ from grpclib.client import Channel, Handler
 from grpclib.protocol import H2Protocol
 from h2 import __version__ as _H2_VERSION
 from h2.config import DummyLogger
-from h2.connection import AllowedStreamIDs, ConnectionState, H2Connection, _decode_headers
+from h2.connection import AllowedStreamIDs, ConnectionState, H2Connection
 from h2.events import DataReceived, Event, ResponseReceived, StreamEnded, TrailersReceived
 from h2.exceptions import ProtocolError, TooManyStreamsError
 from h2.frame_buffer import FrameBuffer
@@ -28,7 +28,7 @@ from h2.stream import H2Stream, StreamClosedBy, StreamState
 from h2.utilities import authority_from_headers, extract_method_header, is_informational_response
 from hyperframe.frame import FRAMES, ExtensionFrame, Frame
 
-from ._hpack_cache import CachingDecoder, CachingEncoder
+from ._hpack_cache import CachingDecoder, CachingEncoder, decoded_block, header_text
 from ._unary import FastPath
 
 # Big enough that the writes of a turn of ordinary calls (64 concurrent gets:
@@ -381,19 +381,7 @@ def _receive_response_headers(
     h2: _H2Connection, stream: H2Stream, block: bytes, flags: int, events: list[Event]
 ) -> None:
     """h2's `_receive_headers_frame` for a stream half closed by us: a response's headers or trailers."""
-    # A block of table references decodes the same while the table is unchanged (see
-    # `_hpack_cache`): its headers, as h2 hands them out, are kept with the table's count.
-    # The limit on a header list's size is h2's setting, changed as settings are acknowledged.
-    decoder = h2.decoder
-    generation = getattr(decoder.header_table, "generation", None)
-    state = (generation, decoder.max_header_list_size)
-    cached = h2._texts.get(block)
-    text: list[Any] | None = None
-    headers: list[Any]
-    if cached is not None and cached[0] == state and generation is not None:
-        headers, text = cached[1], cached[2]
-    else:
-        headers = cast(list[Any], _decode_headers(decoder, block))
+    state, headers, text = decoded_block(h2, block)
     machine = stream.state_machine
     end_stream = bool(flags & _END_STREAM)
     if (
@@ -414,22 +402,7 @@ def _receive_response_headers(
     ended = _stream_ended(stream) if end_stream else None
     event.stream_ended = ended
     stream._initialize_content_length(headers)
-    if text is None:
-        encoding = h2.config.header_encoding
-        if isinstance(encoding, str):
-            text = [
-                header.__class__(header[0].decode(encoding), header[1].decode(encoding))
-                for header in headers
-            ]
-        else:
-            text = list(headers)
-        if generation is not None and generation == getattr(
-            decoder.header_table, "generation", None
-        ):
-            if len(h2._texts) >= 256:
-                h2._texts.clear()
-            h2._texts[block] = (state, headers, text)
-    event.headers = list(text)
+    event.headers = header_text(h2, block, state, headers, text)
     events.append(event)
     if ended is not None:
         events.append(ended)

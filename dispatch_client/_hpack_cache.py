@@ -12,8 +12,9 @@ credential that should not be kept in a compression context.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, cast
 
+from h2.connection import _decode_headers
 from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
 from hpack.table import HeaderTable
 
@@ -118,3 +119,55 @@ class CachingDecoder(Decoder):
                 self._blocks.clear()
             self._blocks[key] = (generation, list(headers))
         return headers
+
+
+# A decoded header block's key in an `_H2Connection`'s `_texts`: the table's change count and h2's
+# limit on a header list's size (changed as settings are acknowledged).
+_BlockState = tuple[Any, Any]
+
+
+def decoded_block(h2: Any, block: bytes) -> tuple[_BlockState, list[Any], list[Any] | None]:
+    """A header block's headers as h2 decodes them, and their text if kept from an earlier block.
+
+    A block of table references decodes the same while the table is unchanged
+    (see `CachingDecoder`): its headers, as h2 hands them out, are kept with the
+    table's change count (`header_text`).
+    """
+    decoder = h2.decoder
+    generation = getattr(decoder.header_table, "generation", None)
+    state = (generation, decoder.max_header_list_size)
+    cached = h2._texts.get(block)
+    if cached is not None and cached[0] == state and generation is not None:
+        return state, cached[1], cached[2]
+    return state, cast(list[Any], _decode_headers(decoder, block)), None
+
+
+def header_text(
+    h2: Any,
+    block: bytes,
+    state: _BlockState,
+    headers: list[Any],
+    text: list[Any] | None,
+) -> list[Any]:
+    """The headers as h2's events carry them (text in h2's header encoding), kept for the block.
+
+    Kept only if decoding the block left the table as it was (a block that
+    adds to the table decodes differently next time).
+    """
+    if text is None:
+        encoding = h2.config.header_encoding
+        if isinstance(encoding, str):
+            text = [
+                header.__class__(header[0].decode(encoding), header[1].decode(encoding))
+                for header in headers
+            ]
+        else:
+            text = list(headers)
+        generation = state[0]
+        if generation is not None and generation == getattr(
+            h2.decoder.header_table, "generation", None
+        ):
+            if len(h2._texts) >= 256:
+                h2._texts.clear()
+            h2._texts[block] = (state, headers, text)
+    return list(text)

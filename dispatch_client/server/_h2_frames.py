@@ -22,11 +22,11 @@ side by side.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from h2 import __version__ as _H2_VERSION
 from h2.config import DummyLogger
-from h2.connection import AllowedStreamIDs, ConnectionState, H2Connection, _decode_headers
+from h2.connection import AllowedStreamIDs, ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import DataReceived, Event, RequestReceived, StreamEnded, StreamReset
 from h2.exceptions import ProtocolError, TooManyStreamsError
@@ -48,6 +48,7 @@ from .._h2_protocol import (
     _H2Connection,
     _short_paths_tested,
 )
+from .._hpack_cache import decoded_block, header_text
 
 __all__ = ["ServerH2Connection"]
 
@@ -358,18 +359,7 @@ def _receive_request_headers(
     count = h2.open_inbound_streams  # once, as h2 reads it: the property may walk the streams
     if count + 1 > limit:
         raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
-    # A block of table references decodes the same while the table is unchanged (see
-    # `_hpack_cache`): its headers, as h2 hands them out, are kept with the table's count.
-    decoder = h2.decoder
-    generation = getattr(decoder.header_table, "generation", None)
-    state = (generation, decoder.max_header_list_size)
-    cached = h2._texts.get(block)
-    text: list[Any] | None = None
-    headers: list[Any]
-    if cached is not None and cached[0] == state and generation is not None:
-        headers, text = cached[1], cached[2]
-    else:
-        headers = cast(list[Any], _decode_headers(decoder, block))
+    state, headers, text = decoded_block(h2, block)
     stream = h2._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
     end_stream = bool(flags & _END_STREAM)
     if is_informational_response(headers):
@@ -387,22 +377,7 @@ def _receive_request_headers(
         machine.state = StreamState.HALF_CLOSED_REMOTE
         event.stream_ended = ended = StreamEnded(stream_id=stream_id)
     stream._initialize_content_length(headers)
-    if text is None:
-        encoding = h2.config.header_encoding
-        if isinstance(encoding, str):
-            text = [
-                header.__class__(header[0].decode(encoding), header[1].decode(encoding))
-                for header in headers
-            ]
-        else:
-            text = list(headers)
-        if generation is not None and generation == getattr(
-            decoder.header_table, "generation", None
-        ):
-            if len(h2._texts) >= 256:
-                h2._texts.clear()
-            h2._texts[block] = (state, headers, text)
-    event.headers = list(text)
+    event.headers = header_text(h2, block, state, headers, text)
     events.append(event)
     if ended is not None:
         events.append(ended)
