@@ -393,18 +393,15 @@ class PgDispatchStore(PgChangeFeed):
 
     async def get(self, microgrid_id: int, dispatch_id: int) -> Dispatch | None:
         """Return one dispatch of a microgrid, or None."""
-        if dispatch_id > _INT64_MAX:
-            return None
-        async with self._connection() as conn:
-            cursor = await conn.execute(
-                f"SELECT {FIELDS} FROM dispatches WHERE id = %s AND microgrid_id = %s",
-                (dispatch_id, signed(microgrid_id)),
-            )
-            found = await cursor.fetchone()
-        return None if found is None else from_row(found)
+        return await self._get(microgrid_id, dispatch_id, from_row)
 
     async def get_encoded(self, microgrid_id: int, dispatch_id: int) -> bytes | None:
         """Return what `get` returns as `Dispatch` wire bytes (stored data unparsed), or None."""
+        return await self._get(microgrid_id, dispatch_id, encoded_row)
+
+    async def _get(
+        self, microgrid_id: int, dispatch_id: int, convert: Callable[[Sequence[object]], _D]
+    ) -> _D | None:
         if dispatch_id > _INT64_MAX:
             return None
         async with self._connection() as conn:
@@ -413,7 +410,7 @@ class PgDispatchStore(PgChangeFeed):
                 (dispatch_id, signed(microgrid_id)),
             )
             found = await cursor.fetchone()
-        return None if found is None else encoded_row(found)
+        return None if found is None else convert(found)
 
     async def list(self, query: ListQuery) -> ListResult[Dispatch]:
         """Return one page of the dispatches matching `query`, and their total count."""

@@ -405,17 +405,7 @@ class DispatchStore:
         Raises:
             RuntimeError: the store is not open.
         """
-        if dispatch_id > _INT64_MAX:
-            return None
-
-        def read(conn: sqlite3.Connection) -> Dispatch | None:
-            found = conn.execute(
-                f"SELECT {FIELDS} FROM dispatches WHERE id = ? AND microgrid_id = ?",
-                (dispatch_id, signed(microgrid_id)),
-            ).fetchone()
-            return None if found is None else from_row(found)
-
-        return await self._run(read)
+        return await self._get(microgrid_id, dispatch_id, from_row)
 
     async def get_encoded(self, microgrid_id: int, dispatch_id: int) -> bytes | None:
         """Return what `get` returns as `Dispatch` wire bytes, the stored data unparsed.
@@ -430,17 +420,7 @@ class DispatchStore:
         Raises:
             RuntimeError: the store is not open.
         """
-        if dispatch_id > _INT64_MAX:
-            return None
-
-        def read(conn: sqlite3.Connection) -> bytes | None:
-            found = conn.execute(
-                f"SELECT {FIELDS} FROM dispatches WHERE id = ? AND microgrid_id = ?",
-                (dispatch_id, signed(microgrid_id)),
-            ).fetchone()
-            return None if found is None else encoded_row(found)
-
-        return await self._run(read)
+        return await self._get(microgrid_id, dispatch_id, encoded_row)
 
     async def list(self, query: ListQuery) -> ListResult[Dispatch]:
         """Return one page of the dispatches matching `query`, and their total count.
@@ -475,6 +455,21 @@ class DispatchStore:
             ValueError: `query.sort_column` is not a sortable column.
         """
         return await self._list(query, encoded_row)
+
+    async def _get(
+        self, microgrid_id: int, dispatch_id: int, convert: Callable[[Sequence[object]], _D]
+    ) -> _D | None:
+        if dispatch_id > _INT64_MAX:
+            return None
+
+        def read(conn: sqlite3.Connection) -> _D | None:
+            found = conn.execute(
+                f"SELECT {FIELDS} FROM dispatches WHERE id = ? AND microgrid_id = ?",
+                (dispatch_id, signed(microgrid_id)),
+            ).fetchone()
+            return None if found is None else convert(found)
+
+        return await self._run(read)
 
     async def _list(
         self, query: ListQuery, convert: Callable[[Sequence[object]], _D]
