@@ -8,12 +8,13 @@ built from the parsed message: callers cannot tell the two paths apart (`==`
 and `repr` agree). `DISPATCH_CLIENT_FAST_DECODE=0` turns the fast path off;
 without protobuf it is off anyway.
 
-- Descriptors come from `_proto/descriptors.binpb`, written by `make protos`
-  from `protos/`, and go into a private descriptor pool, so nothing clashes
-  with other `*_pb2` modules an application loads (the official API package,
-  say). There, map entries become plain repeated messages: the wire format is
-  the same, but upb then keeps the entries in wire order, so a payload's keys
-  come out in the order betterproto2 gives them (upb's maps are hash tables).
+- Descriptors come from `_proto/fast_descriptors.binpb`, written by `make
+  protos` from `protos/`, and go into a private descriptor pool, so nothing
+  clashes with other `*_pb2` modules an application loads (the official API
+  package, say). There, map entries are plain repeated messages: the wire
+  format is the same, but upb then keeps the entries in wire order, so a
+  payload's keys come out in the order betterproto2 gives them (upb's maps are
+  hash tables).
 - For each message class one conversion function is generated, once, from the
   betterproto2 field metadata and the upb descriptors (matched by field
   number). It reads the upb message's attributes and sets on a new instance
@@ -132,10 +133,8 @@ class Decoder(Generic[_M]):
     """Parses bytes into one generated message class: through upb, or betterproto2 where it must."""
 
     def __init__(self, cls: type[_M], descriptor: Any) -> None:
-        from google.protobuf import message_factory
-
         self.message_type = cls
-        self._parse_upb = message_factory.GetMessageClass(descriptor).FromString
+        self._parse_upb = _message_class(descriptor).FromString
         self._convert: Callable[[Any], _M] = _converters.function(cls, descriptor)
 
     def __repr__(self) -> str:
@@ -215,30 +214,61 @@ def _gc_paused(size: int) -> Iterator[None]:
 
 @functools.cache
 def _pool() -> Any:
-    """Our descriptors in a private pool, with map entries made plain repeated messages."""
-    from google.protobuf import descriptor_pb2, descriptor_pool
+    """Our descriptors in a private upb pool, map entries plain (see `_proto/fast_descriptors.binpb`).
 
-    data = resources.files("dispatch_client._proto").joinpath("descriptors.binpb").read_bytes()
-    pool = descriptor_pool.DescriptorPool()
-    for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
-        _plain_map_entries(file.message_type)
-        pool.Add(file)
+    upb's own pool and message classes, as protobuf's `descriptor_pool` and
+    `message_factory` make them under the upb backend (which `available()`
+    requires), without importing those modules and `descriptor_pb2`: that
+    import chain cost ~20 ms of a client's first call.
+    """
+    from google._upb import _message
+
+    data = resources.files("dispatch_client._proto").joinpath("fast_descriptors.binpb").read_bytes()
+    pool = _message.DescriptorPool()
+    for file in _set_members(data):
+        pool.AddSerializedFile(file)
     return pool
 
 
-def _plain_map_entries(messages: Any) -> None:
-    for message in messages:
-        if message.options.map_entry:
-            message.options.ClearField("map_entry")
-            # Encoders write an entry's key even when empty (betterproto2 and Go
-            # do); with explicit presence upb writes it back, so such input
-            # still counts as canonical.
-            for field in message.field:
-                if field.type != field.TYPE_MESSAGE:
-                    field.proto3_optional = True
-                    field.oneof_index = len(message.oneof_decl)
-                    message.oneof_decl.add(name=f"_{field.name}")
-        _plain_map_entries(message.nested_type)
+def _set_members(data: bytes) -> Iterator[bytes]:
+    """Yield the serialized files of a serialized `FileDescriptorSet` (its field 1, repeated).
+
+    Raises:
+        ValueError: `data` holds anything else, or is cut short.
+    """
+    at = 0
+    while at < len(data):
+        tag, at = _varint(data, at)
+        size, at = _varint(data, at)
+        if tag != _FILE_TAG or at + size > len(data):
+            raise ValueError(f"not a serialized FileDescriptorSet (at byte {at})")
+        yield data[at : at + size]
+        at += size
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while at < len(data) and shift < 64:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+    raise ValueError(f"not a serialized FileDescriptorSet (a varint cut short at byte {at})")
+
+
+_FILE_TAG = 1 << 3 | 2  # FileDescriptorSet.file: field 1, length-delimited
+
+
+def _message_class(descriptor: Any) -> Any:
+    """Return upb's message class for `descriptor` (upb keeps one per descriptor)."""
+    from google._upb import _message
+    from google.protobuf import message
+
+    return _message.MessageMeta(
+        descriptor.name, (message.Message,), {"DESCRIPTOR": descriptor, "__module__": None}
+    )
 
 
 # -- conversion functions --------------------------------------------------------
@@ -428,10 +458,8 @@ class Encoder(Generic[_M]):
     """Serializes one generated message class: through upb, or betterproto2 where it must."""
 
     def __init__(self, cls: type[_M], descriptor: Any) -> None:
-        from google.protobuf import message_factory
-
         self.message_type = cls
-        self._new_upb = message_factory.GetMessageClass(descriptor)
+        self._new_upb = _message_class(descriptor)
         self._fill: Callable[[Any, Any], None] = _fillers.function(cls, descriptor)
 
     def __repr__(self) -> str:

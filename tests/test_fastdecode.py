@@ -7,10 +7,12 @@ import math
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from importlib import resources
 from typing import Any
 
 import betterproto2
 import pytest
+from fresh_python import run_python
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,7 +43,14 @@ from dispatch_client import (
     target_from_ids,
     target_from_types,
 )
-from dispatch_client._fastdecode import ENV_VAR, Decoder, ResponseCodec, decoder
+from dispatch_client._fastdecode import (
+    ENV_VAR,
+    Decoder,
+    ResponseCodec,
+    _pool,
+    _set_members,
+    decoder,
+)
 from dispatch_client._proto.google.protobuf import ListValue, NullValue, Struct, Value
 from dispatch_client.testing import RunningServer, running_server
 from dispatch_client.validation import payload_to_struct
@@ -656,3 +665,55 @@ def test_the_client_works_without_protobuf() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+@needs_upb
+def test_the_fast_pool_holds_our_files_with_map_entries_plain() -> None:
+    from google.protobuf import descriptor_pb2
+
+    proto = resources.files("dispatch_client._proto")
+    original = descriptor_pb2.FileDescriptorSet.FromString(
+        proto.joinpath("descriptors.binpb").read_bytes()
+    )
+    members = list(_set_members(proto.joinpath("fast_descriptors.binpb").read_bytes()))
+    assert [descriptor_pb2.FileDescriptorProto.FromString(m).name for m in members] == [
+        file.name for file in original.file
+    ]
+    pool = _pool()
+    for file in original.file:
+        assert pool.FindFileByName(file.name).name == file.name
+    fields = pool.FindMessageTypeByName("google.protobuf.Struct").fields_by_name["fields"]
+    # A plain entry message, not a map: upb keeps wire order (see _fastdecode).
+    assert fields.message_type.name == "FieldsEntry"
+    assert not fields.message_type.GetOptions().map_entry
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x12\x00", b"\x0a\x05ab", b"\x0a\x80", b"\x0a" + b"\xff" * 12],
+    ids=["another field", "cut short", "length cut short", "endless varint"],
+)
+def test_a_broken_descriptor_set_is_refused(data: bytes) -> None:
+    with pytest.raises(ValueError, match="not a serialized FileDescriptorSet"):
+        list(_set_members(data))
+
+
+@needs_upb
+def test_the_fast_path_loads_neither_descriptor_pb2_nor_message_factory() -> None:
+    # They cost ~20 ms of a client's first call; upb's own pool does the job.
+    loaded = run_python(
+        """
+        import sys
+        from dispatch_client._fastdecode import decoder, encoder
+        from dispatch_client.wire import (
+            ListMicrogridDispatchesResponse, StreamMicrogridDispatchesRequest,
+        )
+        request = StreamMicrogridDispatchesRequest(microgrid_id=7)
+        assert encoder(StreamMicrogridDispatchesRequest)(request) == bytes(request)
+        assert decoder(ListMicrogridDispatchesResponse)(b"") == ListMicrogridDispatchesResponse()
+        print(" ".join(sorted(m for m in sys.modules if m.startswith("google.protobuf"))))
+        """
+    ).split()
+    assert "google.protobuf.message" in loaded
+    for module in ("descriptor_pb2", "message_factory", "descriptor_pool", "text_format"):
+        assert f"google.protobuf.{module}" not in loaded
