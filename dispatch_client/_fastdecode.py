@@ -286,33 +286,79 @@ class _EnumLookup(dict[int, Any]):
 
 
 class _SourceCompiler:
-    """Writes Python source per message class and compiles it in batches into one namespace.
+    """Writes Python source per message class and compiles it into one namespace.
 
-    Subclasses give a label and the namespace, and implement `_name(cls, descriptor)`:
-    it returns the function's name, appending any source not written yet to `_pending`.
+    Subclasses give a label, a name prefix and the namespace, and implement
+    `_source(name, cls, descriptor)`: the source of function `name` for `cls`,
+    naming the functions of its parts through `_ref`. A part's function is
+    written and compiled on its first call, so a message whose parts never
+    occur (an empty list page, a request without a filter) does not pay for
+    them: that is most of a client's first call.
     """
 
-    def __init__(self, label: str, namespace: dict[str, Any]) -> None:
+    def __init__(self, label: str, prefix: str, namespace: dict[str, Any]) -> None:
         self._label = label
+        self._prefix = prefix
         self._namespace = namespace
         self._names: dict[type[Any], str] = {}
-        self._pending: list[str] = []
+        self._uncompiled: dict[str, tuple[type[Any], Any]] = {}
+        # Reentrant: writing one function names its parts under the same lock.
+        # A lock at all: a trio app's client runs grpclib in a thread of its own.
+        self._lock = threading.RLock()
 
     def function(self, cls: type[Any], descriptor: Any) -> Callable[..., Any]:
-        """Return the function for `cls`, compiling any not compiled yet."""
-        name = self._name(cls, descriptor)
-        if self._pending:
-            source, self._pending = "\n\n".join(self._pending), []
-            exec(compile(source, f"<{__name__} {self._label}>", "exec"), self._namespace)
-        return self._namespace[name]  # type: ignore[no-any-return]
+        """Return the function for `cls`, compiled now (the functions of its parts on first use).
 
-    def _name(self, cls: type[Any], descriptor: Any) -> str:  # pragma: no cover - abstract
+        Raises:
+            _Fallback: `cls` cannot take the fast path at all (the subclass says why).
+        """
+        with self._lock:
+            function = self._compiled(self._ref(cls, descriptor))
+        if function is _fall_back:
+            raise _Fallback(cls.__qualname__)
+        return function
+
+    def _ref(self, cls: type[Any], descriptor: Any) -> str:
+        """Return the name of the function for `cls`; until compiled, it compiles on its first call."""
+        name = self._names.get(cls)
+        if name is None:
+            name = self._names[cls] = f"{self._prefix}{len(self._names)}_{cls.__name__}"
+            self._uncompiled[name] = (cls, descriptor)
+
+            def compile_on_first_call(*args: Any) -> Any:
+                return self._compiled(name)(*args)
+
+            self._namespace[name] = compile_on_first_call
+        return name
+
+    def _compiled(self, name: str) -> Callable[..., Any]:
+        with self._lock:
+            if name in self._uncompiled:
+                cls, descriptor = self._uncompiled.pop(name)
+                try:
+                    source = self._source(name, cls, descriptor)
+                except _Fallback:
+                    # Every later call falls back at once, as this one does.
+                    self._namespace[name] = _fall_back
+                    raise
+                exec(compile(source, f"<{__name__} {self._label}>", "exec"), self._namespace)
+            return self._namespace[name]  # type: ignore[no-any-return]
+
+    def _source(self, name: str, cls: type[Any], descriptor: Any) -> str:  # pragma: no cover
         raise NotImplementedError
 
     def _global(self, prefix: str, value: Any) -> str:
         name = f"_{prefix}{len(self._namespace)}"
         self._namespace[name] = value
         return name
+
+
+class _Fallback(Exception):
+    """A message the upb copy might not encode exactly as betterproto2: encode it there."""
+
+
+def _fall_back(*args: Any) -> None:
+    raise _Fallback
 
 
 class _Converters(_SourceCompiler):
@@ -327,15 +373,12 @@ class _Converters(_SourceCompiler):
 
     def __init__(self) -> None:
         super().__init__(
-            "conversions", {"_new": object.__new__, "_EPOCH": _EPOCH, "_timedelta": dt.timedelta}
+            "conversions",
+            "_from_upb_",
+            {"_new": object.__new__, "_EPOCH": _EPOCH, "_timedelta": dt.timedelta},
         )
 
-    def _name(self, cls: type[Any], descriptor: Any) -> str:
-        """Return the name of the function for `cls`, writing its source (and its parts') if new."""
-        name = self._names.get(cls)
-        if name is not None:
-            return name
-        name = self._names[cls] = f"_from_upb_{len(self._names)}_{cls.__name__}"
+    def _source(self, name: str, cls: type[Any], descriptor: Any) -> str:
         meta = cls._betterproto
         fields_by_number = {field.number: field for field in descriptor.fields}
         lines = [f"def {name}(m):", f"    o = _new({self._global('cls', cls)})"]
@@ -360,8 +403,7 @@ class _Converters(_SourceCompiler):
                 lines.append(f"        v = {_attribute('m', proto_name)}")
                 lines.append(f"        {assignment}")
         lines.append("    return o")
-        self._pending.append("\n".join(lines))
-        return name
+        return "\n".join(lines)
 
     def _field(self, meta: Any, field_name: str, field: Any) -> str:
         """Return the expression for a field outside any oneof, read from the upb message `m`."""
@@ -397,9 +439,9 @@ class _Converters(_SourceCompiler):
                     # Timestamp.to_datetime()'s own arithmetic, without the Timestamp;
                     # the upb sub-message read once, the timedelta's arguments by position.
                     return f"_EPOCH + _timedelta(0, (_t := {var}).seconds, _t.nanos // 1000)"
-                return f"{self._name(wrapper, field.message_type)}({var}).to_wrapped()"
+                return f"{self._ref(wrapper, field.message_type)}({var}).to_wrapped()"
             assert cls is not None
-            return f"{self._name(cls, field.message_type)}({var})"
+            return f"{self._ref(cls, field.message_type)}({var})"
         if field_meta.proto_type == betterproto2.TYPE_ENUM:
             assert cls is not None
             return f"{self._global('enum', _EnumLookup(cls))}[{var}]"
@@ -416,10 +458,6 @@ _converters = _Converters()
 
 
 # -- encoders ------------------------------------------------------------------
-
-
-class _Fallback(Exception):
-    """A message the upb copy might not encode exactly as betterproto2: encode it there."""
 
 
 _encoders: dict[type[Any], Callable[[Any], bytes]] = {}
@@ -504,6 +542,7 @@ class _Fillers(_SourceCompiler):
     def __init__(self) -> None:
         super().__init__(
             "fillers",
+            "_to_upb_",
             {
                 "_Fallback": _Fallback,
                 "_bool": (bool,),
@@ -514,16 +553,12 @@ class _Fillers(_SourceCompiler):
             },
         )
 
-    def _name(self, cls: type[Any], descriptor: Any) -> str:
-        name = self._names.get(cls)
-        if name is not None:
-            return name
+    def _source(self, name: str, cls: type[Any], descriptor: Any) -> str:
         meta = cls._betterproto
         numbers = [field.number for field in meta.meta_by_field_name.values()]
         if numbers != sorted(numbers):
             # betterproto2 writes fields in declaration order, upb in number order.
             raise _Fallback(cls.__qualname__)
-        name = self._names[cls] = f"_to_upb_{len(self._names)}_{cls.__name__}"
         fields_by_number = {field.number: field for field in descriptor.fields}
         lines = [f"def {name}(o, m):", "    if o._unknown_fields:", "        raise _Fallback"]
         groups: dict[str, str] = {}
@@ -545,8 +580,7 @@ class _Fillers(_SourceCompiler):
                 lines.append(f"        {flag} = True")
             lines.extend(f"        {line}" for line in self._set(meta, field_name, field))
         lines.append("    return None")
-        self._pending.append("\n".join(lines))
-        return name
+        return "\n".join(lines)
 
     def _set(self, meta: Any, field_name: str, field: Any) -> list[str]:
         """Return the lines setting field `field` of `m` from the value `v`."""
@@ -571,7 +605,7 @@ class _Fillers(_SourceCompiler):
             if field_meta.proto_type == betterproto2.TYPE_MESSAGE:
                 if field_meta.unwrap is not None:
                     raise _Fallback(field_name)
-                fill = self._name(cls, field.message_type)
+                fill = self._ref(cls, field.message_type)
                 return [
                     f"r = {attribute}",
                     "for x in v:",
@@ -608,7 +642,7 @@ class _Fillers(_SourceCompiler):
                 lines.append(f"{var} = {self._global('wrap', wrapper.from_wrapped)}({var})")
                 cls = wrapper
             assert cls is not None
-            fill = self._name(cls, field.message_type)
+            fill = self._ref(cls, field.message_type)
             return [
                 *lines,
                 f"if type({var}) is not {self._global('cls', cls)}:",

@@ -47,8 +47,10 @@ from dispatch_client._fastdecode import (
     ENV_VAR,
     Decoder,
     ResponseCodec,
+    _Fallback,
     _pool,
     _set_members,
+    _SourceCompiler,
     decoder,
 )
 from dispatch_client._proto.google.protobuf import ListValue, NullValue, Struct, Value
@@ -717,3 +719,59 @@ def test_the_fast_path_loads_neither_descriptor_pb2_nor_message_factory() -> Non
     assert "google.protobuf.message" in loaded
     for module in ("descriptor_pb2", "message_factory", "descriptor_pool", "text_format"):
         assert f"google.protobuf.{module}" not in loaded
+
+
+@needs_upb
+def test_a_part_compiles_on_first_use() -> None:
+    # An empty page, the usual first answer of a new stream's catch-up list,
+    # needs no dispatch conversion: that is written once a dispatch comes.
+    compiled = run_python(
+        f"""
+        from dispatch_client import Dispatch
+        from dispatch_client._fastdecode import _converters, decoder
+        from dispatch_client.wire import ListMicrogridDispatchesResponse
+        decode = decoder(ListMicrogridDispatchesResponse)
+        assert decode(b"") == ListMicrogridDispatchesResponse()
+        dispatch = _converters._names[Dispatch]
+        print(dispatch in _converters._uncompiled)
+        data = bytes.fromhex("{bytes(page(3)).hex()}")
+        assert decode(data) == ListMicrogridDispatchesResponse.parse(data)
+        print(dispatch in _converters._uncompiled)
+        """,
+    )
+    assert compiled.split() == ["True", "False"]
+
+
+class _Part:
+    pass
+
+
+class _Whole:
+    pass
+
+
+class _Compiler(_SourceCompiler):
+    """Writes `whole(x)` calling its part's function, whose writing raises `_Fallback`."""
+
+    def __init__(self) -> None:
+        super().__init__("test", "_test_", {})
+        self.written: list[type[Any]] = []
+
+    def _source(self, name: str, cls: type[Any], descriptor: Any) -> str:
+        self.written.append(cls)
+        if cls is _Part:
+            raise _Fallback("part")
+        return f"def {name}(x):\n    return {self._ref(_Part, None)}(x)"
+
+
+def test_a_part_that_cannot_take_the_fast_path_falls_back_at_every_call() -> None:
+    compiler = _Compiler()
+    whole = compiler.function(_Whole, None)
+    assert compiler.written == [_Whole]
+    for _ in range(3):
+        with pytest.raises(_Fallback):
+            whole(1)
+    # Written once; from then on its function falls back at once.
+    assert compiler.written == [_Whole, _Part]
+    with pytest.raises(_Fallback, match="_Part"):
+        compiler.function(_Part, None)
