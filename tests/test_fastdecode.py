@@ -47,13 +47,12 @@ from dispatch_client._fastdecode import (
     ENV_VAR,
     Decoder,
     ResponseCodec,
-    _Fallback,
     _pool,
     _set_members,
-    _SourceCompiler,
     decoder,
 )
 from dispatch_client._proto.google.protobuf import ListValue, NullValue, Struct, Value
+from dispatch_client._upb_source import Fallback, SourceCompiler
 from dispatch_client.testing import RunningServer, running_server
 from dispatch_client.validation import payload_to_struct
 from dispatch_client.wire import (
@@ -728,15 +727,16 @@ def test_a_part_compiles_on_first_use() -> None:
     compiled = run_python(
         f"""
         from dispatch_client import Dispatch
-        from dispatch_client._fastdecode import _converters, decoder
+        from dispatch_client._fastdecode import decoder
+        from dispatch_client._upb_source import converters
         from dispatch_client.wire import ListMicrogridDispatchesResponse
         decode = decoder(ListMicrogridDispatchesResponse)
         assert decode(b"") == ListMicrogridDispatchesResponse()
-        dispatch = _converters._names[Dispatch]
-        print(dispatch in _converters._uncompiled)
+        dispatch = converters._names[Dispatch]
+        print(dispatch in converters._uncompiled)
         data = bytes.fromhex("{bytes(page(3)).hex()}")
         assert decode(data) == ListMicrogridDispatchesResponse.parse(data)
-        print(dispatch in _converters._uncompiled)
+        print(dispatch in converters._uncompiled)
         """,
     )
     assert compiled.split() == ["True", "False"]
@@ -750,8 +750,8 @@ class _Whole:
     pass
 
 
-class _Compiler(_SourceCompiler):
-    """Writes `whole(x)` calling its part's function, whose writing raises `_Fallback`."""
+class _Compiler(SourceCompiler):
+    """Writes `whole(x)` calling its part's function, whose writing raises `Fallback`."""
 
     def __init__(self) -> None:
         super().__init__("test", "_test_", {})
@@ -760,7 +760,7 @@ class _Compiler(_SourceCompiler):
     def _source(self, name: str, cls: type[Any], descriptor: Any) -> str:
         self.written.append(cls)
         if cls is _Part:
-            raise _Fallback("part")
+            raise Fallback("part")
         return f"def {name}(x):\n    return {self._ref(_Part, None)}(x)"
 
 
@@ -769,9 +769,9 @@ def test_a_part_that_cannot_take_the_fast_path_falls_back_at_every_call() -> Non
     whole = compiler.function(_Whole, None)
     assert compiler.written == [_Whole]
     for _ in range(3):
-        with pytest.raises(_Fallback):
+        with pytest.raises(Fallback):
             whole(1)
     # Written once; from then on its function falls back at once.
     assert compiler.written == [_Whole, _Part]
-    with pytest.raises(_Fallback, match="_Part"):
+    with pytest.raises(Fallback, match="_Part"):
         compiler.function(_Part, None)
