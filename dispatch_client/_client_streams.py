@@ -107,7 +107,7 @@ class ClientStreams:
     def _stream_hub(self) -> StreamHub:
         self._check_connected()
         if self._hub is None:
-            # Imported here: unary-only users never pay for streaming (and anyio).
+            # Imported here: unary-only users never pay for streaming.
             from .streaming import StreamHub
 
             self._hub = StreamHub(

@@ -13,13 +13,13 @@ probed no more during that wait: its delay is for an error it answered.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import anyio
 from grpclib.exceptions import StreamTerminatedError
 
 from .connection import absorb_leaked_cancel
@@ -122,31 +122,37 @@ async def wait_to_retry(
     """
     every = backoff.probe
     if probe is None or every is None:
-        await anyio.sleep(delay)
+        await asyncio.sleep(delay)
         return False
-    deadline = anyio.current_time() + delay
+    # asyncio's clock and timeouts, not anyio's: this runs in a shared
+    # stream's reader task, on asyncio only (see `dispatch_client._tasks`).
+    clock = asyncio.get_running_loop().time
+    deadline = clock() + delay
     # A random first step, so many clients do not probe in lock step.
     step = random.uniform(0.0, every)
-    while (left := deadline - anyio.current_time()) > 0:
-        await anyio.sleep(min(step, left))
+    while (left := deadline - clock()) > 0:
+        await asyncio.sleep(min(step, left))
         step = every
-        left = deadline - anyio.current_time()
+        left = deadline - clock()
         if left <= 0:
             return False
         reached = False
-        with anyio.move_on_after(min(left, _PROBE_TIMEOUT)):
-            try:
-                with absorb_leaked_cancel():
+        try:
+            # The timeout inside: it withdraws its own cancel request, also when
+            # grpclib turned it into an error, before the leaked ones are.
+            with absorb_leaked_cancel():
+                async with asyncio.timeout(min(left, _PROBE_TIMEOUT)):
                     await probe()
-                reached = True
-            except Exception:
-                pass
+            reached = True
+        except Exception:
+            # A failed or timed-out probe (its TimeoutError included): unreachable.
+            pass
         if not reached:
             unreachable = True
         elif unreachable:
             return True
         else:
             # Reachable all along: the delay is for an error the server answered.
-            await anyio.sleep(max(0.0, deadline - anyio.current_time()))
+            await asyncio.sleep(max(0.0, deadline - clock()))
             return False
     return False

@@ -105,14 +105,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 
-import anyio
-
 from ._fanout import Audience, Batch, Consumer, Item, Overflow, Snapshot
 from ._proto.frequenz.api.common.v1alpha8.streaming import Event
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
 from ._reconnect import is_retryable, unreachable, wait_to_retry
 from ._stream_settings import StreamSettings, StreamState, StreamStatus
-from ._tasks import OwnedTask, aclose_quietly
+from ._tasks import OwnedTask, aclose_quietly, wait_event
 from .connection import withdraw_leaked_cancels
 from .errors import Cancelled, StreamGap, Unavailable, copy_error
 from .watchview import DispatchEvent, WatchView
@@ -450,8 +448,7 @@ class SharedStream:
                 # quiet seconds count as open, unless this server acknowledges
                 # its streams: then it is waited for, however long a busy server
                 # takes (see "When a stream counts as open").
-                with anyio.move_on_after(self._settings.open_grace):
-                    await self._opened.wait()
+                await wait_event(self._opened, self._settings.open_grace)
                 if not self._open and self._settings.unacknowledged.server_acknowledges:
                     await self._opened.wait()
                 self._confirm()

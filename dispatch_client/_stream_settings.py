@@ -11,10 +11,9 @@ import enum
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-import anyio
-
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
 from ._reconnect import Backoff
+from ._tasks import wait_event
 from .errors import map_errors
 
 __all__ = ["StreamSettings", "StreamState", "StreamStatus", "Unacknowledged"]
@@ -96,8 +95,7 @@ class Unacknowledged:
             if self._none is None or self._none[0] is not loop:
                 self._none = (loop, asyncio.Event())
             seen = self.acknowledged
-            with anyio.move_on_after(stall):
-                await self._none[1].wait()
+            await wait_event(self._none[1], stall)
             if self.acknowledged == seen:
                 return
 

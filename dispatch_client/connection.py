@@ -437,7 +437,8 @@ def absorb_leaked_cancel() -> Iterator[None]:
     timeout the task exits believes an outer cancellation is pending and turns
     into a silent `CancelledError`. A failure that is not `CancelledError`
     means every request made meanwhile was consumed; a real cancellation of an
-    anyio scope is re-delivered by anyio anyway.
+    anyio scope, or of a stream reader by its owner (`_tasks.OwnedTask`), is
+    delivered again at the next await anyway.
 
     Yields:
         Nothing; wrap the grpclib call in the block.
