@@ -6,6 +6,7 @@ the state these methods use.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
@@ -104,6 +105,17 @@ class ClientStreams:
             server_url=self.server_url,
         )
 
+    async def _connect_channel(self) -> None:
+        """Connect the channel if it is not (a no-op while it is), within the call timeout.
+
+        Raises:
+            ClientNotConnected: the client is not connected.
+            OSError: the connection could not be made (grpclib's errors).
+            TimeoutError: it took longer than `call_timeout`, as opening a call may.
+        """
+        async with asyncio.timeout(self._call_timeout):
+            await connect_shared(self.channel)
+
     def _stream_hub(self) -> StreamHub:
         self._check_connected()
         if self._hub is None:
@@ -117,8 +129,7 @@ class ClientStreams:
                 buffer_size=self._stream_buffer_size,
                 backoff=self._stream_backoff,
                 on_status=self._on_stream_status,
-                # Connects the channel if it is not (a no-op while it is), or raises.
-                probe=lambda: connect_shared(self.channel),
+                probe=self._connect_channel,
             )
         return self._hub
 

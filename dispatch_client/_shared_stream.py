@@ -382,6 +382,20 @@ class SharedStream:
         self._list_failure = None
         self._opened = asyncio.Event()
         ended: BaseException | None = None
+        probe = self._settings.probe
+        if probe is not None:
+            # Connected first: a fleet's streams opening on a new channel all
+            # wait here for its one connection, then each sends its request in
+            # one go. Waiting inside the call instead, each first started its
+            # list and got halfway into the call, and resumed from there once
+            # connected: a second pass over the fleet before anything was sent.
+            task = asyncio.current_task()
+            baseline = task.cancelling() if task is not None else 0
+            try:
+                await probe()
+            except Exception as exc:
+                withdraw_leaked_cancels(task, baseline)  # see `absorb_leaked_cancel`
+                return False, self._settings.typed(exc)
         # asyncio's task group, not anyio's: the hub runs on asyncio only (as
         # grpclib does, trio included: see `dispatch_client._trio`), and
         # anyio's costs about 35 µs more per stream, a fleet's opening over.
@@ -437,11 +451,6 @@ class SharedStream:
         """List the baseline if there is none yet, wait until the stream is open, then catch up."""
         try:
             if self._told is None:
-                if self._settings.probe is not None:
-                    # The stream request is connecting the channel: a list
-                    # sent once it is connected costs less than one that waits
-                    # inside grpclib's call for the same connection.
-                    await self._settings.probe()
                 self._told = WatchView(await self._list())
             if not self._open:
                 # Without the server's acknowledgement or an event, `open_grace`

@@ -118,7 +118,11 @@ class StreamSettings:
     on_status: Callable[[StreamStatus], None] | None = None
     """Told of every state change; its failures are logged, never raised."""
     probe: Callable[[], Awaitable[object]] | None = None
-    """Connects the channel now if it is not (raises if it cannot); see `Backoff.probe`."""
+    """Connects the channel now if it is not (raises if it cannot).
+
+    Awaited before every attempt opens its stream, and between attempts as the
+    reachability probe (see `Backoff.probe`).
+    """
     unacknowledged: Unacknowledged = field(default_factory=Unacknowledged)
     """The hub's streams whose request is out but that do not count as open yet."""
 

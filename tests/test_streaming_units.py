@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -9,10 +10,11 @@ from typing import Any
 import anyio
 import pytest
 from grpclib.exceptions import StreamTerminatedError
+from test_streaming_helpers import wait_until
 
 from dispatch_client import Dispatch, ResourceExhausted, Unavailable
 from dispatch_client._reconnect import unreachable, wait_to_retry
-from dispatch_client.streaming import Backoff, StreamHub
+from dispatch_client.streaming import Backoff, StreamHub, StreamState, StreamStatus
 from dispatch_client.wire import StreamMicrogridDispatchesResponse
 
 
@@ -168,3 +170,78 @@ class TestUnreachable:
     def test_an_answer_from_the_server_is_not(self) -> None:
         assert not unreachable(ResourceExhausted("fell behind"))
         assert not unreachable(Unavailable("server is shutting down"))
+
+
+@pytest.mark.anyio
+class TestConnectingFirst:
+    """A stream attempt waits for the channel's connection before it opens or lists anything."""
+
+    async def test_a_fleet_opens_and_lists_only_once_connected(self) -> None:
+        connected = asyncio.Event()
+        calls: list[Any] = []
+
+        async def probe() -> None:
+            calls.append("probe")
+            await connected.wait()
+
+        async def open_stream(microgrid_id: int) -> AsyncIterator[Any]:
+            calls.append(("open", microgrid_id))
+            yield None
+            await asyncio.Event().wait()
+
+        async def list_dispatches(microgrid_id: int) -> AsyncIterator[Dispatch]:
+            calls.append(("list", microgrid_id))
+            return
+            yield  # pragma: no cover
+
+        streams = StreamHub(
+            open_stream=open_stream,
+            list_dispatches=list_dispatches,
+            server_url="grpc://x",
+            probe=probe,
+        )
+        consumers = [streams.subscribe(mg) for mg in range(5)]
+        reads = [asyncio.ensure_future(anext(consumer)) for consumer in consumers]
+        await wait_until(lambda: calls.count("probe") == 5)
+        await asyncio.sleep(0.01)
+        assert calls == ["probe"] * 5
+        connected.set()
+        await wait_until(lambda: all(stream.synced for stream in streams.streams.values()))
+        for mg in range(5):
+            # Each stream's request first, its baseline list right behind it.
+            assert calls.index(("open", mg)) < calls.index(("list", mg))
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
+        for consumer in consumers:
+            await consumer.aclose()
+        await streams.aclose()
+
+    async def test_a_connection_that_fails_is_a_broken_attempt(self) -> None:
+        opened: list[int] = []
+        statuses: list[StreamStatus] = []
+
+        async def open_stream(microgrid_id: int) -> AsyncIterator[Any]:
+            opened.append(microgrid_id)
+            yield None
+
+        streams = StreamHub(
+            open_stream=open_stream,
+            list_dispatches=_no_list,
+            server_url="grpc://x",
+            probe=Probe(down=10**6),
+            backoff=Backoff(initial=0.01, maximum=0.01, probe=None),
+            on_status=statuses.append,
+        )
+        consumer = streams.subscribe(7)
+        read = asyncio.ensure_future(anext(consumer))
+        await wait_until(lambda: sum(s.state is StreamState.RECONNECTING for s in statuses) >= 2)
+        # Retried with backoff as a refused connection always was, typed as
+        # UNAVAILABLE; no stream request was ever made without a connection.
+        failures = [s for s in statuses if s.state is StreamState.RECONNECTING]
+        assert all(isinstance(s.error, Unavailable) for s in failures)
+        assert opened == []
+        read.cancel()
+        await asyncio.gather(read, return_exceptions=True)
+        await consumer.aclose()
+        await streams.aclose()
