@@ -68,7 +68,7 @@ class Config:
     import_rounds: int = 15
     fleet_microgrids: int = 1_000
     fleet_events_each: int = 2
-    fleet_rounds: int = 3
+    fleet_rounds: int = 5
     restarts: int = 5
     restart_rounds: int = 2
     clients: tuple[str, ...] = CLIENTS
