@@ -6,8 +6,8 @@ multiplier ** n)] ("full jitter", so many clients do not reconnect in lock
 step). A long outage grows that bound to its cap, which would leave consumers
 waiting long after the server is back; so while the server cannot be reached,
 `wait_to_retry` probes it every `Backoff.probe` seconds (the channel tries to
-connect: a refused TCP connection is cheap, and a connected channel costs
-nothing) and returns as soon as a probe succeeds. A server found reachable is
+connect, once for all streams that probe within `RETRY_AFTER` of a failure, see
+`connect_shared`; a connected channel costs nothing) and returns as soon as a probe succeeds. A server found reachable is
 probed no more during that wait: its delay is for an error it answered.
 """
 

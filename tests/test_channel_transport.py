@@ -10,6 +10,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from grpclib.client import Channel
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.exceptions import TooManyStreamsError
@@ -20,7 +21,7 @@ from server_process import free_port
 from stream_fleet import streams_held
 
 from dispatch_client import Client
-from dispatch_client._h2_protocol import FLUSH_BYTES
+from dispatch_client._h2_protocol import FLUSH_BYTES, RETRY_AFTER
 from dispatch_client._server_url import parse_server_url
 from dispatch_client.connection import _CoalescedWrites, _H2Connection, connect_shared, open_channel
 from dispatch_client.server import app
@@ -298,3 +299,67 @@ async def test_a_failed_shared_connection_attempt_fails_every_waiter() -> None:
         assert not channel._connected
     finally:
         channel.close()
+
+
+def _count_connection_attempts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the channel's TCP connection attempts (grpclib's `_create_connection`)."""
+    attempts = [0]
+    create = Channel._create_connection
+
+    async def counting(self: Channel) -> Any:
+        attempts[0] += 1
+        return await create(self)
+
+    monkeypatch.setattr(Channel, "_create_connection", counting)
+    return attempts
+
+
+async def test_the_waiters_of_a_failed_attempt_do_not_each_try_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempts = _count_connection_attempts(monkeypatch)
+    channel = open_channel(
+        parse_server_url(f"grpc://127.0.0.1:{free_port()}?ssl=false"), key=None, sign_secret=None
+    )[0]
+    try:
+        results = await asyncio.gather(
+            *(connect_shared(channel) for _ in range(200)), return_exceptions=True
+        )
+        assert all(isinstance(r, ConnectionRefusedError) for r in results), results
+        # One attempt for all (each waiter tried on its own before: 200).
+        assert attempts[0] == 1
+        # A copy for each: no traceback grown by 200 raises of one object.
+        assert len({id(r) for r in results}) == 200
+        await asyncio.sleep(RETRY_AFTER * 1.5)
+        with pytest.raises(ConnectionRefusedError):
+            await connect_shared(channel)
+        assert attempts[0] == 2  # the failure is shared only for RETRY_AFTER seconds
+    finally:
+        channel.close()
+
+
+async def test_a_fleet_of_streams_does_not_storm_a_server_that_is_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each stream checks whether the server is back; they share the connection attempts."""
+    attempts = _count_connection_attempts(monkeypatch)
+    port = free_port()
+    async with Client(f"grpc://127.0.0.1:{port}?ssl=false") as client:
+
+        async def follow(microgrid_id: int) -> None:
+            async for _ in client.stream(microgrid_id):
+                return
+
+        tasks = [asyncio.create_task(follow(m)) for m in range(1, 201)]
+        try:
+            await asyncio.sleep(1.0)
+            # Over 400 before (two a second per stream); one per RETRY_AFTER now.
+            assert attempts[0] <= 1.0 / RETRY_AFTER + 5, attempts[0]
+            async with running_server(port=port) as server:
+                async with asyncio.timeout(10):
+                    while server.service.open_stream_count() < 200:
+                        await asyncio.sleep(0.05)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
