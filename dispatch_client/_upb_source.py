@@ -87,15 +87,24 @@ class SourceCompiler:
 
     def _compiled(self, name: str) -> Callable[..., Any]:
         with self._lock:
-            if name in self._uncompiled:
-                cls, descriptor = self._uncompiled.pop(name)
+            part = self._uncompiled.get(name)
+            if part is not None:
+                cls, descriptor = part
                 try:
                     source = self._source(name, cls, descriptor)
-                except Fallback:
-                    # Every later call falls back at once, as this one does.
+                    code = compile(source, f"<{__name__} {self._label}>", "exec")
+                except Exception as exc:
+                    # Every later call falls back at once, as this one does; and
+                    # whatever failed (not only a `Fallback`), the part's name must
+                    # not stay bound to the stub calling this: it would recurse.
                     self._namespace[name] = fall_back
-                    raise
-                exec(compile(source, f"<{__name__} {self._label}>", "exec"), self._namespace)
+                    del self._uncompiled[name]
+                    if isinstance(exc, Fallback):
+                        raise
+                    raise Fallback(f"{cls.__qualname__}: {exc!r}") from exc
+                exec(code, self._namespace)
+                # Only now: interrupted before (KeyboardInterrupt), a later call writes it.
+                del self._uncompiled[name]
             return self._namespace[name]  # type: ignore[no-any-return]
 
     def _source(self, name: str, cls: type[Any], descriptor: Any) -> str:  # pragma: no cover

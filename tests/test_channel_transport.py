@@ -356,9 +356,9 @@ async def test_a_fleet_of_streams_does_not_storm_a_server_that_is_down(
             # Over 400 before (two a second per stream); one per RETRY_AFTER now.
             assert attempts[0] <= 1.0 / RETRY_AFTER + 5, attempts[0]
             async with running_server(port=port) as server:
+                # And they all open once it is back.
                 async with asyncio.timeout(10):
-                    while server.service.open_stream_count() < 200:
-                        await asyncio.sleep(0.05)
+                    await server.service.wait_for_streams(None, 200)
         finally:
             for task in tasks:
                 task.cancel()

@@ -775,3 +775,67 @@ def test_a_part_that_cannot_take_the_fast_path_falls_back_at_every_call() -> Non
     assert compiler.written == [_Whole, _Part]
     with pytest.raises(Fallback, match="_Part"):
         compiler.function(_Part, None)
+
+
+class _FailingCompiler(SourceCompiler):
+    """Writes `whole(x)` calling its part's function, whose writing raises `error` (once)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__("test", "_test_", {})
+        self.error: BaseException | None = error
+        self.written: list[type[Any]] = []
+
+    def _source(self, name: str, cls: type[Any], descriptor: Any) -> str:
+        self.written.append(cls)
+        if cls is _Part:
+            if isinstance(self.error, KeyboardInterrupt):
+                error, self.error = self.error, None
+                raise error
+            if self.error is not None:
+                raise self.error
+            return f"def {name}(x):\n    return x + 1"
+        return f"def {name}(x):\n    return {self._ref(_Part, None)}(x)"
+
+
+WRITING_ERRORS = {
+    "KeyError": KeyError(7),
+    "AttributeError": AttributeError("containing_oneof"),
+    "RecursionError": RecursionError(),
+    "MemoryError": MemoryError(),
+}
+
+
+@pytest.mark.parametrize("error", WRITING_ERRORS.values(), ids=WRITING_ERRORS.keys())
+def test_a_part_whose_writing_fails_falls_back_at_every_call(error: Exception) -> None:
+    # The part's name stayed bound to its compile-on-first-call stub, which then
+    # called itself: a RecursionError (1,000 frames) at every later call.
+    compiler = _FailingCompiler(error)
+    whole = compiler.function(_Whole, None)
+    for _ in range(3):
+        with pytest.raises(Fallback):
+            whole(1)
+    assert compiler.written == [_Whole, _Part]
+
+
+def test_a_part_whose_writing_is_interrupted_is_written_at_its_next_call() -> None:
+    compiler = _FailingCompiler(KeyboardInterrupt())
+    whole = compiler.function(_Whole, None)
+    with pytest.raises(KeyboardInterrupt):
+        whole(1)
+    assert whole(1) == 2
+    assert compiler.written == [_Whole, _Part, _Part]
+
+
+def test_a_part_whose_source_does_not_compile_falls_back() -> None:
+    class BadSource(SourceCompiler):
+        def _source(self, name: str, cls: type[Any], descriptor: Any) -> str:
+            return (
+                f"def {name}(x):\n    return {self._ref(_Part, None)}(x)"
+                if cls is _Whole
+                else "def ("
+            )
+
+    whole = BadSource("test", "_test_", {}).function(_Whole, None)
+    for _ in range(2):
+        with pytest.raises(Fallback):
+            whole(1)
