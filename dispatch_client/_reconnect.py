@@ -5,10 +5,22 @@ delay before attempt n+1 is drawn uniformly from [0, min(maximum, initial *
 multiplier ** n)] ("full jitter", so many clients do not reconnect in lock
 step). A long outage grows that bound to its cap, which would leave consumers
 waiting long after the server is back; so while the server cannot be reached,
-`wait_to_retry` probes it every `Backoff.probe` seconds (the channel tries to
-connect, once for all streams that probe within `RETRY_AFTER` of a failure, see
-`connect_shared`; a connected channel costs nothing) and returns as soon as a probe succeeds. A server found reachable is
-probed no more during that wait: its delay is for an error it answered.
+the wait probes it every `Backoff.probe` seconds (the channel tries to connect;
+a connected channel costs nothing) and ends as soon as a probe succeeds. A
+server found reachable is probed no more during that wait: its delay is for an
+error it answered.
+
+One prober for all the streams of a hub. They share one channel, so one
+probe tells them all whether the server can be reached: `ReachabilityProber`
+runs at most one probe per `Backoff.probe` seconds in a task of its own, on a
+grid with a random phase (so many clients do not probe in lock step), for as
+long as any stream waits, and hands every waiting stream its outcome. A
+thousand streams waiting out an outage used to run a probe each, two a second
+apiece (a timeout, the channel's shared connection attempt and a copy of its
+failure each time): a quarter of a core. A stream that cannot reach the server
+waits only for a success, so failed probes wake nobody. Only the outcome of a
+probe started after a stream began waiting counts for it, as when each stream
+probed for itself. `wait_to_retry` is the same wait with a prober of its own.
 """
 
 from __future__ import annotations
@@ -22,10 +34,18 @@ from dataclasses import dataclass
 
 from grpclib.exceptions import StreamTerminatedError
 
+from ._tasks import OwnedTask, wait_event
 from .connection import absorb_leaked_cancel
 from .errors import DispatchApiError
 
-__all__ = ["Backoff", "is_retryable", "unreachable", "wait_to_retry"]
+__all__ = [
+    "Backoff",
+    "ReachabilityProber",
+    "is_retryable",
+    "next_probe_time",
+    "unreachable",
+    "wait_to_retry",
+]
 
 _log = logging.getLogger("dispatch_client.streaming")
 
@@ -102,6 +122,198 @@ def unreachable(error: BaseException) -> bool:
     return False
 
 
+def next_probe_time(now: float, last: float, every: float, phase: float) -> float:
+    """Return when the next probe may start: the first point of its grid not before `now` or `last + every`.
+
+    The grid (`phase + k * every`) keeps probes at least `every` apart, however
+    long one took, and its random phase keeps many clients out of lock step.
+
+    Args:
+        now: the current time, in seconds (the event loop's clock).
+        last: when the previous probe started (`-math.inf`: none yet).
+        every: seconds between probes, > 0.
+        phase: the grid's offset, in seconds.
+
+    Returns:
+        The start time, in seconds on the same clock.
+    """
+    earliest = max(now, last + every)
+    # The tolerance keeps float rounding from skipping the grid point `last + every`.
+    return phase + math.ceil((earliest - phase) / every - 1e-9) * every
+
+
+class _Outcome:
+    """The result of one probe, for the streams that wait for it."""
+
+    __slots__ = ("event", "number", "reached")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.number = 0
+        """Which probe it is (they are numbered from 1 as they start); set before `event`."""
+        self.reached = False
+
+
+class ReachabilityProber:
+    """Probes the server for all the streams of a hub that wait to retry (see the module docstring).
+
+    Owned by the hub: its task runs only while a stream waits, and `aclose()`
+    ends it. Not bound to an event loop: a client may be used by one
+    `asyncio.run` after another.
+    """
+
+    def __init__(
+        self,
+        probe: Callable[[], Awaitable[object]] | None = None,
+        every: float | None = None,
+        *,
+        timeout: float = _PROBE_TIMEOUT,
+    ) -> None:
+        """Prepare a prober; nothing runs until a stream waits.
+
+        Args:
+            probe: connects the channel if it is not connected, raising if it
+                cannot. None: never probe, every wait is slept out.
+            every: seconds between probes (`Backoff.probe`); None: never probe.
+            timeout: the longest a probe may take, in seconds; one taking longer failed.
+        """
+        self._probe = probe
+        self._every = every
+        self._timeout = timeout
+        self._phase = random.uniform(0.0, every) if every is not None else 0.0
+        self._last_start = -math.inf
+        self._started = 0
+        """Probes started so far: a waiter counts only those numbered above its start."""
+        self._waiters = 0
+        self._any = _Outcome()
+        """Set when the next probe ends, whatever its outcome (for waiters that could reach the server)."""
+        self._success = _Outcome()
+        """Set when a probe next succeeds (for waiters that could not)."""
+        self._task: OwnedTask | None = None
+        self._ending: list[OwnedTask] = []
+        """Tasks asked to stop (no waiter left) that `aclose()` must still wait for."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def wait_to_retry(self, delay: float, *, unreachable: bool) -> bool:
+        """Sleep `delay` seconds, or less once a server that could not be reached can be again.
+
+        Args:
+            delay: the backoff delay, in seconds.
+            unreachable: whether the failure that led here says the server could
+                not be reached. A server found reachable by the first probe
+                instead has the delay slept out; one that fails a probe counts
+                as unreachable from then on.
+
+        Returns:
+            True if a probe cut the wait short.
+        """
+        if self._probe is None or self._every is None:
+            await asyncio.sleep(delay)
+            return False
+        # asyncio's clock and events, not anyio's: this runs in a shared
+        # stream's reader task, on asyncio only (see `dispatch_client._tasks`).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        self._enter(loop)
+        try:
+            if not unreachable:
+                outcome = await self._next(deadline, success_only=False)
+                if outcome is None:
+                    return False
+                unreachable = not outcome.reached
+            if unreachable:
+                return await self._next(deadline, success_only=True) is not None
+        finally:
+            self._leave()
+        # Reachable all along: the delay is for an error the server answered.
+        await asyncio.sleep(max(0.0, deadline - loop.time()))
+        return False
+
+    async def aclose(self) -> None:
+        """Stop probing and wait, shielded and bounded, until the prober's tasks have finished."""
+        tasks, self._ending = self._ending, []
+        if self._task is not None:
+            tasks.append(self._task)
+            self._task = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            await task.wait_closed()
+
+    def _enter(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            # A new event loop (a later `asyncio.run`): the old one's events and
+            # task are of no use here.
+            self._loop = loop
+            self._any, self._success = _Outcome(), _Outcome()
+            self._task, self._ending, self._waiters = None, [], 0
+        self._waiters += 1
+        if self._task is None:
+            self._ending = [task for task in self._ending if not task.done]
+            self._task = OwnedTask("dispatch-reachability-probe")
+            self._task.start(self._run)
+
+    def _leave(self) -> None:
+        self._waiters -= 1
+        if not self._waiters and self._task is not None:
+            # Nobody waits: stop at once rather than at the next probe, so no
+            # task lingers once the streams are closed.
+            self._task.cancel()
+            self._ending.append(self._task)
+            self._task = None
+
+    async def _next(self, deadline: float, *, success_only: bool) -> _Outcome | None:
+        """Wait for the outcome of the next probe started after now (the next success with `success_only`).
+
+        Returns:
+            The outcome, or None if the deadline came first.
+        """
+        after = self._started
+        loop = asyncio.get_running_loop()
+        while True:
+            outcome = self._success if success_only else self._any
+            if not await wait_event(outcome.event, max(0.0, deadline - loop.time())):
+                return None
+            if outcome.number > after:
+                return outcome
+            # A probe that started before this wait says nothing about the
+            # failure that led here: wait for the next one.
+
+    async def _run(self) -> None:
+        every = self._every
+        assert every is not None
+        loop = asyncio.get_running_loop()
+        while self._waiters:
+            now = loop.time()
+            start = next_probe_time(now, self._last_start, every, self._phase)
+            await asyncio.sleep(start - now)
+            self._last_start = start
+            self._started += 1
+            number = self._started
+            reached = await self._probe_once()
+            # Fresh outcomes first: a waiter woken by these waits for the next.
+            ended, self._any = self._any, _Outcome()
+            ended.number, ended.reached = number, reached
+            ended.event.set()
+            if reached:
+                success, self._success = self._success, _Outcome()
+                success.number, success.reached = number, True
+                success.event.set()
+
+    async def _probe_once(self) -> bool:
+        assert self._probe is not None
+        try:
+            # The timeout inside: it withdraws its own cancel request, also when
+            # grpclib turned it into an error, before the leaked ones are.
+            with absorb_leaked_cancel():
+                async with asyncio.timeout(self._timeout):
+                    await self._probe()
+        except Exception:
+            # A failed or timed-out probe (its TimeoutError included): unreachable.
+            return False
+        return True
+
+
 async def wait_to_retry(
     delay: float,
     backoff: Backoff,
@@ -110,6 +322,9 @@ async def wait_to_retry(
     unreachable: bool,
 ) -> bool:
     """Sleep `delay` seconds, or less once a server that could not be reached can be again.
+
+    The wait of one stream with a prober of its own; a hub's streams share
+    theirs (`ReachabilityProber.wait_to_retry`, same rules).
 
     Args:
         delay: the backoff delay, in seconds.
@@ -120,39 +335,8 @@ async def wait_to_retry(
     Returns:
         True if a probe cut the wait short.
     """
-    every = backoff.probe
-    if probe is None or every is None:
-        await asyncio.sleep(delay)
-        return False
-    # asyncio's clock and timeouts, not anyio's: this runs in a shared
-    # stream's reader task, on asyncio only (see `dispatch_client._tasks`).
-    clock = asyncio.get_running_loop().time
-    deadline = clock() + delay
-    # A random first step, so many clients do not probe in lock step.
-    step = random.uniform(0.0, every)
-    while (left := deadline - clock()) > 0:
-        await asyncio.sleep(min(step, left))
-        step = every
-        left = deadline - clock()
-        if left <= 0:
-            return False
-        reached = False
-        try:
-            # The timeout inside: it withdraws its own cancel request, also when
-            # grpclib turned it into an error, before the leaked ones are.
-            with absorb_leaked_cancel():
-                async with asyncio.timeout(min(left, _PROBE_TIMEOUT)):
-                    await probe()
-            reached = True
-        except Exception:
-            # A failed or timed-out probe (its TimeoutError included): unreachable.
-            pass
-        if not reached:
-            unreachable = True
-        elif unreachable:
-            return True
-        else:
-            # Reachable all along: the delay is for an error the server answered.
-            await asyncio.sleep(max(0.0, deadline - clock()))
-            return False
-    return False
+    prober = ReachabilityProber(probe, backoff.probe)
+    try:
+        return await prober.wait_to_retry(delay, unreachable=unreachable)
+    finally:
+        await prober.aclose()

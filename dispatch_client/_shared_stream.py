@@ -108,7 +108,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from ._fanout import Audience, Batch, Consumer, Item, Overflow, Snapshot
 from ._proto.frequenz.api.common.v1alpha8.streaming import Event
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
-from ._reconnect import is_retryable, unreachable, wait_to_retry
+from ._reconnect import is_retryable, unreachable
 from ._stream_settings import StreamSettings, StreamState, StreamStatus
 from ._tasks import OwnedTask, aclose_quietly, wait_event
 from .connection import withdraw_leaked_cancels
@@ -367,13 +367,12 @@ class SharedStream:
             self._publish(
                 StreamState.RECONNECTING, failures=self._failures, retry_in=delay, error=error
             )
-            settings = self._settings
             # Once a wait was cut short without the stream getting back in sync, a
             # failure that merely looks like an unreachable server (a connection
             # reset at once) no longer cuts one short: only a probe that fails
             # first does, so a server that drops every connection is backed off.
             down = unreachable(error) and not cut_short_since_synced
-            if await wait_to_retry(delay, settings.backoff, settings.probe, unreachable=down):
+            if await self._settings.prober.wait_to_retry(delay, unreachable=down):
                 cut_short_since_synced = True
                 _log.info("server of microgrid %d is reachable again", self.microgrid_id)
 

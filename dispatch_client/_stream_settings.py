@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
-from ._reconnect import Backoff
+from ._reconnect import Backoff, ReachabilityProber
 from ._tasks import wait_event
 from .errors import map_errors
 
@@ -120,9 +120,11 @@ class StreamSettings:
     probe: Callable[[], Awaitable[object]] | None = None
     """Connects the channel now if it is not (raises if it cannot).
 
-    Awaited before every attempt opens its stream, and between attempts as the
-    reachability probe (see `Backoff.probe`).
+    Awaited before every attempt opens its stream; between attempts `prober` runs it.
     """
+    prober: ReachabilityProber = field(default_factory=ReachabilityProber)
+    """Runs `probe` for all the hub's streams waiting to retry (see `Backoff.probe`);
+    the hub closes it. The default never probes."""
     unacknowledged: Unacknowledged = field(default_factory=Unacknowledged)
     """The hub's streams whose request is out but that do not count as open yet."""
 

@@ -29,7 +29,7 @@ from typing import Literal, TypeAlias
 from . import _defaults
 from ._fanout import Audience, Batch, Consumer, Overflow, Snapshot
 from ._proto.frequenz.api.dispatch.v1 import Dispatch, StreamMicrogridDispatchesResponse
-from ._reconnect import Backoff
+from ._reconnect import Backoff, ReachabilityProber
 from ._shared_stream import (
     SharedStream,
     StreamSettings,
@@ -110,14 +110,17 @@ class StreamHub:
         check_positive_int(buffer_size, "buffer_size")
         if not open_grace >= 0:
             raise ValueError(f"open_grace must be >= 0, got {shown(open_grace)}")
+        backoff = backoff if backoff is not None else Backoff()
         self._settings = StreamSettings(
             open_stream=open_stream,
             list_dispatches=list_dispatches,
             server_url=server_url,
-            backoff=backoff if backoff is not None else Backoff(),
+            backoff=backoff,
             open_grace=open_grace,
             on_status=on_status,
             probe=probe,
+            # One prober for all the streams: they share the channel it probes.
+            prober=ReachabilityProber(probe, backoff.probe),
         )
         self._buffer_size = buffer_size
         self._streams: dict[int, SharedStream] = {}
@@ -198,7 +201,8 @@ class StreamHub:
     async def aclose(self) -> None:
         """End every stream; their consumers finish cleanly after reading what is buffered.
 
-        The hub stays usable: a later `subscribe()`/`watch()` opens a new stream.
+        No task of the hub is left once it returns. The hub stays usable: a
+        later `subscribe()`/`watch()` opens a new stream.
         """
         while self._streams:
             streams = list(self._streams.values())
@@ -206,6 +210,8 @@ class StreamHub:
                 stream.close()
             for stream in streams:
                 await stream.wait_closed()
+        # After the streams: they no longer wait for a probe.
+        await self._settings.prober.aclose()
 
     def _consumer_buffer(self, microgrid_id: int, buffer_size: int | None) -> int:
         check_uint64(microgrid_id, "microgrid_id")
