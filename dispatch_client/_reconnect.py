@@ -20,7 +20,10 @@ apiece (a timeout, the channel's shared connection attempt and a copy of its
 failure each time): a quarter of a core. A stream that cannot reach the server
 waits only for a success, so failed probes wake nobody. Only the outcome of a
 probe started after a stream began waiting counts for it, as when each stream
-probed for itself. `wait_to_retry` is the same wait with a prober of its own.
+probed for itself. A stream's own connection before an attempt counts as a
+probe too: after an outage, the first stream whose delay is over finds the
+server back and ends every other wait at once, without waiting for the
+prober's next probe. `wait_to_retry` is the same wait with a prober of its own.
 """
 
 from __future__ import annotations
@@ -288,17 +291,35 @@ class ReachabilityProber:
             start = next_probe_time(now, self._last_start, every, self._phase)
             await asyncio.sleep(start - now)
             self._last_start = start
-            self._started += 1
-            number = self._started
-            reached = await self._probe_once()
-            # Fresh outcomes first: a waiter woken by these waits for the next.
-            ended, self._any = self._any, _Outcome()
-            ended.number, ended.reached = number, reached
-            ended.event.set()
-            if reached:
-                success, self._success = self._success, _Outcome()
-                success.number, success.reached = number, True
-                success.event.set()
+            number = self.probe_started()
+            self._publish(number, reached=await self._probe_once())
+
+    def probe_started(self) -> int:
+        """Count a probe as started now; pass the number to `reached` if it succeeds.
+
+        For the streams' own calls of the probe (each attempt connects first):
+        one that succeeds is as good as the prober's, and comes sooner.
+
+        Returns:
+            The probe's number.
+        """
+        self._started += 1
+        return self._started
+
+    def reached(self, number: int) -> None:
+        """Tell the waiting streams that probe `number` (from `probe_started`) succeeded."""
+        if self._waiters:
+            self._publish(number, reached=True)
+
+    def _publish(self, number: int, *, reached: bool) -> None:
+        # Fresh outcomes first: a waiter woken by these waits for the next.
+        ended, self._any = self._any, _Outcome()
+        ended.number, ended.reached = number, reached
+        ended.event.set()
+        if reached:
+            success, self._success = self._success, _Outcome()
+            success.number, success.reached = number, True
+            success.event.set()
 
     async def _probe_once(self) -> bool:
         assert self._probe is not None

@@ -172,6 +172,22 @@ class TestReachabilityProber:
         assert (await first)[0]
         await prober.aclose()
 
+    async def test_a_stream_that_connects_ends_the_waits_that_began_before_it_tried(
+        self,
+    ) -> None:
+        # The prober's own probes fail: only the stream's connection can end the waits.
+        prober = ReachabilityProber(Probe(down=10**6), EVERY)
+        early = prober.probe_started()
+        waits = [asyncio.create_task(timed(prober, 5.0, unreachable=True)) for _ in range(10)]
+        await asyncio.sleep(0.05)
+        prober.reached(early)  # started before they waited: says nothing
+        await asyncio.sleep(0.05)
+        assert not any(wait.done() for wait in waits)
+        prober.reached(prober.probe_started())
+        results = await asyncio.gather(*waits)
+        assert all(cut and took < 1.0 for cut, took in results)
+        await prober.aclose()
+
     async def test_a_waiter_cancelled_mid_probe_does_not_disturb_the_others(self) -> None:
         probe = Probe(down=1, takes=0.05)
         prober = ReachabilityProber(probe, EVERY)
