@@ -136,10 +136,11 @@ class TestReachabilityProber:
         results = await asyncio.gather(*(timed(prober, d, unreachable=True) for d in delays))
         for delay, (cut, took) in zip(delays, results, strict=True):
             assert not cut
-            assert delay <= took < delay + 0.1
-        # At most one probe started per interval, however many wait.
+            assert delay <= took < delay + 0.2
+        # At most one probe started per interval, however many wait (on a grid:
+        # a start made late by a busy loop brings the next one closer).
         gaps = [b - a for a, b in zip(probe.starts, probe.starts[1:], strict=False)]
-        assert min(gaps) >= EVERY * 0.9, gaps
+        assert min(gaps) >= EVERY * 0.5, gaps
         assert probe.calls <= 0.3 / EVERY + 2
         await prober.aclose()
 
