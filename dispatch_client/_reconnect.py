@@ -196,6 +196,8 @@ class ReachabilityProber:
         self._ending: list[OwnedTask] = []
         """Tasks asked to stop (no waiter left) that `aclose()` must still wait for."""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._epoch = 0
+        """Counts event loops: a waiter left over from an earlier loop must not count down this one's."""
 
     async def wait_to_retry(self, delay: float, *, unreachable: bool) -> bool:
         """Sleep `delay` seconds, or less once a server that could not be reached can be again.
@@ -217,7 +219,7 @@ class ReachabilityProber:
         # stream's reader task, on asyncio only (see `dispatch_client._tasks`).
         loop = asyncio.get_running_loop()
         deadline = loop.time() + delay
-        self._enter(loop)
+        epoch = self._enter(loop)
         try:
             if not unreachable:
                 outcome = await self._next(deadline, success_only=False)
@@ -227,7 +229,7 @@ class ReachabilityProber:
             if unreachable:
                 return await self._next(deadline, success_only=True) is not None
         finally:
-            self._leave()
+            self._leave(epoch)
         # Reachable all along: the delay is for an error the server answered.
         await asyncio.sleep(max(0.0, deadline - loop.time()))
         return False
@@ -238,16 +240,24 @@ class ReachabilityProber:
         if self._task is not None:
             tasks.append(self._task)
             self._task = None
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self._loop:
+            # Tasks of an earlier event loop: they ended with it or never will.
+            return
         for task in tasks:
             task.cancel()
         for task in tasks:
             await task.wait_closed()
 
-    def _enter(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _enter(self, loop: asyncio.AbstractEventLoop) -> int:
         if loop is not self._loop:
             # A new event loop (a later `asyncio.run`): the old one's events and
             # task are of no use here.
             self._loop = loop
+            self._epoch += 1
             self._any, self._success = _Outcome(), _Outcome()
             self._task, self._ending, self._waiters = None, [], 0
         self._waiters += 1
@@ -255,8 +265,11 @@ class ReachabilityProber:
             self._ending = [task for task in self._ending if not task.done]
             self._task = OwnedTask("dispatch-reachability-probe")
             self._task.start(self._run)
+        return self._epoch
 
-    def _leave(self) -> None:
+    def _leave(self, epoch: int) -> None:
+        if epoch != self._epoch:
+            return
         self._waiters -= 1
         if not self._waiters and self._task is not None:
             # Nobody waits: stop at once rather than at the next probe, so no
