@@ -321,7 +321,10 @@ class ReachabilityProber:
 
     def reached(self, number: int) -> None:
         """Tell the waiting streams that probe `number` (from `probe_started`) succeeded."""
-        if self._waiters:
+        # Only this event loop's waiters: a stream's first attempt in a later
+        # loop comes before any wait there resets the count, and waking the
+        # waiters of a loop closed with them raises "Event loop is closed".
+        if self._waiters and asyncio.get_running_loop() is self._loop:
             self._publish(number, reached=True)
 
     def _publish(self, number: int, *, reached: bool) -> None:

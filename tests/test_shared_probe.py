@@ -22,7 +22,7 @@ from test_streaming_helpers import wait_until
 from dispatch_client import Client
 from dispatch_client._reconnect import ReachabilityProber, next_probe_time
 from dispatch_client.streaming import Backoff, StreamState, StreamStatus
-from dispatch_client.testing import running_server
+from dispatch_client.testing import running_server, threaded_server
 
 pytestmark = pytest.mark.anyio
 
@@ -300,3 +300,47 @@ async def test_a_fleet_waiting_out_an_outage_probes_once_per_interval(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
     assert not prober_tasks()
+
+
+def test_a_stream_opening_after_a_loop_closed_with_streams_waiting_is_not_disturbed() -> None:
+    """A loop closed (not by `asyncio.run`) while a stream waited to retry; the next loop's streams open.
+
+    The first stream of the next loop connects before any stream of it waits:
+    its success must not be handed to the closed loop's waiters (waking them
+    there raised "Event loop is closed" into the new stream, which failed).
+    """
+    port = free_port()
+    url = f"grpc://127.0.0.1:{port}?ssl=false"
+    backoff = Backoff(initial=5.0, maximum=5.0, jitter=False, probe=0.05)
+    client = Client(url, auth_key="k", stream_backoff=backoff)
+    waiting: set[int] = set()
+
+    async def wait_on_a_down_server() -> None:
+        async def follow() -> None:
+            async for _ in client.watch(1):
+                pass
+
+        asyncio.get_running_loop().create_task(follow())
+        await wait_until(
+            lambda: 1 in client.streams and client.streams[1].status.retry_in is not None
+        )
+        await asyncio.sleep(0.1)  # into the prober's wait
+        waiting.add(1)
+
+    old = asyncio.new_event_loop()
+    try:
+        old.run_until_complete(wait_on_a_down_server())
+    finally:
+        old.close()  # the stream's task left pending in its wait, never to run again
+    assert waiting
+
+    async def first_event() -> str:
+        async with asyncio.timeout(5):
+            async with Client(url, auth_key="k") as producer:
+                await producer.create(2, "T", "NOW", None, [1])
+            async for event in client.watch(2):
+                return event.event.name
+        raise AssertionError("the stream ended without an event")
+
+    with threaded_server(port=port):
+        assert asyncio.run(first_event()) == "CREATED"
