@@ -261,7 +261,10 @@ class ReachabilityProber:
             self._any, self._success = _Outcome(), _Outcome()
             self._task, self._ending, self._waiters = None, [], 0
         self._waiters += 1
-        if self._task is None:
+        # A task that ended while streams still wait (a probe raised what
+        # `_probe_once` does not catch, e.g. a CancelledError that was not the
+        # hub's) is replaced: left, every wait would be slept out.
+        if self._task is None or self._task.done:
             self._ending = [task for task in self._ending if not task.done]
             self._task = OwnedTask("dispatch-reachability-probe")
             self._task.start(self._run)

@@ -218,6 +218,24 @@ class TestReachabilityProber:
         assert not prober_tasks()
         assert not await wait
 
+    async def test_a_probe_that_ended_the_prober_task_does_not_end_the_probing(self) -> None:
+        # A probe raising past `_probe_once` (a CancelledError that is not the
+        # hub's) ends the prober's task: the next stream to wait starts another.
+        calls = [0]
+
+        async def probe() -> None:
+            calls[0] += 1
+            if calls[0] == 1:
+                raise asyncio.CancelledError
+
+        prober = ReachabilityProber(probe, EVERY)
+        first = asyncio.create_task(timed(prober, 5.0, unreachable=True))
+        await wait_until(lambda: calls[0] == 1 and not prober_tasks())
+        cut, took = await timed(prober, 5.0, unreachable=True)
+        assert cut and took < 1.0
+        assert (await first)[0]
+        await prober.aclose()
+
     def test_one_prober_serves_one_asyncio_run_after_another(self) -> None:
         probe = Probe(down=1)
         prober = ReachabilityProber(probe, EVERY)
